@@ -1,3 +1,32 @@
-"""fpn: Feature Pyramid Networks for Object Detection (Lin et al., CVPR 2017) in PyTorch."""
+"""fpn: Feature Pyramid Networks for Object Detection (Lin et al., CVPR 2017) in PyTorch.
+
+Public entry points (imported lazily, so ``fpn --version`` does not load PyTorch):
+
+- ``fpn.FasterRCNN`` / ``fpn.build_detector(cfg)``: the detector of FPN_SPEC §1-3;
+- ``fpn.from_torchvision(state_dict)``: our detector from torchvision's Faster R-CNN weights;
+- ``fpn.load_config(path_or_preset, overrides)``: typed configs.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "FasterRCNN": "fpn.model.detector",
+    "build_detector": "fpn.model.detector",
+    "from_torchvision": "fpn.interop.torchvision",
+    "load_torchvision_resnet": "fpn.interop.torchvision",
+    "load_config": "fpn.config",
+    "ModelConfig": "fpn.config",
+    "Config": "fpn.config",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fpn' has no attribute {name!r}")

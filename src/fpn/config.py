@@ -1,0 +1,338 @@
+"""Typed configuration: one dataclass per part of the model, YAML round trip, dotted overrides.
+
+Every field carries the paper's default (FPN_SPEC.md); presets in ``fpn/configs/*.yaml`` list
+only the fields they change. Variants are ``Literal`` fields resolved by a ``match`` in each
+module's ``build_*`` function: there is no registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown field or gives a value of the wrong type."""
+
+
+@dataclass
+class BackboneConfig:
+    """ResNet bottom-up pathway (FPN_SPEC §1, §6)."""
+
+    depth: Literal[18, 34, 50, 101] = 50
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    # Stages frozen from the input: 0 none, 1 the stem, 2 stem + res2 (the paper's), ... 5 all.
+    freeze_at: int = 2
+    # detectron2's MSRA weights stride the 1x1 conv of a bottleneck; torchvision strides the 3x3.
+    stride_in_1x1: bool = False
+    # Channels of the stem and of res2's bottleneck; 64 is every published ResNet.
+    width: int = 64
+    frozen_bn_eps: float = 1e-5
+    gn_groups: int = 32
+
+
+@dataclass
+class NeckConfig:
+    """The feature pyramid (FPN_SPEC §1) and the single-scale baselines of Tables 1-3."""
+
+    kind: Literal["fpn", "single_scale"] = "fpn"
+    channels: int = 256  # d
+    top_down: bool = True  # ablation (d) turns it off
+    lateral: bool = True  # ablation (e) turns it off
+    p6: bool = True  # P6 = stride-2 subsampling of P5, for the RPN
+    # With kind == "single_scale" the heads read this bottom-up map directly (ablations a, b).
+    single_level: Literal["c4", "c5"] = "c4"
+
+
+@dataclass
+class AnchorConfig:
+    """One anchor scale per level, three aspect ratios (FPN_SPEC §2)."""
+
+    sizes: dict[str, list[float]] = field(
+        default_factory=lambda: {"p2": [32], "p3": [64], "p4": [128], "p5": [256], "p6": [512]}
+    )
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # torchvision rounds its cell anchors to integers ([-23, -11, 23, 11] for 32 px at 1:2).
+    round_cell_anchors: bool = True
+    # torchvision derives a level's stride as padded_size // feature_size instead of the declared
+    # stride; they differ on P6 when P5's size is odd (800 px: 61 instead of 64). Converted
+    # torchvision models set this to reproduce its anchors exactly.
+    stride_from_feature_size: bool = False
+
+
+@dataclass
+class RPNConfig:
+    """Region Proposal Network on the pyramid (FPN_SPEC §2)."""
+
+    levels: list[str] = field(default_factory=lambda: ["p2", "p3", "p4", "p5", "p6"])
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    conv_channels: int | None = None  # hidden 3x3 conv width; None = the feature width
+    pre_nms_top_n_train: int = 2000  # per level
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 2000  # per image
+    post_nms_top_n_test: int = 1000
+    nms_thresh: float = 0.7
+    min_box_size: float = 1e-3
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    box_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    smooth_l1_beta: float = 1.0 / 9.0
+    # Anchors covering a crowd region by more than this fraction are ignored, never negatives.
+    crowd_ioa_thresh: float = 0.5
+
+
+@dataclass
+class RoIHeadConfig:
+    """Fast R-CNN on the pyramid (FPN_SPEC §3)."""
+
+    levels: list[str] = field(default_factory=lambda: ["p2", "p3", "p4", "p5"])
+    head: Literal["2fc", "res5"] = "2fc"  # res5: the conv5 head of He et al. (ablation a)
+    pooler: Literal["roi_align", "roi_pool"] = "roi_align"
+    pooler_resolution: int = 7
+    sampling_ratio: int = 2
+    aligned: bool = False
+    canonical_scale: float = 224.0
+    canonical_level: int = 4
+    fc_dim: int = 1024
+    num_classes: int = 80  # object classes K; the classifier has K + 1 outputs, 0 = background
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    box_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    smooth_l1_beta: float = 1.0 / 9.0
+    crowd_ioa_thresh: float = 0.5  # RoIs mostly inside a crowd region are ignored, not negatives
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class InputConfig:
+    """Resize, normalise and pad (FPN_SPEC §1, §6); done outside the network, replaceable."""
+
+    min_size_train: list[int] = field(default_factory=lambda: [800])  # one drawn per image
+    min_size_test: int = 800
+    max_size: int = 1333
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Images arrive as RGB floats in [0, 1]; detectron2 weights expect BGR in 0-255.
+    pixel_scale: float = 1.0
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    size_divisibility: int = 32
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+
+@dataclass
+class DataConfig:
+    """Where the images and annotations are; COCO format, or Pascal VOC."""
+
+    format: Literal["coco", "voc"] = "coco"
+    train_images: str = "data/synth/train/images"
+    train_annotations: str = "data/synth/train/annotations.json"
+    val_images: str = "data/synth/val/images"
+    val_annotations: str = "data/synth/val/annotations.json"
+    voc_root: str = ""
+    horizontal_flip: float = 0.5
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation schedule (FPN_SPEC §6)."""
+
+    batch_size: int = 16
+    base_lr: float = 0.02  # for base_batch_size images; scaled linearly with batch_size
+    base_batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 90000
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    lr_steps: list[int] = field(default_factory=lambda: [60000, 80000])
+    lr_gamma: float = 0.1
+    grad_clip_norm: float | None = None
+    checkpoint_period: int = 5000
+    eval_period: int = 0  # 0: only at the end
+    log_period: int = 20
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when present, else cpu
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    max_bad_samples: int = 100
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def to_dict(cfg: Any) -> Any:
+    """A config (or part of one) as plain YAML-able Python values."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Coerce ``value`` to ``annotation`` where that is lossless, else raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, where)
+    if annotation is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _check_value(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, str) and not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    if isinstance(value, bool) and annotation is int:
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a (partial) mapping; missing fields keep their defaults."""
+    return merge(cls(), values, where)
+
+
+def merge(cfg: Any, values: dict[str, Any], where: str = "config") -> Any:
+    """A copy of dataclass ``cfg`` with the (nested, partial) ``values`` applied.
+
+    Nested dataclasses merge field by field; any other field (a list, a mapping such as the
+    anchor sizes per level) is replaced whole.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    changes = {}
+    for key, value in values.items():
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = merge(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _check_value(value, hints[key], f"{where}.{key}")
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["model.neck.channels=128", "train.base_lr=0.01"]`` -> a nested mapping.
+
+    Values are parsed as YAML scalars or flow collections (``[1, 2]``, ``{p2: [32]}``).
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return nested
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """A full Config: defaults, then a YAML file (a path or a preset name), then overrides.
+
+    A YAML file may start with ``base: <preset or path>`` to extend another file.
+    """
+    cfg = Config()
+    if path is not None:
+        for file, values in _read_yaml_chain(path):
+            cfg = merge(cfg, values, str(file))
+    if overrides:
+        cfg = merge(cfg, parse_overrides(overrides), "overrides")
+    return cfg
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise ConfigError(f"{name_or_path}: no such config file or preset (presets: {list_presets()})")
+
+
+def _read_yaml_chain(name_or_path: str | Path, depth: int = 0) -> list[tuple[Path, dict]]:
+    """The files of a ``base:`` chain, most basic first, each with its values."""
+    path = resolve_preset(name_or_path)
+    if depth > 8:
+        raise ConfigError(f"{path}: 'base:' chain is too deep (a cycle?)")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = values.pop("base", None)
+    chain = [] if base is None else _read_yaml_chain(base, depth + 1)
+    return [*chain, (path, values)]
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))

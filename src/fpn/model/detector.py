@@ -1,0 +1,92 @@
+"""The assembled detector: preprocess -> bottom-up -> top-down -> RPN -> RoI heads -> boxes.
+
+Faster R-CNN with shared features (FPN_SPEC §3): the RPN and Fast R-CNN read the same pyramid
+and train jointly. Training mode returns a dict of losses; eval mode returns, per image, boxes
+in original-image pixels, as torchvision's detectors do, so it can be swapped in for them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fpn.config import ModelConfig
+from fpn.model.backbone import ResNet
+from fpn.model.neck import build_neck
+from fpn.model.preprocess import Preprocessor, rescale_boxes
+from fpn.model.roi_heads import RoIHeads
+from fpn.model.rpn import RegionProposalNetwork
+
+
+class FasterRCNN(nn.Module):
+    """Faster R-CNN on a feature pyramid, or on one of the paper's baselines (by config)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        # The C4 baseline's res5 lives in the RoI head, not in the bottom-up pathway.
+        c4_head = cfg.neck.kind == "single_scale" and cfg.roi_heads.head == "res5"
+        self.preprocess = Preprocessor(cfg.input)
+        self.backbone = ResNet(cfg.backbone, last_stage=4 if c4_head else 5)
+        self.neck = build_neck(cfg.neck, self.backbone.out_channels)
+        _check_levels("rpn.levels", cfg.rpn.levels, self.neck.levels)
+        _check_levels("roi_heads.levels", cfg.roi_heads.levels, self.neck.levels)
+        channels = {self.neck.out_channels[level] for level in cfg.rpn.levels + cfg.roi_heads.levels}
+        if len(channels) != 1:
+            raise ValueError("the shared heads need the same channel count on every level")
+        in_channels = channels.pop()
+        self.rpn = RegionProposalNetwork(cfg.rpn, in_channels, self.neck.strides)
+        self.roi_heads = RoIHeads(cfg.roi_heads, in_channels, self.neck.strides, cfg.backbone)
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
+        return self.neck(self.backbone(images))
+
+    def forward(
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        return_proposals: bool = False,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses (training) or detections (eval).
+
+        Args:
+            images: 3 x H x W float tensors in [0, 1], RGB, of any sizes.
+            targets: per image ``boxes`` (G, 4) xyxy in the image's pixels, ``labels`` (G,) in
+                1..K, optionally ``crowd_boxes`` (M, 4). Training only.
+            return_proposals: also return the RPN's ``proposals`` and ``objectness`` per image.
+        Returns:
+            training: {"loss_rpn_objectness", "loss_rpn_box", "loss_cls", "loss_box"}.
+            eval: per image {"boxes" (D, 4), "scores" (D,), "labels" (D,)} in original pixels.
+        """
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
+        batch, targets = self.preprocess(images, targets)
+        features = self.features(batch.tensor)
+        proposals, objectness, rpn_losses = self.rpn(features, batch.image_sizes, batch.padded_hw, targets)
+        detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**rpn_losses, **roi_losses}
+        for i, (det, resized_hw, original_hw) in enumerate(
+            zip(detections, batch.image_sizes, batch.original_sizes, strict=True)
+        ):
+            det["boxes"] = rescale_boxes(det["boxes"], resized_hw, original_hw)
+            if return_proposals:
+                det["proposals"] = rescale_boxes(proposals[i], resized_hw, original_hw)
+                det["objectness"] = objectness[i]
+        return detections
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def _check_levels(name: str, wanted: list[str], available: list[str]) -> None:
+    missing = [level for level in wanted if level not in available]
+    if missing:
+        raise ValueError(f"{name}: level(s) {missing} are not produced by the neck (it gives {available})")
+
+
+def build_detector(cfg: ModelConfig) -> FasterRCNN:
+    return FasterRCNN(cfg)

@@ -1,0 +1,106 @@
+"""Preprocessing, kept outside the network so that it can be called alone or replaced:
+resize (shorter side / longest side), normalise, pad the batch to a multiple of 32, and the
+inverse mapping of boxes back to the original images (FPN_SPEC §1, §6).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fpn.config import InputConfig
+
+
+@dataclass
+class ImageBatch:
+    """A padded batch and the sizes needed to undo the preprocessing."""
+
+    tensor: Tensor  # (N, 3, H, W), H and W multiples of size_divisibility
+    image_sizes: list[tuple[int, int]]  # (h, w) of each resized image inside the padding
+    original_sizes: list[tuple[int, int]]  # (h, w) of each input image
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
+
+
+def resize_scale(image_hw: tuple[int, int], min_size: int, max_size: int) -> float:
+    """Scale that brings the shorter side to ``min_size`` unless the longer would pass ``max_size``."""
+    return min(min_size / min(image_hw), max_size / max(image_hw))
+
+
+def rescale_boxes(boxes_xyxy: Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Tensor:
+    """Map boxes between two sizes of the same image (x by the width ratio, y by the height's)."""
+    ratio_h = torch.tensor(to_hw[0], dtype=torch.float32) / torch.tensor(from_hw[0], dtype=torch.float32)
+    ratio_w = torch.tensor(to_hw[1], dtype=torch.float32) / torch.tensor(from_hw[1], dtype=torch.float32)
+    scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(boxes_xyxy)
+    return boxes_xyxy * scale
+
+
+class Preprocessor(nn.Module):
+    """Images of any size (list of 3 x H x W floats in [0, 1], RGB) -> an ``ImageBatch``."""
+
+    def __init__(self, cfg: InputConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
+
+    def normalize(self, image: Tensor) -> Tensor:
+        if self.cfg.pixel_scale != 1.0:
+            image = image * self.cfg.pixel_scale
+        if self.cfg.channel_order == "BGR":
+            image = image.flip(0)
+        return (image - self.mean) / self.std
+
+    def resize(self, image: Tensor, min_size: int) -> Tensor:
+        scale = resize_scale(tuple(image.shape[-2:]), min_size, self.cfg.max_size)
+        return F.interpolate(image[None], scale_factor=scale, mode="bilinear",
+                             recompute_scale_factor=True, align_corners=False)[0]
+
+    def pad(self, images: list[Tensor]) -> Tensor:
+        """Zero-pad to a common size, a multiple of ``size_divisibility``, at the bottom right."""
+        div = self.cfg.size_divisibility
+        height = -(-max(img.shape[1] for img in images) // div) * div
+        width = -(-max(img.shape[2] for img in images) // div) * div
+        batch = images[0].new_zeros((len(images), 3, height, width))
+        for i, img in enumerate(images):
+            batch[i, :, : img.shape[1], : img.shape[2]].copy_(img)
+        return batch
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
+        """Normalise and resize every image (and its target boxes), then pad the batch.
+
+        In training the shorter side is drawn from ``min_size_train`` per image.
+        """
+        for i, img in enumerate(images):
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"image {i}: expected a 3 x H x W tensor, got shape {tuple(img.shape)}")
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        resized, new_targets = [], [] if targets is not None else None
+        for i, img in enumerate(images):
+            if self.training:
+                min_size = random.choice(self.cfg.min_size_train)
+            else:
+                min_size = self.cfg.min_size_test
+            img = self.resize(self.normalize(img), min_size)
+            resized.append(img)
+            if targets is not None:
+                new_targets.append(_rescale_target(targets[i], original_sizes[i], tuple(img.shape[-2:])))
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in resized]
+        return ImageBatch(self.pad(resized), sizes, original_sizes), new_targets
+
+
+def _rescale_target(target: dict[str, Tensor], from_hw: tuple[int, int], to_hw: tuple[int, int]
+                    ) -> dict[str, Tensor]:
+    target = dict(target)
+    for key in ("boxes", "crowd_boxes"):
+        if key in target:
+            target[key] = rescale_boxes(target[key].to(torch.float32), from_hw, to_hw)
+    return target

@@ -1,0 +1,189 @@
+"""Region Proposal Network on the pyramid (FPN_SPEC §2).
+
+One head, shared by every level: a 3x3 conv + ReLU, then sibling 1x1 convs for A objectness
+logits and 4A box deltas per location. Anchors carry the scale (one size per level), so ground
+truth is never assigned to levels explicitly.
+
+Shape shorthand: N images, L levels, A anchors per cell, Hi x Wi the size of level i,
+R = sum_i Hi·Wi·A anchors per image, P proposals per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from fpn.config import RPNConfig
+from fpn.model import boxes as box_ops
+from fpn.model.anchors import AnchorGenerator
+
+
+class RPNHead(nn.Module):
+    """The head shared across levels: 3x3 conv + ReLU, objectness (A) and deltas (4A)."""
+
+    def __init__(self, in_channels: int, num_anchors: int, conv_channels: int | None = None):
+        super().__init__()
+        hidden = conv_channels or in_channels
+        self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.objectness_logits = nn.Conv2d(hidden, num_anchors, 1)
+        self.anchor_deltas = nn.Conv2d(hidden, num_anchors * 4, 1)
+        for conv in (self.conv, self.objectness_logits, self.anchor_deltas):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """L x (N, C, Hi, Wi) -> L x (N, A, Hi, Wi) logits and L x (N, 4A, Hi, Wi) deltas."""
+        logits_per_level, deltas_per_level = [], []
+        for x in features:
+            hidden = F.relu(self.conv(x))
+            logits_per_level.append(self.objectness_logits(hidden))
+            deltas_per_level.append(self.anchor_deltas(hidden))
+        return logits_per_level, deltas_per_level
+
+
+def flatten_predictions(logits_per_level: list[Tensor], deltas_per_level: list[Tensor]
+                        ) -> tuple[Tensor, Tensor]:
+    """Lay predictions out in anchor order (level, y, x, anchor): (N, R) logits, (N, R, 4) deltas."""
+    logits, deltas = [], []
+    for level_logits, level_deltas in zip(logits_per_level, deltas_per_level, strict=True):
+        n, a, h, w = level_logits.shape
+        logits.append(level_logits.permute(0, 2, 3, 1).reshape(n, -1))  # (N, A, H, W) -> (N, HWA)
+        # (N, A*4, H, W) -> (N, A, 4, H, W) -> (N, H, W, A, 4) -> (N, HWA, 4)
+        level_deltas = level_deltas.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2)
+        deltas.append(level_deltas.reshape(n, -1, 4))
+    return torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
+
+
+class RegionProposalNetwork(nn.Module):
+    """Anchors, head, proposal selection and (in training) losses.
+
+    Args:
+        cfg: thresholds, sampling and top-k settings.
+        in_channels: channels of the levels it reads (the same on every level).
+        strides: declared stride of each level it reads.
+    """
+
+    def __init__(self, cfg: RPNConfig, in_channels: int, strides: dict[str, int]):
+        super().__init__()
+        self.cfg = cfg
+        self.levels = list(cfg.levels)
+        missing = [level for level in self.levels if level not in cfg.anchors.sizes]
+        if missing:
+            raise ValueError(f"rpn.anchors.sizes has no sizes for level(s) {missing}")
+        self.anchor_generator = AnchorGenerator(
+            {level: cfg.anchors.sizes[level] for level in self.levels},
+            strides,
+            cfg.anchors.aspect_ratios,
+            cfg.anchors.round_cell_anchors,
+            cfg.anchors.stride_from_feature_size,
+        )
+        counts = {self.anchor_generator.num_anchors_per_cell(level) for level in self.levels}
+        if len(counts) != 1:
+            raise ValueError("the shared RPN head needs the same number of anchors on every level")
+        self.head = RPNHead(in_channels, counts.pop(), cfg.conv_channels)
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        image_sizes: list[tuple[int, int]],
+        padded_hw: tuple[int, int],
+        targets: list[dict[str, Tensor]] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
+        """Proposals (P, 4) and their objectness probabilities (P,) per image, and losses.
+
+        Args:
+            features: the pyramid; the levels in ``cfg.levels`` are read.
+            image_sizes: (h, w) of each resized image before padding (boxes are clipped to it).
+            padded_hw: (H, W) of the padded batch.
+            targets: per image ``boxes`` (G, 4) and optionally ``crowd_boxes``; training only.
+        """
+        level_maps = [features[level] for level in self.levels]
+        logits_per_level, deltas_per_level = self.head(level_maps)
+        anchors_per_level = self.anchor_generator(
+            {lvl: tuple(x.shape[-2:]) for lvl, x in zip(self.levels, level_maps, strict=True)},
+            padded_hw,
+            level_maps[0].device,
+        )
+        logits, deltas = flatten_predictions(logits_per_level, deltas_per_level)
+        num_per_level = [a.shape[0] for a in anchors_per_level]
+        anchors = torch.cat(anchors_per_level, dim=0)  # (R, 4)
+        proposals, scores = self.select_proposals(
+            anchors, logits.detach(), deltas.detach(), num_per_level, image_sizes
+        )
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("the RPN needs targets in training mode")
+            losses = self.losses(anchors, logits, deltas, targets, generator)
+        return proposals, scores, losses
+
+    def select_proposals(
+        self,
+        anchors: Tensor,
+        logits: Tensor,
+        deltas: Tensor,
+        num_per_level: list[int],
+        image_sizes: list[tuple[int, int]],
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per level top-k, decode, clip, drop tiny, NMS per level, top-N per image (FPN_SPEC §2)."""
+        pre_nms = self.cfg.pre_nms_top_n_train if self.training else self.cfg.pre_nms_top_n_test
+        post_nms = self.cfg.post_nms_top_n_train if self.training else self.cfg.post_nms_top_n_test
+        top_idx, level_ids, offset = [], [], 0
+        for level_index, level_logits in enumerate(logits.split(num_per_level, dim=1)):
+            k = min(pre_nms, level_logits.shape[1])
+            top_idx.append(level_logits.topk(k, dim=1).indices + offset)  # (N, k)
+            level_ids.append(torch.full((k,), level_index, device=logits.device))
+            offset += level_logits.shape[1]
+        top_idx = torch.cat(top_idx, dim=1)  # (N, sum_k)
+        levels = torch.cat(level_ids)
+        proposals, scores = [], []
+        per_image = zip(logits, deltas, top_idx, image_sizes, strict=True)
+        for image_logits, image_deltas, idx, image_hw in per_image:
+            boxes = box_ops.decode_boxes(image_deltas[idx], anchors[idx], self.cfg.box_weights)[:, 0]
+            boxes = box_ops.clip_boxes(boxes, image_hw)
+            prob = torch.sigmoid(image_logits[idx])
+            keep = box_ops.nonempty_mask(boxes, self.cfg.min_box_size)
+            boxes, prob, lvl = boxes[keep], prob[keep], levels[keep]
+            keep = batched_nms(boxes, prob, lvl, self.cfg.nms_thresh)[:post_nms]
+            proposals.append(boxes[keep])
+            scores.append(prob[keep])
+        return proposals, scores
+
+    def losses(
+        self,
+        anchors: Tensor,
+        logits: Tensor,
+        deltas: Tensor,
+        targets: list[dict[str, Tensor]],
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        """Binary cross-entropy on sampled anchors, smooth-L1 on the positives (FPN_SPEC §2)."""
+        cfg = self.cfg
+        sampled_logits, sampled_labels, pos_deltas, pos_targets = [], [], [], []
+        for image_logits, image_deltas, target in zip(logits, deltas, targets, strict=True):
+            gt_boxes = target["boxes"]
+            matches = box_ops.match_anchors(gt_boxes, anchors, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True)
+            labels = torch.where(matches >= 0, 1, torch.where(matches == box_ops.BELOW_LOW, 0, -1))
+            crowd = target.get("crowd_boxes")
+            if crowd is not None and crowd.numel():
+                in_crowd = box_ops.intersection_over_area(anchors, crowd).amax(dim=1) > cfg.crowd_ioa_thresh
+                labels[in_crowd & (labels == 0)] = -1
+            pos, neg = box_ops.sample_balanced(
+                labels, cfg.batch_size_per_image, cfg.positive_fraction, generator
+            )
+            sampled = torch.cat([pos, neg])
+            sampled_logits.append(image_logits[sampled])
+            sampled_labels.append((labels[sampled] > 0).to(image_logits.dtype))
+            pos_deltas.append(image_deltas[pos])
+            pos_targets.append(box_ops.encode_boxes(gt_boxes[matches[pos]], anchors[pos], cfg.box_weights))
+        num_sampled = max(1, sum(x.numel() for x in sampled_logits))
+        loss_objectness = F.binary_cross_entropy_with_logits(
+            torch.cat(sampled_logits), torch.cat(sampled_labels), reduction="sum"
+        ) / num_sampled
+        loss_box = F.smooth_l1_loss(
+            torch.cat(pos_deltas), torch.cat(pos_targets), beta=cfg.smooth_l1_beta, reduction="sum"
+        ) / num_sampled
+        return {"loss_rpn_objectness": loss_objectness, "loss_rpn_box": loss_box}
