@@ -1,0 +1,57 @@
+"""Typed configs: presets, YAML round trip, dotted overrides, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from fpn.config import Config, ConfigError, list_presets, load_config, save_config
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert cfg.model.neck.channels == 256
+    assert cfg.model.rpn.anchors.sizes == {"p2": [32], "p3": [64], "p4": [128], "p5": [256], "p6": [512]}
+    assert cfg.model.roi_heads.pooler_resolution == 7 and cfg.model.roi_heads.fc_dim == 1024
+    assert cfg.model.roi_heads.batch_size_per_image == 512 and cfg.model.rpn.batch_size_per_image == 256
+    assert cfg.model.input.min_size_test == 800 and cfg.model.input.size_divisibility == 32
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_loads_and_round_trips(preset, tmp_path):
+    cfg = load_config(preset)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_preset_inherits_and_replaces_anchor_sizes():
+    cfg = load_config("ablation_f_p2_only")
+    assert cfg.model.rpn.anchors.sizes == {"p2": [32.0, 64.0, 128.0, 256.0, 512.0]}  # replaced, not merged
+    assert cfg.train.max_iter == 90000  # from its base
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["model.neck.channels=128", "train.base_lr=0.01", "model.neck.top_down=false",
+                             "model.input.min_size_train=[600, 700]"])
+    assert cfg.model.neck.channels == 128 and cfg.train.base_lr == 0.01
+    assert cfg.model.neck.top_down is False and cfg.model.input.min_size_train == [600, 700]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.neck.chanels=3", "unknown field"),
+    ("model.neck.channels=wide", "expected int"),
+    ("model.backbone.norm=layer", "not one of"),
+    ("model.neck.top_down=3", "true or false"),
+    ("model.neck", "key=value"),
+])
+def test_bad_overrides_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such config"):
+        load_config("no_such_preset")

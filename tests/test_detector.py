@@ -1,0 +1,113 @@
+"""The assembled detector in every configuration the paper ablates (FPN_SPEC §1-4).
+
+Each preset is shrunk (ResNet-18 at width 8, 128 px images) so that all of them train for a
+few dozen steps within seconds; the architecture switches are the presets' own.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpn.config import list_presets, load_config
+from fpn.model.detector import FasterRCNN
+
+TINY = [
+    "model.backbone.depth=18", "model.backbone.width=8", "model.backbone.norm=gn",
+    "model.backbone.freeze_at=0", "model.neck.channels=32", "model.roi_heads.fc_dim=64",
+    "model.roi_heads.num_classes=2", "model.input.min_size_train=[128]", "model.input.min_size_test=128",
+    "model.input.max_size=160", "model.rpn.batch_size_per_image=64", "model.roi_heads.batch_size_per_image=64",
+    "model.rpn.pre_nms_top_n_train=300", "model.rpn.post_nms_top_n_train=100",
+]
+PRESETS = ["paper_r50_fpn", "ablation_a_c4", "ablation_b_c5", "ablation_d_bottom_up",
+           "ablation_e_no_lateral", "ablation_f_p2_only"]
+
+
+def two_images():
+    """Two noisy 128 x 160 images with bright squares (class 1) and dark bars (class 2)."""
+    g = torch.Generator().manual_seed(0)
+    images, targets = [], []
+    layouts = [[(10, 20, 50, 60, 1), (70, 30, 150, 50, 2), (90, 80, 110, 100, 1)],
+               [(30, 40, 100, 110, 1), (5, 5, 60, 20, 2)]]
+    for layout in layouts:
+        image = torch.rand(3, 128, 160, generator=g) * 0.3
+        for x1, y1, x2, y2, label in layout:
+            image[:, y1:y2, x1:x2] = 1.0 if label == 1 else 0.0
+        images.append(image)
+        targets.append({"boxes": torch.tensor([b[:4] for b in layout], dtype=torch.float32),
+                        "labels": torch.tensor([b[4] for b in layout])})
+    return images, targets
+
+
+def test_all_ablation_rows_have_a_preset():
+    assert set(PRESETS) <= set(list_presets())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_variant_trains_and_predicts(preset):
+    torch.manual_seed(0)
+    model = FasterRCNN(load_config(preset, TINY).model)
+    images, targets = two_images()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    model.train()
+    totals = []
+    for _ in range(40):
+        losses = model(images, targets)
+        assert set(losses) == {"loss_rpn_objectness", "loss_rpn_box", "loss_cls", "loss_box"}
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(total.item())
+    assert all(torch.isfinite(torch.tensor(totals)))
+    first, last = sum(totals[:5]) / 5, sum(totals[-5:]) / 5
+    assert last < 0.7 * first, f"{preset}: loss {first:.3f} -> {last:.3f}"
+
+    model.eval()
+    model.cfg.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        outputs = model(images, return_proposals=True)
+    for image, out in zip(images, outputs, strict=True):
+        assert set(out) == {"boxes", "scores", "labels", "proposals", "objectness"}
+        assert len(out["boxes"]) > 0
+        h, w = image.shape[-2:]
+        assert bool((out["boxes"][:, 2] <= w).all() and (out["boxes"][:, 3] <= h).all())
+        assert bool(((out["labels"] >= 1) & (out["labels"] <= 2)).all())
+
+
+def test_boxes_come_back_in_original_pixels():
+    """A 2x larger copy of an image gives 2x larger boxes: the resize is undone exactly."""
+    torch.manual_seed(0)
+    model = FasterRCNN(load_config(None, TINY).model).eval()
+    model.cfg.roi_heads.score_thresh = 0.0
+    image = two_images()[0][0]
+    # Nearest 2x upsampling, then the preprocessor's bilinear 0.5x resize (which averages each
+    # 2x2 block), gives back the 128 x 160 network input exactly: only the scale differs.
+    big = torch.nn.functional.interpolate(image[None], scale_factor=2.0, mode="nearest")[0]
+    with torch.no_grad():
+        small_out, big_out = model([image]), model([big])
+    assert len(small_out[0]["boxes"]) > 0
+    torch.testing.assert_close(big_out[0]["boxes"], 2 * small_out[0]["boxes"])
+
+
+def test_training_requires_targets_and_rejects_bad_images():
+    model = FasterRCNN(load_config(None, TINY).model)
+    with pytest.raises(ValueError, match="targets"):
+        model([torch.rand(3, 64, 64)])
+    model.eval()
+    with pytest.raises(ValueError, match="3 x H x W"):
+        model([torch.rand(64, 64)])
+
+
+def test_empty_image_and_crowd_regions_train():
+    torch.manual_seed(0)
+    model = FasterRCNN(load_config(None, TINY).model).train()
+    images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
+    targets = [
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+        {"boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]]), "labels": torch.tensor([1]),
+         "crowd_boxes": torch.tensor([[50.0, 50.0, 96.0, 96.0]])},
+    ]
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
