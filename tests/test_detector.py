@@ -16,7 +16,8 @@ TINY = [
     "model.backbone.depth=18", "model.backbone.width=8", "model.backbone.norm=gn",
     "model.backbone.freeze_at=0", "model.neck.channels=32", "model.roi_heads.fc_dim=64",
     "model.roi_heads.num_classes=2", "model.input.min_size_train=[128]", "model.input.min_size_test=128",
-    "model.input.max_size=160", "model.rpn.batch_size_per_image=64", "model.roi_heads.batch_size_per_image=64",
+    "model.input.max_size=160", "model.rpn.batch_size_per_image=64",
+    "model.roi_heads.batch_size_per_image=64",
     "model.rpn.pre_nms_top_n_train=300", "model.rpn.post_nms_top_n_train=100",
 ]
 PRESETS = ["paper_r50_fpn", "ablation_a_c4", "ablation_b_c5", "ablation_d_bottom_up",

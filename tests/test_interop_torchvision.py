@@ -133,7 +133,8 @@ def test_pre_v2_key_names_are_accepted(tv_model):
     state = tv_model.state_dict()
     old = {}
     for key, value in state.items():  # torchvision < 0.13 names: no ".0" inside the FPN / RPN conv
-        key = key.replace("inner_blocks.0.0.", "inner_blocks.0.").replace("layer_blocks.1.0.", "layer_blocks.1.")
+        key = key.replace("inner_blocks.0.0.", "inner_blocks.0.")
+        key = key.replace("layer_blocks.1.0.", "layer_blocks.1.")
         old[key.replace("rpn.head.conv.0.0.", "rpn.head.conv.")] = value
     assert "rpn.head.conv.weight" in old
     ours = from_torchvision(old)
