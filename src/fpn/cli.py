@@ -1,24 +1,149 @@
-"""The ``fpn`` command line."""
+"""The ``fpn`` command line: synth | train | eval | predict | demo | presets.
+
+Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
+corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 from fpn import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fpn", description="Feature Pyramid Networks for object detection.")
     parser.add_argument("--version", action="version", version=f"fpn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate the built-in synthetic benchmark (COCO format)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--train", type=int, default=400, help="training images (default 400)")
+    p.add_argument("--val", type=int, default=100, help="validation images (default 100)")
+    p.add_argument("--image-size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train a detector")
+    _add_config_args(p)
+    p.add_argument("--output", type=Path, default=Path("runs/train"), help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation")
+
+    p = sub.add_parser("eval", help="box AP and proposal AR of a checkpoint (pycocotools)")
+    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.val_images=...")
+    p.add_argument("--output", type=Path, default=None, help="where to write metrics (default: beside)")
+
+    p = sub.add_parser("predict", help="detect objects in images or folders")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("inputs", nargs="+", type=Path, help="images or folders")
+    p.add_argument("--output", type=Path, default=Path("predictions"))
+    p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("demo", help="synthesise data, train a CPU-sized FPN, evaluate, draw")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--output", type=Path, default=Path("runs/demo"))
+
+    sub.add_parser("presets", help="list the config presets")
     return parser
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="demo", help="a preset name or a YAML file (default: demo)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.base_lr=0.01")
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    match args.command:
+        case "synth":
+            from fpn.data import synthetic
+
+            stats = synthetic.generate(args.out_dir, num_train=args.train, num_val=args.val,
+                                       image_size=args.image_size, seed=args.seed, progress=progress)
+            print(f"wrote {args.out_dir}: {stats}")
+        case "train":
+            from fpn.config import load_config
+            from fpn.engine import evaluate as ev
+            from fpn.engine.jobs import run_train
+
+            cfg = load_config(args.config, args.overrides)
+            result = run_train(cfg, args.output, resume=args.resume, progress=progress,
+                               evaluate=not args.no_eval)
+            if result["metrics"]:
+                print(ev.format_table(result["metrics"]))
+            print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
+        case "eval":
+            _eval(args, progress)
+        case "predict":
+            from fpn.engine.jobs import run_predict
+
+            out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
+                              device=args.device, progress=progress)
+            print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
+        case "demo":
+            from fpn.engine.jobs import run_demo
+
+            run_demo(args.output, overrides=args.overrides, progress=progress)
+        case "presets":
+            from fpn.config import list_presets
+
+            print("\n".join(list_presets()))
+        case _:
+            build_parser().print_help()
+    return 0
+
+
+def _eval(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.api import Detector, find_checkpoint, read_config
+    from fpn.config import merge, parse_overrides
+    from fpn.engine import evaluate as ev
+    from fpn.engine.jobs import build_dataset, evaluate_model
+
+    _, config_file = find_checkpoint(args.checkpoint)
+    cfg = merge(read_config(config_file), parse_overrides(args.overrides), "overrides")
+    detector = Detector.from_checkpoint(args.checkpoint, cfg.train.device)
+    metrics = evaluate_model(detector.model, build_dataset(cfg.data, "val"), cfg, progress=progress)
+    out = args.output or (config_file.parent / "eval")
+    ev.save_metrics(metrics, out)
+    print(ev.format_table(metrics))
+    print(f"metrics in {out}")
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fpn").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("fpn: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:  # ConfigError, DatasetError, CheckpointError are ValueErrors
+        if args.debug:
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"fpn {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"fpn {args.command}: unexpected {type(err).__name__}: {err} (run with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -139,6 +139,9 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    # What the labels 1..K mean: filled in from the training set, so a checkpoint describes itself.
+    class_names: list[str] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)  # dataset category id of label i + 1
 
 
 @dataclass

@@ -1,0 +1,119 @@
+"""The notebook API: load a trained detector and call it on images.
+
+>>> from fpn.api import Detector
+>>> detector = Detector.from_checkpoint("runs/demo")          # a run, a checkpoint or a file
+>>> result = detector("photo.jpg")                             # or a PIL image, or a tensor
+>>> result["boxes"], result["scores"], result["names"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image, ImageOps
+
+from fpn.config import Config, ConfigError, merge
+from fpn.engine.train import resolve_device
+from fpn.model.detector import FasterRCNN
+
+ImageLike = str | Path | Image.Image | torch.Tensor
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, empty, truncated or not an image."""
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """A 3 x H x W float tensor in [0, 1], RGB, with the EXIF orientation applied."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            return pil_to_tensor(img)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageReadError(f"{path}: cannot read the image ({err})") from None
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
+        img = img.point(lambda v: v / 256).convert("L")
+    array = torch.frombuffer(bytearray(img.convert("RGB").tobytes()), dtype=torch.uint8)
+    return array.view(img.height, img.width, 3).permute(2, 0, 1).float() / 255
+
+
+def read_config(path: str | Path) -> Config:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the config ({err})") from None
+    return merge(Config(), values, str(path))
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(weights file, config file) for a run directory, a checkpoint directory or a weights file."""
+    from fpn.engine.checkpoint import latest_checkpoint
+
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"{path}: the run has no complete checkpoint yet")
+        path = latest
+    if path.is_dir():
+        weights, config = path / "model.safetensors", path / "config.yaml"
+    else:
+        weights, config = path, path.parent / "config.yaml"
+    for needed in (weights, config):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed}: not found (expected beside the checkpoint)")
+    return weights, config
+
+
+class Detector:
+    """A detector in eval mode on a chosen device, fed with paths, PIL images or tensors."""
+
+    def __init__(self, model: FasterRCNN, device: str | torch.device = "auto"):
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.class_names = list(model.cfg.class_names)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Detector:
+        """Load safely (safetensors: no code runs) from a run, checkpoint directory or file."""
+        from safetensors.torch import load_file
+
+        weights, config = find_checkpoint(path)
+        model = FasterRCNN(read_config(config).model)
+        model.load_state_dict(load_file(str(weights)))
+        return cls(model, device)
+
+    def _as_tensor(self, image: ImageLike) -> torch.Tensor:
+        if isinstance(image, str | Path):
+            return load_image(image)
+        if isinstance(image, Image.Image):
+            return pil_to_tensor(ImageOps.exif_transpose(image))
+        if torch.is_tensor(image):
+            return image.float() / 255 if image.dtype == torch.uint8 else image
+        raise TypeError(f"expected a path, a PIL image or a tensor, got {type(image).__name__}")
+
+    @torch.inference_mode()
+    def __call__(self, images: ImageLike | Sequence[ImageLike], *, return_proposals: bool = False
+                 ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Detections per image: ``boxes`` (xyxy, original pixels), ``scores``, ``labels``, ``names``."""
+        single = not isinstance(images, list | tuple)
+        batch = [self._as_tensor(img).to(self.device) for img in ([images] if single else images)]
+        outputs = self.model(batch, return_proposals=return_proposals)
+        for out in outputs:
+            out["names"] = [self.label_name(int(label)) for label in out["labels"]]
+        return outputs[0] if single else outputs
+
+    def label_name(self, label: int) -> str:
+        if 0 < label <= len(self.class_names):
+            return self.class_names[label - 1]
+        return f"class_{label}"

@@ -1,0 +1,231 @@
+"""COCO-format detection datasets, tolerant of real-world files.
+
+- Category ids may be anything (COCO's 1..90 with gaps): labels are contiguous 1..K in the
+  order of the ids, mapped back through ``label_to_category_id``.
+- ``iscrowd`` regions go to ``target["crowd_boxes"]``: the model ignores anchors and RoIs inside
+  them instead of taking them as background, as the COCO protocol ignores them.
+- Images without annotations are kept as negatives.
+- Degenerate boxes (non-finite, zero or negative size) are dropped, boxes reaching outside the
+  image are clipped; both are counted in ``dataset.stats`` and reported once.
+- Annotations that name unknown images or categories are dropped and counted.
+- A file that is not COCO raises ``DatasetError`` naming the file and the problem; so does an
+  unreadable image when it is loaded.
+- Images are only indexed at start-up; each is decoded when it is first asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from fpn.data.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """A 3 x H x W float tensor in [0, 1], RGB, EXIF orientation applied (COCO's convention)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits
+                img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"{path}: cannot decode the image ({err})") from None
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise DatasetError(f"{path}: empty image")
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def _require(condition: bool, file: Path, problem: str) -> None:
+    if not condition:
+        raise DatasetError(f"{file}: {problem}")
+
+
+def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
+    """The JSON, checked for the structure a detection dataset needs."""
+    ann_file = Path(ann_file)
+    try:
+        data = json.loads(ann_file.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{ann_file}: annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{ann_file}: not valid JSON ({err})") from None
+    _require(isinstance(data, dict), ann_file, "expected a JSON object with images, annotations, categories")
+    for key in ("images", "categories"):
+        _require(key in data, ann_file, f"not COCO format: no '{key}' list")
+        _require(isinstance(data[key], list), ann_file, f"'{key}' must be a list")
+    data.setdefault("annotations", [])
+    _require(isinstance(data["annotations"], list), ann_file, "'annotations' must be a list")
+    for i, img in enumerate(data["images"]):
+        _require(isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str),
+                 ann_file, f"images[{i}] needs an 'id' and a 'file_name'")
+    for i, cat in enumerate(data["categories"]):
+        _require(isinstance(cat, dict) and isinstance(cat.get("id"), int), ann_file,
+                 f"categories[{i}] needs an integer 'id'")
+    return data
+
+
+class CocoDetection(Dataset):
+    """Images and boxes (and optionally masks) of a COCO instances file.
+
+    Item ``i`` is ``(image, target)``: image 3 x H x W float in [0, 1]; target ``boxes`` (N, 4)
+    float32 xyxy pixels, ``labels`` (N,) int64 in 1..K, ``crowd_boxes`` (M, 4), ``image_id``,
+    ``orig_size`` (H, W), and ``masks`` (N, H, W) uint8 with ``load_masks``.
+    """
+
+    def __init__(self, image_dir: str | Path, ann_file: str | Path, *, transforms=None,
+                 load_masks: bool = False):
+        self.image_dir = Path(image_dir)
+        self.ann_file = Path(ann_file)
+        self.transforms = transforms
+        self.load_masks = load_masks
+        data = load_coco_json(self.ann_file)
+        self._coco_dict = data
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        self.category_id_to_label = {c["id"]: i + 1 for i, c in enumerate(categories)}
+        self.label_to_category_id = {label: cid for cid, label in self.category_id_to_label.items()}
+        self.class_names = [str(c.get("name", c["id"])) for c in categories]
+        self.images = list(data["images"])
+        self.stats = {"images": len(self.images), "annotations": len(data["annotations"]), "kept": 0,
+                      "clipped": 0, "dropped_degenerate": 0, "crowd": 0, "unknown_image": 0,
+                      "unknown_category": 0, "images_without_annotations": 0}
+        self._annotations = self._index(data["annotations"])
+        self._report()
+
+    def _index(self, annotations: list[Any]) -> dict[Any, list[dict]]:
+        by_image: dict[Any, list[dict]] = {img["id"]: [] for img in self.images}
+        sizes = {img["id"]: (img.get("height"), img.get("width")) for img in self.images}
+        for ann in annotations:
+            if not isinstance(ann, dict) or ann.get("image_id") not in by_image:
+                self.stats["unknown_image"] += 1
+                continue
+            if ann.get("category_id") not in self.category_id_to_label:
+                self.stats["unknown_category"] += 1
+                continue
+            box = _checked_box(ann.get("bbox"), sizes[ann["image_id"]])
+            if box is None:
+                self.stats["dropped_degenerate"] += 1
+                continue
+            xyxy, clipped = box
+            self.stats["clipped"] += clipped
+            if ann.get("iscrowd", 0):
+                self.stats["crowd"] += 1
+            else:
+                self.stats["kept"] += 1
+            by_image[ann["image_id"]].append({**ann, "_xyxy": xyxy})
+        self.stats["images_without_annotations"] = sum(
+            1 for anns in by_image.values() if not any(not a.get("iscrowd", 0) for a in anns))
+        return by_image
+
+    def _report(self) -> None:
+        s = self.stats
+        problems = {k: s[k] for k in ("clipped", "dropped_degenerate", "unknown_image", "unknown_category") if s[k]}
+        if problems:
+            log.warning("%s: %s", self.ann_file, ", ".join(f"{v} annotation(s) {k.replace('_', ' ')}"
+                                                            for k, v in problems.items()))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def coco_gt_dict(self) -> dict[str, Any]:
+        """The annotations as loaded, for pycocotools' evaluation."""
+        return self._coco_dict
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        info = self.images[index]
+        image = read_image(self.image_dir / info["file_name"])
+        height, width = image.shape[-2:]
+        anns = self._annotations[info["id"]]
+        objects = [a for a in anns if not a.get("iscrowd", 0)]
+        crowds = [a for a in anns if a.get("iscrowd", 0)]
+        target: dict[str, Any] = {
+            "boxes": _boxes([a["_xyxy"] for a in objects], height, width),
+            "labels": torch.tensor([self.category_id_to_label[a["category_id"]] for a in objects],
+                                   dtype=torch.int64),
+            "crowd_boxes": _boxes([a["_xyxy"] for a in crowds], height, width),
+            "image_id": info["id"],
+            "orig_size": (int(height), int(width)),
+        }
+        if self.load_masks:
+            target["masks"] = _masks(objects, height, width, self.ann_file)
+        keep = (target["boxes"][:, 2] > target["boxes"][:, 0]) & (target["boxes"][:, 3] > target["boxes"][:, 1])
+        for key in ("boxes", "labels", "masks"):
+            if key in target:
+                target[key] = target[key][keep]
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def _checked_box(bbox: Any, size: tuple[Any, Any]) -> tuple[list[float], int] | None:
+    """xywh -> (xyxy clipped to the image when its size is known, 1 if clipped), or None."""
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        return None
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    height, width = size
+    if isinstance(height, int | float) and isinstance(width, int | float) and height > 0 and width > 0:
+        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+        if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
+            return None
+        return [cx1, cy1, cx2, cy2], int((cx1, cy1, cx2, cy2) != (x1, y1, x2, y2))
+    return [x1, y1, x2, y2], 0
+
+
+def _boxes(rows: list[list[float]], height: int, width: int) -> torch.Tensor:
+    """(N, 4) float32, clipped to the decoded image (its size may differ from the JSON's)."""
+    boxes = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
+
+
+def _masks(objects: list[dict], height: int, width: int, ann_file: Path) -> torch.Tensor:
+    from pycocotools import mask as mask_utils
+
+    masks = np.zeros((len(objects), height, width), dtype=np.uint8)
+    for i, ann in enumerate(objects):
+        seg = ann.get("segmentation")
+        if not seg:
+            continue
+        try:
+            if isinstance(seg, list):  # polygons
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+            elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(seg, height, width)
+            else:
+                rle = dict(seg)
+                if isinstance(rle["counts"], str):
+                    rle["counts"] = rle["counts"].encode("ascii")
+            decoded = mask_utils.decode(rle)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            log.warning("%s: annotation %s has an unreadable segmentation (%s)", ann_file, ann.get("id"), err)
+            continue
+        if decoded.shape[:2] == (height, width):
+            masks[i] = decoded.reshape(height, width)
+    return torch.from_numpy(masks)
+
+
+def collate_fn(batch: list) -> tuple[list, list]:
+    """A batch as (list of images, list of targets): images keep their own sizes."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

@@ -1,0 +1,96 @@
+"""Pascal VOC detection datasets (``Annotations/*.xml``, ``JPEGImages``, ``ImageSets/Main``).
+
+Same item contract as ``CocoDetection``. VOC boxes are 1-based inclusive pixel indices; they
+become 0-based xyxy edges by subtracting 1 from xmin and ymin (as torchvision and detectron2 do).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from fpn.data.coco import read_image
+from fpn.data.errors import DatasetError
+
+VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor"]
+
+
+def parse_voc_xml(path: Path, class_to_label: dict[str, int], keep_difficult: bool) -> dict[str, Any]:
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    except ET.ParseError as err:
+        raise DatasetError(f"{path}: not valid XML ({err})") from None
+    boxes, labels, difficult = [], [], []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in class_to_label:
+            raise DatasetError(f"{path}: unknown class {name!r}")
+        is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        if is_difficult and not keep_difficult:
+            continue
+        bb = obj.find("bndbox")
+        try:
+            x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise DatasetError(f"{path}: object {name!r} has no valid bndbox") from None
+        if x2 < x1 or y2 < y1:
+            continue
+        boxes.append([x1 - 1, y1 - 1, x2, y2])
+        labels.append(class_to_label[name])
+        difficult.append(is_difficult)
+    size = root.find("size")
+    height = int(size.findtext("height")) if size is not None and size.findtext("height") else None
+    width = int(size.findtext("width")) if size is not None and size.findtext("width") else None
+    return {"boxes": boxes, "labels": labels, "difficult": difficult, "height": height, "width": width,
+            "file_name": root.findtext("filename")}
+
+
+class VOCDetection(Dataset):
+    def __init__(self, root: str | Path, split: str = "train", *, transforms=None,
+                 class_names: list[str] | None = None, keep_difficult: bool = False):
+        self.root = Path(root)
+        self.transforms = transforms
+        self.class_names = list(class_names or VOC_CLASSES)
+        self.label_to_category_id = {i + 1: i + 1 for i in range(len(self.class_names))}
+        class_to_label = {name: i + 1 for i, name in enumerate(self.class_names)}
+        split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            raise DatasetError(f"{split_file}: split file not found")
+        self.ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        self.records = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml", class_to_label, keep_difficult)
+                        for i in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        image = read_image(self.root / "JPEGImages" / f"{self.ids[index]}.jpg")
+        target = {"boxes": torch.tensor(record["boxes"], dtype=torch.float32).reshape(-1, 4),
+                  "labels": torch.tensor(record["labels"], dtype=torch.int64),
+                  "crowd_boxes": torch.zeros(0, 4), "image_id": index + 1,
+                  "orig_size": tuple(int(s) for s in image.shape[-2:])}
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def to_coco_dict(self) -> dict[str, Any]:
+        """The annotations in COCO form, so pycocotools can evaluate on VOC too."""
+        images, annotations = [], []
+        for index, record in enumerate(self.records):
+            images.append({"id": index + 1, "file_name": f"{self.ids[index]}.jpg",
+                           "height": record["height"], "width": record["width"]})
+            for box, label in zip(record["boxes"], record["labels"], strict=True):
+                w, h = box[2] - box[0], box[3] - box[1]
+                annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": label,
+                                    "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
+        categories = [{"id": i + 1, "name": n} for i, n in enumerate(self.class_names)]
+        return {"images": images, "annotations": annotations, "categories": categories}

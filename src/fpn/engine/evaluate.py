@@ -1,0 +1,152 @@
+"""Evaluation through pycocotools, as the paper's Tables 1-3 report it (FPN_SPEC §4).
+
+- Box AP: AP (IoU .5:.95), AP50, AP75, AP_s, AP_m, AP_l.
+- Proposal AR: class-agnostic recall of the RPN's proposals, averaged over IoU .5:.95, at 100
+  and 1000 proposals per image, and by object size at 1000.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
+AR_KEYS = ["AR@100", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
+
+
+def as_coco(coco_gt: COCO | str | Path | dict) -> COCO:
+    """A pycocotools COCO object from an object, a JSON path or a dict (quietly)."""
+    if isinstance(coco_gt, COCO):
+        return coco_gt
+    with contextlib.redirect_stdout(io.StringIO()):
+        if isinstance(coco_gt, dict):
+            coco = COCO()
+            coco.dataset = copy.deepcopy(coco_gt)
+            coco.dataset.setdefault("info", {})
+            coco.createIndex()
+            return coco
+        return COCO(str(coco_gt))
+
+
+def detections_to_coco_results(outputs: Iterable[dict[str, torch.Tensor]], image_ids: Iterable[int],
+                               label_to_category_id: dict[int, int]) -> list[dict[str, Any]]:
+    """Per-image ``boxes`` (xyxy), ``scores``, ``labels`` (1..K) -> COCO result records (xywh)."""
+    results = []
+    for out, image_id in zip(outputs, image_ids, strict=True):
+        boxes = out["boxes"].detach().cpu().to(torch.float64)
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        for box, score, label in zip(xywh, out["scores"].tolist(), out["labels"].tolist(), strict=True):
+            results.append({"image_id": int(image_id), "category_id": int(label_to_category_id[int(label)]),
+                            "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
+    return results
+
+
+def _run_cocoeval(coco: COCO, results: list[dict], use_cats: bool, max_dets: list[int],
+                  verbose: bool) -> COCOeval:
+    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with sink:
+        coco_dt = coco.loadRes(results)
+        evaluator = COCOeval(coco, coco_dt, "bbox")
+        evaluator.params.useCats = int(use_cats)
+        evaluator.params.maxDets = max_dets
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator
+
+
+def coco_box_ap(coco_gt: COCO | str | Path | dict, results: list[dict], verbose: bool = False
+                ) -> dict[str, float]:
+    """AP, AP50, AP75, AP_s, AP_m, AP_l (fractions in [0, 1]) of COCO-format results."""
+    if not results:
+        return dict.fromkeys(BOX_KEYS, 0.0)
+    evaluator = _run_cocoeval(as_coco(coco_gt), results, True, [1, 10, 100], verbose)
+    with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
+        evaluator.summarize()
+    return {k: max(0.0, float(v)) for k, v in zip(BOX_KEYS, evaluator.stats[:6], strict=True)}
+
+
+def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[torch.Tensor],
+                image_ids: list[int], scores_per_image: list[torch.Tensor] | None = None,
+                verbose: bool = False) -> dict[str, float]:
+    """Class-agnostic average recall of proposals (xyxy, best first) at 100 and 1000 per image."""
+    coco = as_coco(coco_gt)
+    any_category = coco.getCatIds()[0] if coco.getCatIds() else 1
+    results = []
+    for i, (boxes, image_id) in enumerate(zip(proposals_per_image, image_ids, strict=True)):
+        boxes = boxes.detach().cpu().to(torch.float64)
+        count = len(boxes)
+        scores = (scores_per_image[i].tolist() if scores_per_image is not None
+                  else torch.linspace(1.0, 0.0, count + 2)[1:-1].tolist())
+        for box, score in zip(boxes.tolist(), scores, strict=True):
+            results.append({"image_id": int(image_id), "category_id": any_category,
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(score)})
+    if not results:
+        return dict.fromkeys(AR_KEYS, 0.0)
+    evaluator = _run_cocoeval(coco, results, False, [100, 1000], verbose)
+    recall = evaluator.eval["recall"]  # (T IoUs, K=1, A areas [all, s, m, l], M maxDets)
+
+    def mean_recall(area: int, max_det: int) -> float:
+        values = recall[:, :, area, max_det]
+        values = values[values > -1]
+        return float(np.mean(values)) if values.size else 0.0
+
+    return {"AR@100": mean_recall(0, 0), "AR@1000": mean_recall(0, 1), "AR_s@1000": mean_recall(1, 1),
+            "AR_m@1000": mean_recall(2, 1), "AR_l@1000": mean_recall(3, 1)}
+
+
+@torch.inference_mode()
+def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | str | Path | dict,
+                      label_to_category_id: dict[int, int], *, with_proposals: bool = True,
+                      device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Run ``model`` over a loader of (images, targets) and score it with pycocotools.
+
+    ``model(images, return_proposals=...)`` must return per image ``boxes``, ``scores``,
+    ``labels`` (and ``proposals``, ``objectness``) in original-image pixels.
+    """
+    coco = as_coco(coco_gt)
+    outputs, image_ids = [], []
+    for images, targets in tqdm(data_loader, desc="eval", disable=not progress, dynamic_ncols=True):
+        images = [img.to(device) for img in images]
+        batch_out = model(images, return_proposals=with_proposals) if with_proposals else model(images)
+        outputs += [{k: v.cpu() for k, v in out.items() if torch.is_tensor(v)} for out in batch_out]
+        image_ids += [int(t["image_id"]) for t in targets]
+    results = detections_to_coco_results(outputs, image_ids, label_to_category_id)
+    metrics: dict[str, Any] = coco_box_ap(coco, results)
+    if with_proposals:
+        metrics.update(proposal_ar(coco, [o["proposals"] for o in outputs], image_ids,
+                                   [o["objectness"] for o in outputs]))
+    metrics["num_images"] = len(image_ids)
+    metrics["coco_results"] = results
+    return metrics
+
+
+def save_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
+    """``metrics.json`` (the numbers) and ``coco_results.json`` (the detections) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    numbers = {k: v for k, v in metrics.items() if k != "coco_results"}
+    (out_dir / "metrics.json").write_text(json.dumps(numbers, indent=1))
+    (out_dir / "coco_results.json").write_text(json.dumps(metrics.get("coco_results", [])))
+    return out_dir
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The paper's columns, as percentages with one decimal."""
+    keys = [k for k in BOX_KEYS + AR_KEYS if k in metrics]
+    if not keys:
+        return "(no metrics)"
+    width = max(7, *(len(k) for k in keys))
+    header = " ".join(k.rjust(width) for k in keys)
+    values = " ".join(f"{100 * metrics[k]:.1f}".rjust(width) for k in keys)
+    return f"{header}\n{values}"

@@ -1,0 +1,293 @@
+"""The training loop: SGD with warm-up and step decay, logging, checkpoints, exact resume.
+
+FPN_SPEC §6 gives the schedule: SGD, momentum 0.9, weight decay 1e-4, lr 0.02 for 16 images
+(scaled linearly with the batch), linear warm-up, x0.1 decays near the end.
+
+Resuming is exact on the CPU: the data order and the flips are functions of (seed, epoch,
+index), and every random state the model draws from is saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from fpn.config import Config, TrainConfig, save_config, to_dict
+from fpn.data.coco import collate_fn
+from fpn.data.transforms import hflip
+from fpn.engine import checkpoint as ckpt
+from fpn.model.detector import FasterRCNN
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the message names the step and the loss term."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def scaled_lr(cfg: TrainConfig) -> float:
+    """The linear scaling rule: base_lr for base_batch_size images, proportionally otherwise."""
+    return cfg.base_lr * cfg.batch_size / cfg.base_batch_size
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the learning rate at ``step``: linear warm-up, then x gamma at each step."""
+    factor = cfg.lr_gamma ** sum(step >= s for s in cfg.lr_steps)
+    if step < cfg.warmup_iters:
+        alpha = step / cfg.warmup_iters
+        factor *= cfg.warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD; no weight decay on normalisation parameters and biases (as detectron2)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=cfg.momentum)
+
+
+class EpochView(Dataset):
+    """A training dataset seen through one epoch: a seeded order and seeded flips.
+
+    Item ``i`` of epoch ``e`` is always the same sample with the same flip, whichever worker
+    loads it, so a resumed run sees exactly the data the uninterrupted run would have.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, flip_prob: float):
+        self.dataset = dataset
+        self.seed = seed
+        self.flip_prob = flip_prob
+        self.epoch = 0
+        self.order: list[int] = []
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.order = torch.randperm(len(self.dataset), generator=g).tolist()
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int):
+        index = self.order[i]
+        image, target = self.dataset[index]
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index)
+        if self.flip_prob > 0 and torch.rand((), generator=g).item() < self.flip_prob:
+            image, target = hflip(image, target)
+        return image, target
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    index_in_epoch: int = 0  # batches of the current epoch already consumed
+    bad_samples: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _batches(view: EpochView, state: TrainState, cfg: TrainConfig, workers: int
+             ) -> Iterator[tuple[list, list]]:
+    """Batches forever, epoch after epoch, starting where ``state`` says."""
+    while True:
+        view.set_epoch(state.epoch)
+        loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=collate_fn, drop_last=True, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(cfg.seed + state.epoch))
+        if len(loader) == 0:
+            raise ValueError(f"the training set ({len(view)} images) is smaller than one batch "
+                             f"({cfg.batch_size})")
+        for i, batch in enumerate(loader):
+            if i < state.index_in_epoch:
+                continue  # resumed mid-epoch: these batches were already used
+            yield batch
+        state.epoch += 1
+        state.index_in_epoch = 0
+
+
+def _to_device(images: list, targets: list, device: torch.device) -> tuple[list, list]:
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+class _StopRequested:
+    """SIGINT / SIGTERM: finish the current step, write a checkpoint, then stop."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing this step and writing a checkpoint")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(
+    cfg: Config,
+    train_dataset: Dataset,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate_fn=None,
+) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``train_dataset``; write logs and checkpoints into ``run_dir``.
+
+    Args:
+        evaluate_fn: optional ``(model, step) -> dict`` run every ``eval_period`` steps and at the
+            end; its numbers go to the metrics log.
+    Returns:
+        the final training state as a dict (step, last losses, run time).
+    """
+    tcfg = cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    device = resolve_device(tcfg.device)
+    seed_everything(tcfg.seed)
+    model = FasterRCNN(cfg.model).to(device)
+    optimizer = build_optimizer(model, tcfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, tcfg))
+    state = TrainState()
+    if resume:
+        state = _resume(run_dir, model, optimizer, scheduler) or state
+    view = EpochView(train_dataset, tcfg.seed, cfg.data.horizontal_flip)
+    metrics_file = (run_dir / "metrics.jsonl").open("a")
+    model.train()
+    batches = _batches(view, state, tcfg, cfg.data.num_workers)
+    bar = tqdm(total=tcfg.max_iter, initial=state.step, disable=not progress, desc="train",
+               dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        with _StopRequested() as stop:
+            while state.step < tcfg.max_iter:
+                images, targets = _to_device(*next(batches), device)
+                losses = model(images, targets)
+                _check_finite(losses, state.step)
+                total = sum(losses.values())
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if tcfg.grad_clip_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip_norm)
+                optimizer.step()
+                scheduler.step()
+                state.step += 1
+                state.index_in_epoch += 1
+                record = {"step": state.step, "lr": optimizer.param_groups[0]["lr"],
+                          "loss": total.item(), **{k: v.item() for k, v in losses.items()},
+                          "time": time.perf_counter() - start}
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.4f}")
+                if state.step % tcfg.log_period == 0 or state.step == tcfg.max_iter:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                done = state.step == tcfg.max_iter
+                if done or stop.requested or state.step % tcfg.checkpoint_period == 0:
+                    _save(run_dir, model, optimizer, scheduler, state, cfg)
+                if evaluate_fn is not None and (done or (tcfg.eval_period and state.step % tcfg.eval_period == 0)):
+                    model.eval()
+                    results = evaluate_fn(model, state.step)
+                    model.train()
+                    metrics_file.write(json.dumps({"step": state.step, "eval": results,
+                                                   "time": time.perf_counter() - start}) + "\n")
+                    metrics_file.flush()
+                if stop.requested:
+                    break
+    finally:
+        bar.close()
+        metrics_file.close()
+    return {"step": state.step, "seconds": time.perf_counter() - start, "model": model}
+
+
+def _check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
+    for name, value in losses.items():
+        if not torch.isfinite(value):
+            raise NonFiniteLossError(
+                f"step {step + 1}: loss term '{name}' is {value.item()}; lower train.base_lr, set "
+                "train.grad_clip_norm, or check the annotations for degenerate boxes"
+            )
+
+
+def _save(run_dir: Path, model, optimizer, scheduler, state: TrainState, cfg: Config) -> Path:
+    train_state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": state.step,
+        "epoch": state.epoch,
+        "index_in_epoch": state.index_in_epoch,
+        "bad_samples": state.bad_samples,
+        "rng": ckpt.capture_rng_state(),
+    }
+    return ckpt.save_checkpoint(run_dir / "checkpoints", state.step, model.state_dict(), train_state,
+                                to_dict(cfg))
+
+
+def _resume(run_dir: Path, model, optimizer, scheduler) -> TrainState | None:
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if latest is None:
+        log.warning("%s: no checkpoint to resume from; starting from step 0", run_dir)
+        return None
+    weights, train_state, _ = ckpt.load_checkpoint(latest)
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(train_state["optimizer"])
+    scheduler.load_state_dict(train_state["scheduler"])
+    ckpt.restore_rng_state(train_state["rng"])
+    log.info("resumed from %s (step %d)", latest, train_state["step"])
+    return TrainState(step=int(train_state["step"]), epoch=int(train_state["epoch"]),
+                      index_in_epoch=int(train_state["index_in_epoch"]),
+                      bad_samples=int(train_state.get("bad_samples", 0)))
+
+
+def default_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+__all__ = ["train", "resolve_device", "lr_factor", "scaled_lr", "NonFiniteLossError", "hflip",
+           "EpochView"]
