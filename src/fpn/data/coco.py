@@ -132,7 +132,8 @@ class CocoDetection(Dataset):
 
     def _report(self) -> None:
         s = self.stats
-        problems = {k: s[k] for k in ("clipped", "dropped_degenerate", "unknown_image", "unknown_category") if s[k]}
+        kinds = ("clipped", "dropped_degenerate", "unknown_image", "unknown_category")
+        problems = {k: s[k] for k in kinds if s[k]}
         if problems:
             log.warning("%s: %s", self.ann_file, ", ".join(f"{v} annotation(s) {k.replace('_', ' ')}"
                                                             for k, v in problems.items()))
@@ -161,7 +162,8 @@ class CocoDetection(Dataset):
         }
         if self.load_masks:
             target["masks"] = _masks(objects, height, width, self.ann_file)
-        keep = (target["boxes"][:, 2] > target["boxes"][:, 0]) & (target["boxes"][:, 3] > target["boxes"][:, 1])
+        boxes = target["boxes"]
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # not clipped to nothing
         for key in ("boxes", "labels", "masks"):
             if key in target:
                 target[key] = target[key][keep]

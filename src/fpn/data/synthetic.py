@@ -141,7 +141,8 @@ def generate_split(out_dir: str | Path, num_images: int, image_size: int, seed: 
     dataset = {
         "info": {"description": "fpn synthetic multi-scale shapes benchmark", "seed": seed},
         "images": images, "annotations": annotations,
-        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)],
+        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
+                       for i, name in enumerate(CLASSES)],
     }
     (out_dir / "annotations.json").write_text(json.dumps(dataset))
     return {"images": len(images), "objects": len(annotations), **size_bins(annotations)}
@@ -162,6 +163,7 @@ def generate(out_dir: str | Path, *, num_train: int = 400, num_val: int = 100, i
     """The benchmark: ``out_dir/train`` and ``out_dir/val`` (disjoint random streams)."""
     if image_size < 64:
         raise ValueError(f"image_size {image_size} is too small (at least 64 px)")
-    train = generate_split(Path(out_dir) / "train", num_train, image_size, seed * 2, progress, "synth train")
-    val = generate_split(Path(out_dir) / "val", num_val, image_size, seed * 2 + 1, progress, "synth val")
+    out_dir = Path(out_dir)
+    train = generate_split(out_dir / "train", num_train, image_size, seed * 2, progress, "synth train")
+    val = generate_split(out_dir / "val", num_val, image_size, seed * 2 + 1, progress, "synth val")
     return {"train": train, "val": val}

@@ -47,7 +47,8 @@ def detections_to_coco_results(outputs: Iterable[dict[str, torch.Tensor]], image
         boxes = out["boxes"].detach().cpu().to(torch.float64)
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         for box, score, label in zip(xywh, out["scores"].tolist(), out["labels"].tolist(), strict=True):
-            results.append({"image_id": int(image_id), "category_id": int(label_to_category_id[int(label)]),
+            results.append({"image_id": int(image_id),
+                            "category_id": int(label_to_category_id[int(label)]),
                             "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
     return results
 
@@ -90,7 +91,8 @@ def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[tor
                   else torch.linspace(1.0, 0.0, count + 2)[1:-1].tolist())
         for box, score in zip(boxes.tolist(), scores, strict=True):
             results.append({"image_id": int(image_id), "category_id": any_category,
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(score)})
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                            "score": float(score)})
     if not results:
         return dict.fromkeys(AR_KEYS, 0.0)
     evaluator = _run_cocoeval(coco, results, False, [100, 1000], verbose)

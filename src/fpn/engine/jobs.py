@@ -126,7 +126,8 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
         for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                      det["labels"].tolist(), strict=True):
             ids = detector.model.cfg.category_ids
-            records.append({"file_name": str(path), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+            records.append({"file_name": str(path),
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
                             "score": score, "category_id": ids[label - 1] if ids else label,
                             "category_name": detector.label_name(label)})
         save_drawn(to_pil(image), det, out_dir / "drawn" / f"{Path(path).stem}.png",

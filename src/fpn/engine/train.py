@@ -68,7 +68,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     """SGD; no weight decay on normalisation parameters and biases (as detectron2)."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 else decay).append(param)
@@ -231,7 +231,8 @@ def train(
                 done = state.step == tcfg.max_iter
                 if done or stop.requested or state.step % tcfg.checkpoint_period == 0:
                     _save(run_dir, model, optimizer, scheduler, state, cfg)
-                if evaluate_fn is not None and (done or (tcfg.eval_period and state.step % tcfg.eval_period == 0)):
+                periodic_eval = tcfg.eval_period and state.step % tcfg.eval_period == 0
+                if evaluate_fn is not None and (done or periodic_eval):
                     model.eval()
                     results = evaluate_fn(model, state.step)
                     model.train()

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny, fast configuration of the detector."""
+
+from __future__ import annotations
+
+import pytest
+
+# ResNet-18 at width 8, d = 32, 96-px images: the paper's architecture at a size that trains in
+# a fraction of a second per step on a CPU.
+TINY_MODEL = [
+    "model.backbone.depth=18", "model.backbone.width=8", "model.backbone.norm=gn",
+    "model.backbone.freeze_at=0", "model.neck.channels=32", "model.roi_heads.fc_dim=64",
+    "model.input.min_size_train=[96]", "model.input.min_size_test=96", "model.input.max_size=96",
+    "model.rpn.batch_size_per_image=64", "model.roi_heads.batch_size_per_image=64",
+    "model.rpn.pre_nms_top_n_train=300", "model.rpn.post_nms_top_n_train=100",
+    "model.rpn.pre_nms_top_n_test=300", "model.rpn.post_nms_top_n_test=100",
+    "model.rpn.anchors.sizes={p2: [8], p3: [16], p4: [32], p5: [64], p6: [128]}",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """A 6 + 3 image synthetic benchmark at 96 px (COCO format on disk)."""
+    from fpn.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, num_train=6, num_val=3, image_size=96, seed=1, progress=False)
+    return root
+
+
+def data_overrides(root) -> list[str]:
+    return [f"data.train_images={root}/train/images", f"data.train_annotations={root}/train/annotations.json",
+            f"data.val_images={root}/val/images", f"data.val_annotations={root}/val/annotations.json",
+            "data.num_workers=0"]

@@ -1,0 +1,86 @@
+"""Checkpoints: round trip, atomic writes, and refusing pickled code."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from fpn.engine.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    load_foreign_weights,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+def _draws():
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_round_trip_of_weights_optimizer_and_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    state = {"optimizer": optimizer.state_dict(), "step": 7, "rng": capture_rng_state()}
+    expected = _draws()
+    path = save_checkpoint(tmp_path, 7, model.state_dict(), state, {"a": 1})
+    weights, train_state, config = load_checkpoint(path)
+    assert config == {"a": 1} and train_state["step"] == 7
+    for key, value in model.state_dict().items():
+        assert torch.equal(weights[key], value)
+    restored = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
+    restored.load_state_dict(train_state["optimizer"])
+    assert torch.equal(restored.state_dict()["state"][0]["momentum_buffer"],
+                       optimizer.state_dict()["state"][0]["momentum_buffer"])
+    restore_rng_state(train_state["rng"])
+    assert _draws() == expected
+
+
+def test_latest_ignores_a_killed_writers_temp_dir_and_prunes(tmp_path):
+    weights = {"w": torch.zeros(2)}
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, weights, keep=2)
+    (tmp_path / ".step_0000005.abc.tmp").mkdir()  # what a SIGKILL mid-write leaves
+    assert latest_checkpoint(tmp_path).name == "step_0000004"
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000003", "step_0000004"]
+    (tmp_path / "last_checkpoint").write_text("step_0000009")  # a pointer to nothing: fall back
+    assert latest_checkpoint(tmp_path).name == "step_0000004"
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="evil.pth: refusing"):
+        load_foreign_weights(path)
+    assert not marker.exists()
+
+
+def test_wrappers_truncation_and_missing_files(tmp_path):
+    path = tmp_path / "ok.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path)
+    assert torch.equal(load_foreign_weights(path)["w"], torch.ones(2))
+    ckpt = save_checkpoint(tmp_path / "run", 1, {"w": torch.ones(1000)})
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_foreign_weights(tmp_path / "none.pth")

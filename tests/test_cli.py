@@ -1,0 +1,51 @@
+"""The ``fpn`` command end to end on a tiny synthetic set: synth -> train -> eval -> predict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import TINY_MODEL, data_overrides
+from fpn.cli import main
+
+
+def test_synth_train_eval_predict(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["--quiet", "synth", str(data), "--train", "4", "--val", "2", "--image-size", "96"]) == 0
+    run = tmp_path / "run"
+    overrides = [*TINY_MODEL, *data_overrides(data), "train.batch_size=2", "train.max_iter=3",
+                 "train.warmup_iters=1", "train.device=cpu"]
+    assert main(["--quiet", "train", "--config", "demo", "--output", str(run), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "AP50" in out and "AR@1000" in out
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+
+    assert main(["--quiet", "eval", str(run), "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"AP", "AP50", "AR@100", "AR@1000"} <= set(metrics) and metrics["num_images"] == 2
+    results = json.loads((tmp_path / "eval" / "coco_results.json").read_text())
+    assert all(r["category_id"] in range(1, 6) for r in results)
+
+    preds = tmp_path / "preds"
+    assert main(["--quiet", "predict", str(run), str(data / "val" / "images"), "--output", str(preds)]) == 0
+    assert len(list((preds / "drawn").glob("*.png"))) == 2
+    records = json.loads((preds / "predictions.json").read_text())
+    assert all({"file_name", "bbox", "score", "category_name"} <= set(r) for r in records)
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys, tiny_synth):
+    code = main(["train", "--config", "demo", "--output", str(tmp_path),
+                 f"data.train_images={tiny_synth}/train/images", "data.train_annotations=/nope.json"])
+    err = capsys.readouterr().err
+    assert code == 2 and "/nope.json" in err and "Traceback" not in err and err.count("\n") == 1
+    assert main(["train", "--config", "demo", "model.neck.channels=wide"]) == 2
+    assert "model.neck.channels" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "no_run"), str(tmp_path)]) == 2
+
+
+def test_console_script_version():
+    script = Path(sys.executable).parent / "fpn"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("fpn ")

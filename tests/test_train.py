@@ -1,0 +1,54 @@
+"""The training loop: schedule, exact resume, non-finite losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, data_overrides
+from fpn.config import TrainConfig, load_config
+from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
+from fpn.engine.jobs import build_dataset, with_dataset_classes
+from fpn.engine.train import NonFiniteLossError, _check_finite, lr_factor, scaled_lr, train
+
+
+def test_schedule_warmup_steps_and_linear_scaling():
+    cfg = TrainConfig(batch_size=4, base_lr=0.02, base_batch_size=16, warmup_iters=100, warmup_factor=0.001,
+                      lr_steps=[200, 300], lr_gamma=0.1)
+    assert scaled_lr(cfg) == pytest.approx(0.005)  # 0.02 x 4 / 16
+    assert lr_factor(0, cfg) == pytest.approx(0.001)
+    assert lr_factor(50, cfg) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(100, cfg) == 1.0 and lr_factor(199, cfg) == 1.0
+    assert lr_factor(200, cfg) == pytest.approx(0.1) and lr_factor(300, cfg) == pytest.approx(0.01)
+
+
+def _cfg(root, max_iter):
+    overrides = [*TINY_MODEL, *data_overrides(root), "train.batch_size=2", "train.base_batch_size=2",
+                 "train.base_lr=0.01", f"train.max_iter={max_iter}", "train.warmup_iters=2",
+                 "train.lr_steps=[4]", "train.checkpoint_period=100", "train.device=cpu"]
+    return load_config("demo", overrides)
+
+
+def _weights(run_dir):
+    return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))[0]
+
+
+def test_stop_and_resume_gives_identical_weights(tiny_synth, tmp_path):
+    dataset = build_dataset(_cfg(tiny_synth, 6).data, "train")  # 6 images, batch 2: 3 steps an epoch
+    straight = tmp_path / "straight"
+    train(with_dataset_classes(_cfg(tiny_synth, 6), dataset), dataset, straight, progress=False)
+    resumed = tmp_path / "resumed"
+    train(with_dataset_classes(_cfg(tiny_synth, 4), dataset), dataset, resumed, progress=False)  # stop
+    assert latest_checkpoint(resumed / "checkpoints").name == "step_0000004"
+    train(with_dataset_classes(_cfg(tiny_synth, 6), dataset), dataset, resumed, resume=True, progress=False)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) >= 2  # both runs logged into the same file
+
+
+def test_non_finite_loss_names_step_and_term():
+    with pytest.raises(NonFiniteLossError, match="step 12: loss term 'loss_box' is nan"):
+        _check_finite({"loss_cls": torch.tensor(1.0), "loss_box": torch.tensor(float("nan"))}, 11)
