@@ -52,3 +52,34 @@ def test_stop_and_resume_gives_identical_weights(tiny_synth, tmp_path):
 def test_non_finite_loss_names_step_and_term():
     with pytest.raises(NonFiniteLossError, match="step 12: loss term 'loss_box' is nan"):
         _check_finite({"loss_cls": torch.tensor(1.0), "loss_box": torch.tensor(float("nan"))}, 11)
+
+
+def _with_corrupt_images(root, tmp_path, count):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    for path in sorted((copy / "train" / "images").glob("*.png"))[:count]:
+        path.write_bytes(path.read_bytes()[:100])  # truncated PNG
+    return copy
+
+
+def test_bad_samples_are_skipped_and_counted(tiny_synth, tmp_path, caplog):
+    data = _with_corrupt_images(tiny_synth, tmp_path, 1)
+    cfg = _cfg(data, 3)
+    dataset = build_dataset(cfg.data, "train")
+    result = train(with_dataset_classes(cfg, dataset), dataset, tmp_path / "run", progress=False)
+    assert result["step"] == 3 and result["bad_samples"] >= 1
+    assert "000000.png" in caplog.text
+
+
+def test_too_many_bad_samples_stop_with_a_summary(tiny_synth, tmp_path):
+    from fpn.engine.train import TooManyBadSamplesError
+
+    data = _with_corrupt_images(tiny_synth, tmp_path, 4)
+    cfg = load_config("demo", [*TINY_MODEL, *data_overrides(data),
+                               "train.batch_size=2", "train.max_iter=6", "train.max_bad_samples=2",
+                               "train.device=cpu"])
+    dataset = build_dataset(cfg.data, "train")
+    with pytest.raises(TooManyBadSamplesError, match="max_bad_samples=2"):
+        train(with_dataset_classes(cfg, dataset), dataset, tmp_path / "run", progress=False)

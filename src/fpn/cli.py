@@ -1,4 +1,4 @@
-"""The ``fpn`` command line: synth | train | eval | predict | demo | presets.
+"""The ``fpn`` command line: synth | train | eval | predict | demo | bench | presets.
 
 Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
 corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))
 
+    p = sub.add_parser("bench", help="inference speed against torchvision on identical weights")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="only the 512x512 input and small scaling tables")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
+
     sub.add_parser("presets", help="list the config presets")
     return parser
 
@@ -91,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
             from fpn.engine.jobs import run_demo
 
             run_demo(args.output, overrides=args.overrides, progress=progress)
+        case "bench":
+            from fpn import benchmark
+
+            report = benchmark.run(repeats=args.repeats, quick=args.quick, threads=args.threads)
+            print("\n" + report)
+            if args.output:
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                args.output.write_text(report + "\n")
         case "presets":
             from fpn.config import list_presets
 
@@ -116,7 +130,10 @@ def _eval(args: argparse.Namespace, progress: bool) -> None:
     print(f"metrics in {out}")
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, PermissionError)
+# ConfigError, DatasetError, CheckpointError, ConversionError are ValueErrors; a non-finite loss
+# is a FloatingPointError: all are reported in one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, PermissionError,
+                                                FloatingPointError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fpn: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:  # ConfigError, DatasetError, CheckpointError are ValueErrors
+    except USER_ERRORS as err:
         if args.debug:
             raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

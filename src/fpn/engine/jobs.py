@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader
 
-from fpn.config import Config, DataConfig, load_config, save_config
+from fpn.config import Config, DataConfig, load_config
 from fpn.engine import evaluate as ev
 from fpn.engine.train import resolve_device, train
 
@@ -185,11 +184,3 @@ def run_demo(out_dir: str | Path = "runs/demo", *, overrides: list[str] | None =
 def _demo_synth_args(cfg: Config) -> dict[str, Any]:
     return {"num_train": 600, "num_val": 100, "image_size": 256, "seed": cfg.train.seed}
 
-
-def save_run_config(cfg: Config, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-
-
-def pick_device(name: str) -> torch.device:
-    return resolve_device(name)

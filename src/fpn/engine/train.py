@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fpn.config import Config, TrainConfig, save_config, to_dict
-from fpn.data.coco import collate_fn
+from fpn.data.errors import DatasetError
 from fpn.data.transforms import hflip
 from fpn.engine import checkpoint as ckpt
 from fpn.model.detector import FasterRCNN
@@ -34,7 +34,7 @@ from fpn.model.detector import FasterRCNN
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; the message names the step and the loss term."""
 
 
@@ -102,11 +102,25 @@ class EpochView(Dataset):
 
     def __getitem__(self, i: int):
         index = self.order[i]
-        image, target = self.dataset[index]
+        try:
+            image, target = self.dataset[index]
+        except DatasetError as err:  # a corrupt or missing image: report, skip, count
+            log.warning("skipping a bad sample: %s", err)
+            return None
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index)
         if self.flip_prob > 0 and torch.rand((), generator=g).item() < self.flip_prob:
             image, target = hflip(image, target)
         return image, target
+
+
+class TooManyBadSamplesError(DatasetError):
+    """More unreadable samples than ``train.max_bad_samples``."""
+
+
+def collate_skipping_bad(batch: list) -> tuple[list, list, int]:
+    """(images, targets, number of bad samples dropped from this batch)."""
+    good = [sample for sample in batch if sample is not None]
+    return [s[0] for s in good], [s[1] for s in good], len(batch) - len(good)
 
 
 @dataclass
@@ -120,19 +134,30 @@ class TrainState:
 
 def _batches(view: EpochView, state: TrainState, cfg: TrainConfig, workers: int
              ) -> Iterator[tuple[list, list]]:
-    """Batches forever, epoch after epoch, starting where ``state`` says."""
+    """Batches forever, epoch after epoch, starting where ``state`` says.
+
+    Bad samples are dropped and counted; past ``cfg.max_bad_samples`` the run stops.
+    """
     while True:
         view.set_epoch(state.epoch)
         loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=collate_fn, drop_last=True, persistent_workers=False,
+                            collate_fn=collate_skipping_bad, drop_last=True, persistent_workers=False,
                             generator=torch.Generator().manual_seed(cfg.seed + state.epoch))
         if len(loader) == 0:
             raise ValueError(f"the training set ({len(view)} images) is smaller than one batch "
                              f"({cfg.batch_size})")
-        for i, batch in enumerate(loader):
+        for i, (images, targets, bad) in enumerate(loader):
             if i < state.index_in_epoch:
                 continue  # resumed mid-epoch: these batches were already used
-            yield batch
+            state.bad_samples += bad
+            if state.bad_samples > cfg.max_bad_samples:
+                raise TooManyBadSamplesError(
+                    f"{state.bad_samples} samples could not be read (limit train.max_bad_samples="
+                    f"{cfg.max_bad_samples}); see the warnings above for the files")
+            if not images:  # every sample of this batch was bad
+                state.index_in_epoch += 1
+                continue
+            yield images, targets
         state.epoch += 1
         state.index_in_epoch = 0
 
@@ -205,6 +230,9 @@ def train(
     bar = tqdm(total=tcfg.max_iter, initial=state.step, disable=not progress, desc="train",
                dynamic_ncols=True)
     start = time.perf_counter()
+    if evaluate_fn is not None and state.step >= tcfg.max_iter:  # resumed a finished run: evaluate it
+        model.eval()
+        evaluate_fn(model, state.step)
     try:
         with _StopRequested() as stop:
             while state.step < tcfg.max_iter:
@@ -244,7 +272,10 @@ def train(
     finally:
         bar.close()
         metrics_file.close()
-    return {"step": state.step, "seconds": time.perf_counter() - start, "model": model}
+    if state.bad_samples:
+        log.warning("%d bad samples were skipped during training", state.bad_samples)
+    return {"step": state.step, "seconds": time.perf_counter() - start, "model": model,
+            "bad_samples": state.bad_samples}
 
 
 def _check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
@@ -290,5 +321,5 @@ def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
 
 
-__all__ = ["train", "resolve_device", "lr_factor", "scaled_lr", "NonFiniteLossError", "hflip",
-           "EpochView"]
+__all__ = ["train", "resolve_device", "lr_factor", "scaled_lr", "NonFiniteLossError",
+           "TooManyBadSamplesError", "EpochView"]

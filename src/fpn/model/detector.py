@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from fpn.config import ModelConfig
 from fpn.model.backbone import ResNet
+from fpn.model.fuse import inference_copy, parameters_version
 from fpn.model.neck import build_neck
 from fpn.model.preprocess import Preprocessor, rescale_boxes
 from fpn.model.roi_heads import RoIHeads
@@ -19,11 +20,18 @@ from fpn.model.rpn import RegionProposalNetwork
 
 
 class FasterRCNN(nn.Module):
-    """Faster R-CNN on a feature pyramid, or on one of the paper's baselines (by config)."""
+    """Faster R-CNN on a feature pyramid, or on one of the paper's baselines (by config).
 
-    def __init__(self, cfg: ModelConfig):
+    In eval mode the bottom-up pathway runs as a copy with its frozen normalisation folded into
+    the convolutions, in channels-last memory (``fpn.model.fuse``): the same function, faster
+    on CPUs. The copy is rebuilt whenever the weights change; set ``fast_inference = False``
+    to run the training-mode modules instead.
+    """
+
+    def __init__(self, cfg: ModelConfig, fast_inference: bool = True):
         super().__init__()
         self.cfg = cfg
+        self.fast_inference = fast_inference
         # The C4 baseline's res5 lives in the RoI head, not in the bottom-up pathway.
         c4_head = cfg.neck.kind == "single_scale" and cfg.roi_heads.head == "res5"
         self.preprocess = Preprocessor(cfg.input)
@@ -40,7 +48,20 @@ class FasterRCNN(nn.Module):
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
-        return self.neck(self.backbone(images))
+        if self.training or not self.fast_inference:
+            return self.neck(self.backbone(images))
+        backbone = self._inference_backbone()
+        return self.neck(backbone(images.contiguous(memory_format=torch.channels_last)))
+
+    def _inference_backbone(self) -> nn.Module:
+        """The folded, channels-last copy of the backbone, rebuilt when the weights change."""
+        version = parameters_version(self.backbone)
+        cached = self.__dict__.get("_inference_backbone_cache")  # not a submodule: no state_dict entry
+        if cached is None or cached[0] != version:
+            with torch.inference_mode(False):  # ordinary tensors, usable outside inference mode too
+                cached = (version, inference_copy(self.backbone))
+            self.__dict__["_inference_backbone_cache"] = cached
+        return cached[1]
 
     def forward(
         self,

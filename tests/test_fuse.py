@@ -1,0 +1,73 @@
+"""The inference path: folded normalisation and channels-last give the same function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from fpn.config import BackboneConfig, load_config
+from fpn.model.backbone import ResNet
+from fpn.model.detector import FasterRCNN
+from fpn.model.fuse import fold_norm_into_conv, inference_copy
+
+
+def _randomise_statistics(module):
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, FrozenBatchNorm2d | torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.normal_(0, 0.1, generator=g)
+            m.running_mean.normal_(0, 0.1, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+@torch.no_grad()
+def test_folded_backbone_computes_the_same_features(norm):
+    backbone = ResNet(BackboneConfig(depth=50, width=16, norm=norm, freeze_at=0)).eval()
+    _randomise_statistics(backbone)
+    fused = inference_copy(backbone)
+    assert not any(isinstance(m, FrozenBatchNorm2d | torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 3, 96, 128)
+    expected, got = backbone(x), fused(x.contiguous(memory_format=torch.channels_last))
+    for level in expected:
+        torch.testing.assert_close(got[level], expected[level], rtol=1e-4, atol=1e-4)
+
+
+def test_fold_formula_by_hand():
+    conv = torch.nn.Conv2d(1, 1, 1, bias=True)
+    conv.weight.data.fill_(2.0)
+    conv.bias.data.fill_(1.0)
+    norm = FrozenBatchNorm2d(1, eps=0.0)
+    norm.weight.fill_(3.0)
+    norm.bias.fill_(0.5)
+    norm.running_mean.fill_(4.0)
+    norm.running_var.fill_(9.0)
+    fused = fold_norm_into_conv(conv, norm)
+    # y = 3 * ((2x + 1) - 4) / 3 + 0.5 = 2x - 2.5
+    assert fused.weight.item() == pytest.approx(2.0) and fused.bias.item() == pytest.approx(-2.5)
+
+
+def test_eval_mode_uses_the_fast_path_and_follows_weight_changes():
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone.depth=18", "model.backbone.width=8", "model.neck.channels=16",
+                             "model.roi_heads.fc_dim=32", "model.input.min_size_test=128",
+                             "model.input.max_size=128", "model.roi_heads.score_thresh=0.0"]).model
+    model = FasterRCNN(cfg).eval()
+    _randomise_statistics(model.backbone)
+    images = [torch.rand(3, 100, 120)]
+    with torch.no_grad():
+        fast = model(images)
+        assert "_inference_backbone_cache" in model.__dict__
+        assert not any(k.startswith("_inference") for k in model.state_dict())
+        model.fast_inference = False
+        slow = model(images)
+        torch.testing.assert_close(fast[0]["boxes"], slow[0]["boxes"], rtol=1e-4, atol=1e-3)
+        model.fast_inference = True
+        model.backbone.stem.conv.weight.mul_(0.5)  # a weight change must rebuild the folded copy
+        changed_fast = model(images)
+        model.fast_inference = False
+        changed_slow = model(images)
+    torch.testing.assert_close(changed_fast[0]["scores"], changed_slow[0]["scores"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(changed_fast[0]["scores"][:5], fast[0]["scores"][:5])
