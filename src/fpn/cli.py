@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return run(args)
-    except KeyboardInterrupt:
-        print("fpn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"fpn {args.command}: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
         if args.debug:

@@ -31,12 +31,24 @@ from fpn.data.errors import DatasetError
 log = logging.getLogger(__name__)
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """A 3 x H x W float tensor in [0, 1], RGB, EXIF orientation applied (COCO's convention)."""
+def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """A 3 x H x W float tensor in [0, 1], RGB, with the EXIF orientation applied.
+
+    Annotation tools disagree on whether boxes refer to the stored pixels or to the upright
+    photo. When the annotation file records the image size (``expected_hw``) and only the
+    stored pixels have that size (a 90-degree EXIF rotation), the stored pixels are used, so
+    that the boxes stay consistent with the pixels.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
+            upright = ImageOps.exif_transpose(img)
+            stored_hw, upright_hw = (img.height, img.width), (upright.height, upright.width)
+            if expected_hw and upright_hw != tuple(expected_hw) and stored_hw == tuple(expected_hw):
+                log.warning("%s: EXIF rotation ignored: the annotations give the stored size %s",
+                            path, stored_hw)
+            else:
+                img = upright
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits
                 img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
             array = np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -147,7 +159,8 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         info = self.images[index]
-        image = read_image(self.image_dir / info["file_name"])
+        expected = (info.get("height"), info.get("width"))
+        image = read_image(self.image_dir / info["file_name"], expected if all(expected) else None)
         height, width = image.shape[-2:]
         anns = self._annotations[info["id"]]
         objects = [a for a in anns if not a.get("iscrowd", 0)]

@@ -20,6 +20,10 @@ from fpn.engine.train import resolve_device, train
 log = logging.getLogger(__name__)
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Training was stopped by SIGINT/SIGTERM after its checkpoint was written."""
+
+
 def build_dataset(data: DataConfig, split: str):
     """The train or val dataset the config names (COCO format or Pascal VOC)."""
     from fpn.data import CocoDetection, VOCDetection
@@ -97,6 +101,9 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progres
 
     result = train(cfg, train_set, out_dir, resume=resume, progress=progress,
                    evaluate_fn=evaluate_fn if evaluate else None)
+    if result["stopped"]:
+        raise TrainingStopped(f"stopped at step {result['step']} after writing a checkpoint; "
+                              f"continue with: fpn train --resume --output {out_dir} ...")
     result["metrics"] = final
     return result
 

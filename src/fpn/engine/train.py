@@ -275,7 +275,7 @@ def train(
     if state.bad_samples:
         log.warning("%d bad samples were skipped during training", state.bad_samples)
     return {"step": state.step, "seconds": time.perf_counter() - start, "model": model,
-            "bad_samples": state.bad_samples}
+            "bad_samples": state.bad_samples, "stopped": state.step < tcfg.max_iter}
 
 
 def _check_finite(losses: dict[str, torch.Tensor], step: int) -> None:

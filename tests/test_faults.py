@@ -1,0 +1,65 @@
+"""Faults: a training process killed with SIGKILL resumes from its last checkpoint and ends with
+exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import TINY_MODEL, data_overrides
+from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+
+def _command(root, run_dir, *extra):
+    return [sys.executable, "-m", "fpn.cli", "--quiet", "train", "--config", "demo", "--output", str(run_dir),
+            "--no-eval", *TINY_MODEL, *data_overrides(root), "train.batch_size=2", "train.max_iter=8",
+            "train.checkpoint_period=2", "train.warmup_iters=2", "train.device=cpu", *extra]
+
+
+def test_sigkill_then_resume_loses_nothing(tiny_synth, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(_command(tiny_synth, straight), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    kill_after = random.choice([2, 4, 6])  # a random checkpoint to die after
+    process = subprocess.Popen(_command(tiny_synth, killed), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    target = killed / "checkpoints" / f"step_{kill_after:07d}"
+    deadline = time.monotonic() + 120
+    while not target.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    survivor = latest_checkpoint(killed / "checkpoints")
+    assert survivor is not None, f"no checkpoint survived the kill after step {kill_after}"
+
+    result = subprocess.run(_command(tiny_synth, killed, "--resume"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = load_checkpoint(latest_checkpoint(straight / "checkpoints"))[0]
+    got = load_checkpoint(latest_checkpoint(killed / "checkpoints"))[0]
+    assert latest_checkpoint(killed / "checkpoints").name == "step_0000008"
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"killed after step {kill_after} (survivor {survivor.name}): {different[:3]} differ"
+
+
+def test_sigint_stops_cleanly_after_a_checkpoint(tiny_synth, tmp_path):
+    run = tmp_path / "run"
+    command = _command(tiny_synth, run)
+    command[command.index("train.max_iter=8")] = "train.max_iter=400"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = run / "checkpoints" / "step_0000002"
+    deadline = time.monotonic() + 120
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "stopped at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    step = int(stderr.split("stopped at step ")[1].split()[0])
+    assert latest_checkpoint(run / "checkpoints").name == f"step_{step:07d}"  # nothing lost
