@@ -125,3 +125,21 @@ def test_intersection_over_area():
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     crowd = torch.tensor([[5.0, 0.0, 100.0, 100.0]])
     torch.testing.assert_close(intersection_over_area(boxes, crowd), torch.tensor([[0.5], [1.0]]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(boxes_xyxy(5), boxes_xyxy(4))
+def test_iou_is_symmetric_and_bounded(a, b):
+    from torchvision.ops import box_iou
+
+    iou = box_iou(a, b)
+    torch.testing.assert_close(iou, box_iou(b, a).T)
+    assert bool(((iou >= 0) & (iou <= 1 + 1e-9)).all())
+    torch.testing.assert_close(torch.diagonal(box_iou(a, a)), torch.ones(len(a), dtype=a.dtype))
+    # matching is consistent with the IoU: a box matched as foreground has IoU >= 0.7 with its match
+    matches = match_anchors(a, b, 0.7, 0.3, allow_low_quality=False)
+    for j, m in enumerate(matches.tolist()):
+        if m >= 0:
+            assert iou[m, j] >= 0.7
+        elif m == BELOW_LOW:
+            assert bool((iou[:, j] < 0.3).all())

@@ -9,6 +9,7 @@ index), and every random state the model draws from is saved with the checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -29,6 +31,7 @@ from fpn.config import Config, TrainConfig, save_config, to_dict
 from fpn.data.errors import DatasetError
 from fpn.data.transforms import hflip
 from fpn.engine import checkpoint as ckpt
+from fpn.engine import distributed
 from fpn.model.detector import FasterRCNN
 
 log = logging.getLogger(__name__)
@@ -82,12 +85,22 @@ class EpochView(Dataset):
 
     Item ``i`` of epoch ``e`` is always the same sample with the same flip, whichever worker
     loads it, so a resumed run sees exactly the data the uninterrupted run would have.
+
+    With ``world_size`` ranks, each global batch of ``global_batch`` samples is cut into equal
+    consecutive shares, and rank ``r`` sees the r-th share of every batch: together the ranks
+    see exactly the batches one process would.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, flip_prob: float):
+    def __init__(self, dataset: Dataset, seed: int, flip_prob: float, global_batch: int = 1,
+                 rank: int = 0, world_size: int = 1):
+        if global_batch % world_size:
+            raise ValueError(f"train.batch_size={global_batch} is not divisible by {world_size} processes")
         self.dataset = dataset
         self.seed = seed
         self.flip_prob = flip_prob
+        self.global_batch = global_batch
+        self.local_batch = global_batch // world_size
+        self.rank = rank
         self.epoch = 0
         self.order: list[int] = []
         self.set_epoch(0)
@@ -95,7 +108,10 @@ class EpochView(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        self.order = torch.randperm(len(self.dataset), generator=g).tolist()
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        usable = len(order) // self.global_batch * self.global_batch  # whole global batches only
+        share = [(i % self.global_batch) // self.local_batch for i in range(usable)]  # rank of position i
+        self.order = [order[i] for i in range(usable) if share[i] == self.rank]
 
     def __len__(self) -> int:
         return len(self.order)
@@ -107,9 +123,11 @@ class EpochView(Dataset):
         except DatasetError as err:  # a corrupt or missing image: report, skip, count
             log.warning("skipping a bad sample: %s", err)
             return None
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index)
+        sample_seed = (self.seed * 1_000_003 + self.epoch) * 1_000_033 + index
+        g = torch.Generator().manual_seed(sample_seed)
         if self.flip_prob > 0 and torch.rand((), generator=g).item() < self.flip_prob:
             image, target = hflip(image, target)
+        target = {**target, "sample_seed": sample_seed % 2**62}  # the model's anchor/RoI sampling
         return image, target
 
 
@@ -140,7 +158,7 @@ def _batches(view: EpochView, state: TrainState, cfg: TrainConfig, workers: int
     """
     while True:
         view.set_epoch(state.epoch)
-        loader = DataLoader(view, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+        loader = DataLoader(view, batch_size=view.local_batch, shuffle=False, num_workers=workers,
                             collate_fn=collate_skipping_bad, drop_last=True, persistent_workers=False,
                             generator=torch.Generator().manual_seed(cfg.seed + state.epoch))
         if len(loader) == 0:
@@ -194,6 +212,18 @@ class _StopRequested:
             signal.signal(sig, handler)
 
 
+def autocast(device: torch.device, amp: str):
+    """Mixed precision on CUDA (bf16, or fp16 with loss scaling); CPU runs stay fp32."""
+    if amp == "off" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 on CUDA; a pass-through otherwise."""
+    return torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and device.type == "cuda"))
+
+
 def train(
     cfg: Config,
     train_dataset: Dataset,
@@ -205,73 +235,89 @@ def train(
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on ``train_dataset``; write logs and checkpoints into ``run_dir``.
 
+    Under ``torchrun`` every process calls this; each trains on its share of the batches
+    through DistributedDataParallel and only rank 0 writes files.
+
     Args:
         evaluate_fn: optional ``(model, step) -> dict`` run every ``eval_period`` steps and at the
-            end; its numbers go to the metrics log.
+            end (on every rank); its numbers go to the metrics log.
     Returns:
-        the final training state as a dict (step, last losses, run time).
+        step, seconds, the model, the number of bad samples skipped, whether a signal stopped it.
     """
     tcfg = cfg.train
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    device = resolve_device(tcfg.device)
+    dinfo = distributed.init(resolve_device(tcfg.device))
+    device = distributed.device_for(tcfg.device, dinfo.local_rank)
+    if tcfg.amp != "off" and device.type != "cuda":
+        log.warning("train.amp=%s needs CUDA; training in fp32 on %s", tcfg.amp, device)
+    if dinfo.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     seed_everything(tcfg.seed)
     model = FasterRCNN(cfg.model).to(device)
     optimizer = build_optimizer(model, tcfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, tcfg))
-    state = TrainState()
-    if resume:
-        state = _resume(run_dir, model, optimizer, scheduler) or state
-    view = EpochView(train_dataset, tcfg.seed, cfg.data.horizontal_flip)
-    metrics_file = (run_dir / "metrics.jsonl").open("a")
-    model.train()
+    scaler = make_grad_scaler(device, tcfg.amp)
+    state = (_resume(run_dir, model, optimizer, scheduler) if resume else None) or TrainState()
+    net = model
+    if dinfo.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    view = EpochView(train_dataset, tcfg.seed, cfg.data.horizontal_flip, tcfg.batch_size, dinfo.rank,
+                     dinfo.world_size)
+    log_file = (run_dir / "metrics.jsonl").open("a") if dinfo.is_main else None
     batches = _batches(view, state, tcfg, cfg.data.num_workers)
-    bar = tqdm(total=tcfg.max_iter, initial=state.step, disable=not progress, desc="train",
-               dynamic_ncols=True)
+    bar = tqdm(total=tcfg.max_iter, initial=state.step, disable=not (progress and dinfo.is_main),
+               desc="train", dynamic_ncols=True)
     start = time.perf_counter()
-    if evaluate_fn is not None and state.step >= tcfg.max_iter:  # resumed a finished run: evaluate it
+
+    def log_record(record: dict[str, Any]) -> None:
+        if log_file is not None:
+            log_file.write(json.dumps({**record, "time": time.perf_counter() - start}) + "\n")
+            log_file.flush()
+
+    def evaluate() -> None:
         model.eval()
-        evaluate_fn(model, state.step)
+        log_record({"step": state.step, "eval": evaluate_fn(model, state.step)})
+        model.train()
+
+    if evaluate_fn is not None and state.step >= tcfg.max_iter:  # resumed a finished run
+        evaluate()
+    model.train()
     try:
         with _StopRequested() as stop:
             while state.step < tcfg.max_iter:
                 images, targets = _to_device(*next(batches), device)
-                losses = model(images, targets)
+                with autocast(device, tcfg.amp):
+                    losses = net(images, targets)
                 _check_finite(losses, state.step)
                 total = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                scaler.scale(total).backward()
                 if tcfg.grad_clip_norm:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 state.step += 1
                 state.index_in_epoch += 1
-                record = {"step": state.step, "lr": optimizer.param_groups[0]["lr"],
-                          "loss": total.item(), **{k: v.item() for k, v in losses.items()},
-                          "time": time.perf_counter() - start}
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.4f}")
-                if state.step % tcfg.log_period == 0 or state.step == tcfg.max_iter:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                bar.set_postfix(loss=f"{total.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
                 done = state.step == tcfg.max_iter
-                if done or stop.requested or state.step % tcfg.checkpoint_period == 0:
+                if state.step % tcfg.log_period == 0 or done:
+                    log_record({"step": state.step, "lr": optimizer.param_groups[0]["lr"],
+                                "loss": total.item(), **{k: v.item() for k, v in losses.items()}})
+                if dinfo.is_main and (done or stop.requested or state.step % tcfg.checkpoint_period == 0):
                     _save(run_dir, model, optimizer, scheduler, state, cfg)
                 periodic_eval = tcfg.eval_period and state.step % tcfg.eval_period == 0
                 if evaluate_fn is not None and (done or periodic_eval):
-                    model.eval()
-                    results = evaluate_fn(model, state.step)
-                    model.train()
-                    metrics_file.write(json.dumps({"step": state.step, "eval": results,
-                                                   "time": time.perf_counter() - start}) + "\n")
-                    metrics_file.flush()
+                    evaluate()
                 if stop.requested:
                     break
     finally:
         bar.close()
-        metrics_file.close()
+        if log_file is not None:
+            log_file.close()
     if state.bad_samples:
         log.warning("%d bad samples were skipped during training", state.bad_samples)
     return {"step": state.step, "seconds": time.perf_counter() - start, "model": model,

@@ -147,6 +147,19 @@ def match_anchors(
     return matches
 
 
+def sampling_generator(target: dict, salt: int, default: torch.Generator | None) -> torch.Generator | None:
+    """The random stream for one image's sampling.
+
+    A target carrying ``sample_seed`` gets its own stream, so the sampled anchors and RoIs of an
+    image do not depend on which other images share its batch or its process (distributed
+    training gives the same samples as one process).
+    """
+    seed = target.get("sample_seed")
+    if seed is None:
+        return default
+    return torch.Generator().manual_seed(int(seed) * 2 + salt)
+
+
 def sample_balanced(
     labels: Tensor, batch_size: int, positive_fraction: float, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:

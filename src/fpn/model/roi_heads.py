@@ -199,7 +199,8 @@ class RoIHeads(nn.Module):
                 in_crowd = box_ops.intersection_over_area(candidates, crowd).amax(dim=1)
                 labels[(in_crowd > cfg.crowd_ioa_thresh) & (labels == 0)] = -1
             pos, neg = box_ops.sample_balanced(
-                labels, cfg.batch_size_per_image, cfg.positive_fraction, generator
+                labels, cfg.batch_size_per_image, cfg.positive_fraction,
+                box_ops.sampling_generator(target, 1, generator),
             )
             keep = torch.cat([pos, neg])
             boxes = candidates[keep]

@@ -172,7 +172,8 @@ class RegionProposalNetwork(nn.Module):
                 in_crowd = box_ops.intersection_over_area(anchors, crowd).amax(dim=1) > cfg.crowd_ioa_thresh
                 labels[in_crowd & (labels == 0)] = -1
             pos, neg = box_ops.sample_balanced(
-                labels, cfg.batch_size_per_image, cfg.positive_fraction, generator
+                labels, cfg.batch_size_per_image, cfg.positive_fraction,
+                box_ops.sampling_generator(target, 0, generator),
             )
             sampled = torch.cat([pos, neg])
             sampled_logits.append(image_logits[sampled])

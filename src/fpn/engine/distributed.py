@@ -1,0 +1,78 @@
+"""Distributed training on PyTorch's own engine: ``torchrun`` starts the processes, we join them.
+
+``torchrun --nproc_per_node N -m fpn train ...`` (multi-node: torchrun's ``--nnodes``,
+``--rdzv_endpoint`` flags) sets RANK, WORLD_SIZE and LOCAL_RANK; ``init()`` then joins the
+process group with NCCL on GPUs and gloo on CPUs. Each rank takes its share of every global
+batch; DistributedDataParallel averages the gradients; only rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init(device: torch.device) -> DistInfo:
+    """Join the process group torchrun describes in the environment (a no-op without one)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def info() -> DistInfo:
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device_for(name: str, local_rank: int) -> torch.device:
+    """``auto``: this rank's GPU when CUDA is present, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (just ``[obj]`` when not distributed)."""
+    current = info()
+    if not current.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * current.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    if info().enabled:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
