@@ -21,6 +21,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from fpn.engine import distributed
+
 BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
 AR_KEYS = ["AR@100", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
 
@@ -114,7 +116,8 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
     """Run ``model`` over a loader of (images, targets) and score it with pycocotools.
 
     ``model(images, return_proposals=...)`` must return per image ``boxes``, ``scores``,
-    ``labels`` (and ``proposals``, ``objectness``) in original-image pixels.
+    ``labels`` (and ``proposals``, ``objectness``) in original-image pixels. Under torchrun,
+    give each rank its own shard of the images: the outputs are gathered before scoring.
     """
     coco = as_coco(coco_gt)
     outputs, image_ids = [], []
@@ -123,6 +126,10 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
         batch_out = model(images, return_proposals=with_proposals) if with_proposals else model(images)
         outputs += [{k: v.cpu() for k, v in out.items() if torch.is_tensor(v)} for out in batch_out]
         image_ids += [int(t["image_id"]) for t in targets]
+    # under torchrun each rank saw a shard of the images: gather them all
+    shards = distributed.gather_objects((outputs, image_ids))
+    outputs = [out for shard_outputs, _ in shards for out in shard_outputs]
+    image_ids = [i for _, shard_ids in shards for i in shard_ids]
     results = detections_to_coco_results(outputs, image_ids, label_to_category_id)
     metrics: dict[str, Any] = coco_box_ap(coco, results)
     if with_proposals:

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from fpn.config import Config, DataConfig, load_config
+from fpn.engine import distributed
 from fpn.engine import evaluate as ev
 from fpn.engine.train import resolve_device, train
 
@@ -56,8 +57,12 @@ def label_to_category_id(cfg: Config) -> dict[int, int]:
 
 
 def val_loader(dataset, batch_size: int = 2, workers: int = 0) -> DataLoader:
+    """In order; under torchrun, rank r takes images r, r + world_size, ..."""
     from fpn.data import collate_fn
 
+    dist = distributed.info()
+    if dist.enabled:
+        dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_fn)
 
@@ -94,7 +99,8 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progres
 
     def evaluate_fn(model, step):
         metrics = evaluate_model(model, val_set, cfg, progress=progress)
-        ev.save_metrics(metrics, out_dir / "eval" / f"step_{step:07d}")
+        if distributed.info().is_main:
+            ev.save_metrics(metrics, out_dir / "eval" / f"step_{step:07d}")
         final.clear()
         final.update(metrics)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}

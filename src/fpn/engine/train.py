@@ -277,7 +277,9 @@ def train(
 
     def evaluate() -> None:
         model.eval()
-        log_record({"step": state.step, "eval": evaluate_fn(model, state.step)})
+        eval_start = time.perf_counter()
+        results = evaluate_fn(model, state.step)
+        log_record({"step": state.step, "eval": results, "eval_seconds": time.perf_counter() - eval_start})
         model.train()
 
     if evaluate_fn is not None and state.step >= tcfg.max_iter:  # resumed a finished run
