@@ -138,3 +138,17 @@ def test_real_coco_photographs():
         total_objects += len(expected)
         total_crowd += len(target["crowd_boxes"])
     assert total_objects > 50
+
+
+def test_start_up_decodes_no_image(tmp_path, monkeypatch):
+    """Indexing a dataset never opens an image: they are decoded only when asked for."""
+    import PIL.Image
+
+    images = [{"id": i, "file_name": f"missing_{i}.jpg", "width": 10, "height": 10} for i in range(1000)]
+    anns = [{"id": i, "image_id": i, "category_id": 3, "bbox": [1, 1, 4, 4], "iscrowd": 0}
+            for i in range(1000)]
+    opened = []
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opened.append(a) or (_ for _ in ()).throw(OSError))
+    ds = CocoDetection(tmp_path, _write(tmp_path, images, anns, CATS))
+    assert len(ds) == 1000 and ds.stats["kept"] == 1000 and not opened
+    assert not hasattr(ds, "_coco_dict")  # the parsed JSON is not kept

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,26 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
     data.setdefault("annotations", [])
     _require(isinstance(data["annotations"], list), ann_file, "'annotations' must be a list")
     for i, img in enumerate(data["images"]):
-        _require(isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str),
-                 ann_file, f"images[{i}] needs an 'id' and a 'file_name'")
+        _require(isinstance(img, dict) and isinstance(img.get("id"), int | str)
+                 and isinstance(img.get("file_name"), str),
+                 ann_file, f"images[{i}] needs an integer 'id' and a 'file_name'")
     for i, cat in enumerate(data["categories"]):
         _require(isinstance(cat, dict) and isinstance(cat.get("id"), int), ann_file,
                  f"categories[{i}] needs an integer 'id'")
     return data
+
+
+@dataclass
+class ImageRecord:
+    """What one image needs at training time, stored compactly (no per-annotation dicts)."""
+
+    image_id: Any
+    file_name: str
+    recorded_hw: tuple[int, int] | None
+    boxes_xyxy: np.ndarray  # (N, 4) float32, objects then crowd regions
+    labels: np.ndarray  # (N,) int64 in 1..K
+    is_crowd: np.ndarray  # (N,) bool
+    segmentations: list[bytes] | None  # JSON of each non-crowd object's mask, with load_masks
 
 
 class CocoDetection(Dataset):
@@ -96,6 +111,10 @@ class CocoDetection(Dataset):
     Item ``i`` is ``(image, target)``: image 3 x H x W float in [0, 1]; target ``boxes`` (N, 4)
     float32 xyxy pixels, ``labels`` (N,) int64 in 1..K, ``crowd_boxes`` (M, 4), ``image_id``,
     ``orig_size`` (H, W), and ``masks`` (N, H, W) uint8 with ``load_masks``.
+
+    Start-up reads the JSON once and keeps only compact per-image arrays (the parsed JSON is
+    freed), so a 100k-image annotation file costs little memory in every loader worker, and
+    no image is decoded before it is asked for.
     """
 
     def __init__(self, image_dir: str | Path, ann_file: str | Path, *, transforms=None,
@@ -105,26 +124,26 @@ class CocoDetection(Dataset):
         self.transforms = transforms
         self.load_masks = load_masks
         data = load_coco_json(self.ann_file)
-        self._coco_dict = data
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_id_to_label = {c["id"]: i + 1 for i, c in enumerate(categories)}
         self.label_to_category_id = {label: cid for cid, label in self.category_id_to_label.items()}
         self.class_names = [str(c.get("name", c["id"])) for c in categories]
-        self.images = list(data["images"])
-        self.stats = {"images": len(self.images), "annotations": len(data["annotations"]), "kept": 0,
+        self.stats = {"images": len(data["images"]), "annotations": len(data["annotations"]), "kept": 0,
                       "clipped": 0, "dropped_degenerate": 0, "crowd": 0, "unknown_image": 0,
                       "unknown_category": 0, "images_without_annotations": 0}
-        self._annotations = self._index(data["annotations"])
+        self.records = self._index(data["images"], data["annotations"])
+        del data
         self._report()
 
-    def _index(self, annotations: list[Any]) -> dict[Any, list[dict]]:
-        by_image: dict[Any, list[dict]] = {img["id"]: [] for img in self.images}
-        sizes = {img["id"]: (img.get("height"), img.get("width")) for img in self.images}
+    def _index(self, images: list[dict], annotations: list[Any]) -> list[ImageRecord]:
+        per_image: dict[Any, list[tuple[list[float], int, bool, Any]]] = {img["id"]: [] for img in images}
+        sizes = {img["id"]: (img.get("height"), img.get("width")) for img in images}
         for ann in annotations:
-            if not isinstance(ann, dict) or ann.get("image_id") not in by_image:
+            if not isinstance(ann, dict) or _hashable(ann.get("image_id")) not in per_image:
                 self.stats["unknown_image"] += 1
                 continue
-            if ann.get("category_id") not in self.category_id_to_label:
+            label = self.category_id_to_label.get(_hashable(ann.get("category_id")))
+            if label is None:
                 self.stats["unknown_category"] += 1
                 continue
             box = _checked_box(ann.get("bbox"), sizes[ann["image_id"]])
@@ -132,15 +151,24 @@ class CocoDetection(Dataset):
                 self.stats["dropped_degenerate"] += 1
                 continue
             xyxy, clipped = box
+            crowd = bool(ann.get("iscrowd", 0))
             self.stats["clipped"] += clipped
-            if ann.get("iscrowd", 0):
-                self.stats["crowd"] += 1
-            else:
-                self.stats["kept"] += 1
-            by_image[ann["image_id"]].append({**ann, "_xyxy": xyxy})
-        self.stats["images_without_annotations"] = sum(
-            1 for anns in by_image.values() if not any(not a.get("iscrowd", 0) for a in anns))
-        return by_image
+            self.stats["crowd" if crowd else "kept"] += 1
+            per_image[ann["image_id"]].append((xyxy, label, crowd, ann.get("segmentation")))
+        records = []
+        for img in images:
+            anns = per_image[img["id"]]
+            self.stats["images_without_annotations"] += not any(not crowd for _, _, crowd, _ in anns)
+            height, width = sizes[img["id"]]
+            recorded = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+            records.append(ImageRecord(
+                img["id"], img["file_name"], recorded,
+                np.array([a[0] for a in anns], dtype=np.float32).reshape(-1, 4),
+                np.array([a[1] for a in anns], dtype=np.int64),
+                np.array([a[2] for a in anns], dtype=bool),
+                [json.dumps(a[3]).encode() for a in anns if not a[2]] if self.load_masks else None,
+            ))
+        return records
 
     def _report(self) -> None:
         s = self.stats
@@ -151,38 +179,39 @@ class CocoDetection(Dataset):
                                                             for k, v in problems.items()))
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.records)
 
-    def coco_gt_dict(self) -> dict[str, Any]:
-        """The annotations as loaded, for pycocotools' evaluation."""
-        return self._coco_dict
+    def coco_gt(self) -> Path:
+        """The ground truth for pycocotools' evaluation: the annotation file itself."""
+        return self.ann_file
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        info = self.images[index]
-        expected = (info.get("height"), info.get("width"))
-        image = read_image(self.image_dir / info["file_name"], expected if all(expected) else None)
+        record = self.records[index]
+        image = read_image(self.image_dir / record.file_name, record.recorded_hw)
         height, width = image.shape[-2:]
-        anns = self._annotations[info["id"]]
-        objects = [a for a in anns if not a.get("iscrowd", 0)]
-        crowds = [a for a in anns if a.get("iscrowd", 0)]
+        crowd = torch.from_numpy(record.is_crowd)
+        boxes = _clip(torch.from_numpy(record.boxes_xyxy), height, width)
         target: dict[str, Any] = {
-            "boxes": _boxes([a["_xyxy"] for a in objects], height, width),
-            "labels": torch.tensor([self.category_id_to_label[a["category_id"]] for a in objects],
-                                   dtype=torch.int64),
-            "crowd_boxes": _boxes([a["_xyxy"] for a in crowds], height, width),
-            "image_id": info["id"],
+            "boxes": boxes[~crowd],
+            "labels": torch.from_numpy(record.labels)[~crowd],
+            "crowd_boxes": boxes[crowd],
+            "image_id": record.image_id,
             "orig_size": (int(height), int(width)),
         }
         if self.load_masks:
-            target["masks"] = _masks(objects, height, width, self.ann_file)
-        boxes = target["boxes"]
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # not clipped to nothing
+            target["masks"] = _masks(record.segmentations, height, width, self.ann_file)
+        kept = target["boxes"]
+        keep = (kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])  # not clipped to nothing
         for key in ("boxes", "labels", "masks"):
             if key in target:
                 target[key] = target[key][keep]
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def _hashable(value: Any) -> Any:
+    return value if isinstance(value, int | str | float | type(None)) else None
 
 
 def _checked_box(bbox: Any, size: tuple[Any, Any]) -> tuple[list[float], int] | None:
@@ -206,20 +235,21 @@ def _checked_box(bbox: Any, size: tuple[Any, Any]) -> tuple[list[float], int] | 
     return [x1, y1, x2, y2], 0
 
 
-def _boxes(rows: list[list[float]], height: int, width: int) -> torch.Tensor:
-    """(N, 4) float32, clipped to the decoded image (its size may differ from the JSON's)."""
-    boxes = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+def _clip(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Clip (N, 4) boxes to the decoded image (its size may differ from the JSON's)."""
+    boxes = boxes.clone()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
     return boxes
 
 
-def _masks(objects: list[dict], height: int, width: int, ann_file: Path) -> torch.Tensor:
+def _masks(segmentations: list[bytes], height: int, width: int, ann_file: Path) -> torch.Tensor:
+    """(N, H, W) uint8 masks from polygons, compressed or uncompressed RLE."""
     from pycocotools import mask as mask_utils
 
-    masks = np.zeros((len(objects), height, width), dtype=np.uint8)
-    for i, ann in enumerate(objects):
-        seg = ann.get("segmentation")
+    masks = np.zeros((len(segmentations), height, width), dtype=np.uint8)
+    for i, encoded in enumerate(segmentations):
+        seg = json.loads(encoded)
         if not seg:
             continue
         try:
@@ -232,8 +262,8 @@ def _masks(objects: list[dict], height: int, width: int, ann_file: Path) -> torc
                 if isinstance(rle["counts"], str):
                     rle["counts"] = rle["counts"].encode("ascii")
             decoded = mask_utils.decode(rle)
-        except (TypeError, ValueError, KeyError, AttributeError) as err:
-            log.warning("%s: annotation %s has an unreadable segmentation (%s)", ann_file, ann.get("id"), err)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+            log.warning("%s: an unreadable segmentation is left empty (%s)", ann_file, err)
             continue
         if decoded.shape[:2] == (height, width):
             masks[i] = decoded.reshape(height, width)

@@ -81,11 +81,10 @@ def evaluate_model(model, dataset, cfg: Config, *, progress: bool = True) -> dic
 
 
 def _coco_gt(dataset):
-    if hasattr(dataset, "coco_gt_dict"):
-        return dataset.coco_gt_dict()
-    if hasattr(dataset, "to_coco_dict"):
-        return dataset.to_coco_dict()
-    return str(dataset.ann_file)
+    """What pycocotools evaluates against: the COCO file, or VOC converted to COCO."""
+    if hasattr(dataset, "coco_gt"):
+        return dataset.coco_gt()
+    return dataset.to_coco_dict()
 
 
 def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
