@@ -83,3 +83,30 @@ def test_too_many_bad_samples_stop_with_a_summary(tiny_synth, tmp_path):
     dataset = build_dataset(cfg.data, "train")
     with pytest.raises(TooManyBadSamplesError, match="max_bad_samples=2"):
         train(with_dataset_classes(cfg, dataset), dataset, tmp_path / "run", progress=False)
+
+
+def test_tensorboard_scalars_when_installed(tiny_synth, tmp_path, monkeypatch):
+    """With tensorboard importable, losses and learning rate go to it too (a recording stand-in)."""
+    import sys
+    import types
+
+    written = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def close(self):
+            written.append(("closed",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    cfg = _cfg(tiny_synth, 2)
+    cfg.train.log_period = 1
+    dataset = build_dataset(cfg.data, "train")
+    train(with_dataset_classes(cfg, dataset), dataset, tmp_path / "run", progress=False)
+    tags = {w[0] for w in written}
+    assert {"train/loss", "train/lr", "train/loss_cls", "closed"} <= tags
+    assert written[0] == ("dir", str(tmp_path / "run" / "tensorboard"))

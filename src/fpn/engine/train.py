@@ -265,6 +265,7 @@ def train(
     view = EpochView(train_dataset, tcfg.seed, cfg.data.horizontal_flip, tcfg.batch_size, dinfo.rank,
                      dinfo.world_size)
     log_file = (run_dir / "metrics.jsonl").open("a") if dinfo.is_main else None
+    board = _tensorboard(run_dir) if dinfo.is_main else None
     batches = _batches(view, state, tcfg, cfg.data.num_workers)
     bar = tqdm(total=tcfg.max_iter, initial=state.step, disable=not (progress and dinfo.is_main),
                desc="train", dynamic_ncols=True)
@@ -274,6 +275,12 @@ def train(
         if log_file is not None:
             log_file.write(json.dumps({**record, "time": time.perf_counter() - start}) + "\n")
             log_file.flush()
+        if board is not None:
+            scalars = record.get("eval", record)
+            prefix = "eval/" if "eval" in record else "train/"
+            for key, value in scalars.items():
+                if key != "step" and isinstance(value, float):
+                    board.add_scalar(prefix + key, value, record["step"])
 
     def evaluate() -> None:
         model.eval()
@@ -320,10 +327,21 @@ def train(
         bar.close()
         if log_file is not None:
             log_file.close()
+        if board is not None:
+            board.close()
     if state.bad_samples:
         log.warning("%d bad samples were skipped during training", state.bad_samples)
     return {"step": state.step, "seconds": time.perf_counter() - start, "model": model,
             "bad_samples": state.bad_samples, "stopped": state.step < tcfg.max_iter}
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer into ``run_dir/tensorboard`` when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
