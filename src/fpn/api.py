@@ -17,34 +17,20 @@ import yaml
 from PIL import Image, ImageOps
 
 from fpn.config import Config, ConfigError, merge
+from fpn.data import DatasetError, pil_to_tensor, read_image
 from fpn.engine.train import resolve_device
 from fpn.model.detector import FasterRCNN
 
 ImageLike = str | Path | Image.Image | torch.Tensor
 
 
-class ImageReadError(ValueError):
-    """An image file is missing, empty, truncated or not an image."""
+# An unreadable image raises DatasetError (a ValueError) naming the file.
+ImageReadError = DatasetError
 
 
 def load_image(path: str | Path) -> torch.Tensor:
     """A 3 x H x W float tensor in [0, 1], RGB, with the EXIF orientation applied."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return pil_to_tensor(img)
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageReadError(f"{path}: cannot read the image ({err})") from None
-
-
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
-        img = img.point(lambda v: v / 256).convert("L")
-    array = torch.frombuffer(bytearray(img.convert("RGB").tobytes()), dtype=torch.uint8)
-    return array.view(img.height, img.width, 3).permute(2, 0, 1).float() / 255
+    return read_image(Path(path))
 
 
 def read_config(path: str | Path) -> Config:

@@ -50,15 +50,20 @@ def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> torch.
                             path, stored_hw)
             else:
                 img = upright
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits
-                img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return pil_to_tensor(img)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: cannot decode the image ({err})") from None
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """A PIL image of any mode (greyscale, RGBA, palette, CMYK, 16-bit) -> 3 x H x W in [0, 1]."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale 0..65535 to 0..255
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+    array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise DatasetError(f"{path}: empty image")
+        raise ValueError("empty image")
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
