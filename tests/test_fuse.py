@@ -71,3 +71,11 @@ def test_eval_mode_uses_the_fast_path_and_follows_weight_changes():
         changed_slow = model(images)
     torch.testing.assert_close(changed_fast[0]["scores"], changed_slow[0]["scores"], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(changed_fast[0]["scores"][:5], fast[0]["scores"][:5])
+
+
+def test_a_model_built_under_inference_mode_runs_the_fast_path():
+    with torch.inference_mode():
+        model = FasterRCNN(load_config(None, ["model.backbone.depth=18", "model.backbone.width=8",
+                                              "model.neck.channels=16", "model.roi_heads.fc_dim=32"]).model)
+        out = model.eval()([torch.rand(3, 64, 64)])
+    assert set(out[0]) == {"boxes", "scores", "labels"}
