@@ -27,8 +27,8 @@ def write_annotations(path: Path, num_images: int, per_image: int, seed: int = 0
     annotations = []
     for image_id in range(1, num_images + 1):
         for _ in range(per_image):
-            x, y = rng.uniform(0, 500, 2).round(1).tolist()
-            w, h = rng.uniform(4, 140, 2).round(1).tolist()
+            w, h = rng.uniform(4, 140, 2).round(1).tolist()  # inside the 640 x 480 image
+            x, y = round(float(rng.uniform(0, 640 - w)), 1), round(float(rng.uniform(0, 480 - h)), 1)
             polygon = [x, y, x + w, y, x + w, y + h, x, y + h]
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": int(rng.integers(1, 91)), "bbox": [x, y, w, h],
