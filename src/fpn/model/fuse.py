@@ -68,10 +68,11 @@ def inference_copy(backbone: nn.Module, channels_last: bool = True) -> nn.Module
 
 
 def parameters_version(module: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer is replaced or modified in place.
+    """Changes whenever a parameter or buffer is replaced or modified in place, or a norm's eps.
 
     Tensors made under ``torch.inference_mode`` keep no version counter (and cannot be changed
     in place outside it); their storage address stands for them.
     """
-    return tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
-                 for t in (*module.parameters(), *module.buffers()))
+    tensors = tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
+                    for t in (*module.parameters(), *module.buffers()))
+    return tensors + tuple(m.eps for m in module.modules() if isinstance(m, FOLDABLE))
