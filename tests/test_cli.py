@@ -49,3 +49,31 @@ def test_console_script_version():
     script = Path(sys.executable).parent / "fpn"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("fpn ")
+
+
+def test_convert_torchvision_weights_then_predict(tmp_path, tiny_synth, capsys):
+    """A torchvision .pth becomes a checkpoint that fpn predict uses; a malicious one is refused."""
+    import os
+
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    torch.save({"model": tv.state_dict()}, tmp_path / "tv.pth")
+    assert main(["convert", str(tmp_path / "tv.pth"), "--output", str(tmp_path / "ckpt")]) == 0
+    capsys.readouterr()
+    image = next((tiny_synth / "val" / "images").glob("*.png"))
+    out = tmp_path / "p"
+    assert main(["--quiet", "predict", str(tmp_path / "ckpt"), str(image), "--output", str(out)]) == 0
+    assert (out / "predictions.json").is_file()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": Payload()}, tmp_path / "evil.pth")
+    assert main(["convert", str(tmp_path / "evil.pth"), "--output", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "evil.pth: refusing" in err and "Traceback" not in err
+    assert not (tmp_path / "pwned").exists()

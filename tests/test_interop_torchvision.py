@@ -150,7 +150,7 @@ def test_conversion_refuses_unknown_and_misshapen_keys(tv_model):
         from_torchvision(state)
 
 
-@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
 @torch.inference_mode()
 def test_imagenet_resnet_weights_give_torchvision_features(depth):
     torch.manual_seed(depth)

@@ -64,3 +64,18 @@ def test_training_targets_and_detection_postprocessing():
     det = detections[0]
     assert det["labels"].tolist() == [2, 2]  # class 2 on both RoIs, background never reported
     assert bool((det["boxes"][:, 2] <= 90).all() and (det["boxes"][:, 3] <= 100).all())  # clipped
+
+
+def test_roi_pool_is_selectable_for_the_ablation():
+    from torchvision.ops import roi_pool
+
+    torch.manual_seed(1)
+    strides = {"p2": 4, "p3": 8}
+    features = {lvl: torch.randn(1, 4, 64 // s, 64 // s) for lvl, s in strides.items()}
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [4.0, 8.0, 60.0, 60.0]])  # sides 40 -> p2, 56 -> p2/p3
+    pooled = MultiLevelRoIPooler(strides, 7, 2, False, "roi_pool", 112.0, 3)(features, [boxes])
+    levels = map_rois_to_levels(boxes, 2, 3, 112.0, 3)
+    for i, level in enumerate(levels.tolist()):
+        name = f"p{level}"
+        rois = torch.cat([torch.zeros(1, 1), boxes[i : i + 1]], dim=1)
+        torch.testing.assert_close(pooled[i], roi_pool(features[name], rois, (7, 7), 1 / strides[name])[0])

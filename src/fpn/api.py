@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from PIL import Image, ImageOps
 
-from fpn.config import Config, ConfigError, merge
+from fpn.config import Config, load_config
 from fpn.data import DatasetError, pil_to_tensor, read_image
 from fpn.engine.train import resolve_device
 from fpn.model.detector import FasterRCNN
@@ -34,11 +33,8 @@ def load_image(path: str | Path) -> torch.Tensor:
 
 
 def read_config(path: str | Path) -> Config:
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read the config ({err})") from None
-    return merge(Config(), values, str(path))
+    """The config saved beside a checkpoint."""
+    return load_config(path)
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -72,11 +68,11 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Detector:
         """Load safely (safetensors: no code runs) from a run, checkpoint directory or file."""
-        from safetensors.torch import load_file
+        from fpn.engine.checkpoint import load_weights
 
         weights, config = find_checkpoint(path)
         model = FasterRCNN(read_config(config).model)
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(load_weights(weights))
         return cls(model, device)
 
     def _as_tensor(self, image: ImageLike) -> torch.Tensor:

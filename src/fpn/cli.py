@@ -1,4 +1,4 @@
-"""The ``fpn`` command line: synth | train | eval | predict | demo | bench | presets.
+"""The ``fpn`` command line: synth | train | eval | predict | demo | convert | bench | presets.
 
 Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
 corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))
 
+    p = sub.add_parser("convert", help="torchvision Faster R-CNN weights (.pth) -> an fpn checkpoint")
+    p.add_argument("weights", type=Path, help="a .pth/.pt/.safetensors state dict (no pickled code is run)")
+    p.add_argument("--output", type=Path, required=True, help="run directory to write")
+
     p = sub.add_parser("bench", help="inference speed against torchvision on identical weights")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="only the 512x512 input and small scaling tables")
@@ -97,6 +101,15 @@ def run(args: argparse.Namespace) -> int:
             from fpn.engine.jobs import run_demo
 
             run_demo(args.output, overrides=args.overrides, progress=progress)
+        case "convert":
+            from fpn.config import Config, to_dict
+            from fpn.engine.checkpoint import load_foreign_weights, save_checkpoint
+            from fpn.interop.torchvision import from_torchvision
+
+            model = from_torchvision(load_foreign_weights(args.weights))
+            path = save_checkpoint(args.output / "checkpoints", 0, model.state_dict(), None,
+                                   to_dict(Config(model=model.cfg)))
+            print(f"wrote {path}; use {args.output} with fpn predict / fpn eval")
         case "bench":
             from fpn import benchmark
 
