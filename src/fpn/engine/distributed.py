@@ -51,13 +51,6 @@ def info() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def device_for(name: str, local_rank: int) -> torch.device:
-    """``auto``: this rank's GPU when CUDA is present, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (just ``[obj]`` when not distributed)."""
     current = info()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import signal
 import time
@@ -41,10 +40,10 @@ class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; the message names the step and the loss term."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU (LOCAL_RANK under torchrun) when CUDA is present, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -247,7 +246,7 @@ def train(
     tcfg = cfg.train
     run_dir = Path(run_dir)
     dinfo = distributed.init(resolve_device(tcfg.device))
-    device = distributed.device_for(tcfg.device, dinfo.local_rank)
+    device = resolve_device(tcfg.device, dinfo.local_rank)
     if tcfg.amp != "off" and device.type != "cuda":
         log.warning("train.amp=%s needs CUDA; training in fp32 on %s", tcfg.amp, device)
     if dinfo.is_main:
@@ -381,10 +380,6 @@ def _resume(run_dir: Path, model, optimizer, scheduler) -> TrainState | None:
     return TrainState(step=int(train_state["step"]), epoch=int(train_state["epoch"]),
                       index_in_epoch=int(train_state["index_in_epoch"]),
                       bad_samples=int(train_state.get("bad_samples", 0)))
-
-
-def default_workers() -> int:
-    return min(2, os.cpu_count() or 1)
 
 
 __all__ = ["train", "resolve_device", "lr_factor", "scaled_lr", "NonFiniteLossError",
