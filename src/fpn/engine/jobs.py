@@ -126,6 +126,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records, failed = [], []
+    category_ids = detector.model.cfg.category_ids
     for path in tqdm(paths, desc="predict", disable=not progress):
         try:
             image = load_image(path)
@@ -136,10 +137,10 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
         det = detector(image)
         for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                      det["labels"].tolist(), strict=True):
-            ids = detector.model.cfg.category_ids
             records.append({"file_name": str(path),
                             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                            "score": score, "category_id": ids[label - 1] if ids else label,
+                            "score": score,
+                            "category_id": category_ids[label - 1] if category_ids else label,
                             "category_name": detector.label_name(label)})
         save_drawn(to_pil(image), det, out_dir / "drawn" / f"{Path(path).stem}.png",
                    detector.class_names, score_thresh)
