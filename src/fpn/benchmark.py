@@ -183,6 +183,15 @@ def run(repeats: int = 3, quick: bool = False, threads: int | None = None) -> st
             continue
         rows.append(compare(reference, ours, images, name, repeats).cells())
         print(markdown_table(HEADER, rows[-1:]), flush=True)
+    if not quick:  # the optional int8 pyramid (fpn.model.quantize), on the largest input
+        from fpn.model.quantize import dequantize, quantize_pyramid
+
+        g = torch.Generator().manual_seed(1)
+        quantize_pyramid(ours, [torch.rand(3, 800, 1333, generator=g) for _ in range(2)])
+        images = inputs()["1 x 800x1333"]
+        rows.append(compare(reference, ours, images, "1 x 800x1333, int8 pyramid", repeats).cells())
+        print(markdown_table(HEADER, rows[-1:]), flush=True)
+        dequantize(ours)
     report.append(markdown_table(HEADER, rows))
     report.append("\nOur latency against image size (no resize: the network sees these pixels):\n")
     sizes = [(256, 256), (512, 512), (800, 800), (800, 1333)] if not quick else [(256, 256), (512, 512)]

@@ -15,6 +15,7 @@ from fpn.model.backbone import ResNet
 from fpn.model.fuse import inference_copy, parameters_version
 from fpn.model.neck import build_neck
 from fpn.model.preprocess import Preprocessor, rescale_boxes
+from fpn.model.quantize import int8_pyramid
 from fpn.model.roi_heads import RoIHeads
 from fpn.model.rpn import RegionProposalNetwork
 
@@ -50,6 +51,9 @@ class FasterRCNN(nn.Module):
         """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
         if self.training or not self.fast_inference:
             return self.neck(self.backbone(images))
+        int8 = int8_pyramid(self)  # only after an explicit quantize_pyramid()
+        if int8 is not None:
+            return {level: x.to(images.device) for level, x in int8(images.cpu()).items()}
         backbone = self._inference_backbone()
         return self.neck(backbone(images.contiguous(memory_format=torch.channels_last)))
 
