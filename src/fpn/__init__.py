@@ -4,7 +4,8 @@ Public entry points (imported lazily, so ``fpn --version`` does not load PyTorch
 
 - ``fpn.FasterRCNN`` / ``fpn.build_detector(cfg)``: the detector of FPN_SPEC §1-3;
 - ``fpn.from_torchvision(state_dict)``: our detector from torchvision's Faster R-CNN weights;
-- ``fpn.load_config(path_or_preset, overrides)``: typed configs.
+- ``fpn.load_config(path_or_preset, overrides)``: typed configs;
+- ``fpn.export_onnx(model, path)`` / ``fpn.OnnxDetector(path)``: one ONNX graph, any image size.
 """
 
 from typing import Any
@@ -19,6 +20,8 @@ _LAZY = {
     "load_config": "fpn.config",
     "ModelConfig": "fpn.config",
     "Config": "fpn.config",
+    "export_onnx": "fpn.export",
+    "OnnxDetector": "fpn.export",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,4 +1,4 @@
-"""The ``fpn`` command line: synth | train | eval | predict | demo | convert | bench | presets.
+"""The ``fpn`` command line: synth | train | eval | predict | demo | convert | bench | export | presets.
 
 Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
 corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
 
+    p = sub.add_parser("export", help="a checkpoint -> one ONNX graph (any image size) for ONNX Runtime")
+    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+
     sub.add_parser("presets", help="list the config presets")
     return parser
 
@@ -118,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
             if args.output:
                 args.output.parent.mkdir(parents=True, exist_ok=True)
                 args.output.write_text(report + "\n")
+        case "export":
+            _export(args)
         case "presets":
             from fpn.config import list_presets
 
@@ -125,6 +133,24 @@ def run(args: argparse.Namespace) -> int:
         case _:
             build_parser().print_help()
     return 0
+
+
+def _export(args: argparse.Namespace) -> None:
+    from fpn.api import Detector
+    from fpn.export import export_onnx, verify
+
+    model = Detector.from_checkpoint(args.checkpoint, "cpu").model
+    print(f"exporting to {args.output} (tracing the eval path; about half a minute)", flush=True)
+    path = export_onnx(model, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): input 'image' (3, H, W) float in [0, 1], "
+          "outputs 'boxes' (D, 4) xyxy in image pixels, 'scores' (D,), 'labels' (D,)")
+    if not args.no_verify:
+        check = verify(model, path)
+        print(f"ONNX Runtime vs PyTorch on a random 427x640 image: {check['matched']}/{check['detections']} "
+              f"detections matched, max box diff {check['max_box_diff_px']:.4f} px, "
+              f"max score diff {check['max_score_diff']:.1e}")
+        if check["matched"] != check["detections"] or check["onnx_detections"] != check["detections"]:
+            raise ValueError(f"{path}: ONNX Runtime's detections differ from PyTorch's: {check}")
 
 
 def _eval(args: argparse.Namespace, progress: bool) -> None:

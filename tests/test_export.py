@@ -1,0 +1,68 @@
+"""ONNX export: `fpn export` writes one graph whose ONNX Runtime detections match PyTorch's at
+image sizes other than the one it was traced with."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from fpn.cli import main
+from fpn.config import Config, load_config, to_dict
+from fpn.engine.checkpoint import save_checkpoint
+from fpn.model.detector import FasterRCNN
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+def _matched(reference: dict, exported: dict, tol_px: float) -> int:
+    """How many reference detections have an exported one of the same label within ``tol_px``."""
+    count = 0
+    for box, label in zip(reference["boxes"], reference["labels"], strict=True):
+        dist = (exported["boxes"] - box).abs().amax(dim=1)
+        count += bool(((dist <= tol_px) & (exported["labels"] == label)).any())
+    return count
+
+
+def test_fpn_export_onnx_matches_pytorch_at_any_image_size(tmp_path, capsys):
+    from fpn.export import OnnxDetector
+
+    torch.manual_seed(0)
+    # Test size 80 with at most 120 a side: every image below is resized, non-uniformly rounded.
+    overrides = [*TINY_MODEL, "model.input.min_size_test=80", "model.input.max_size=120",
+                 "model.roi_heads.score_thresh=0.02", "model.backbone.norm=frozen_bn",
+                 "model.roi_heads.num_classes=3"]
+    cfg = load_config(None, overrides)
+    model = FasterRCNN(cfg.model).eval()
+    with torch.no_grad():  # frozen BN with non-trivial statistics, so that folding it matters
+        for name, buffer in model.backbone.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.uniform_(-0.2, 0.2)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+    save_checkpoint(tmp_path / "run" / "checkpoints", 0, model.state_dict(), None,
+                    to_dict(Config(model=cfg.model)))
+    onnx_path = tmp_path / "model.onnx"
+
+    assert main(["export", str(tmp_path / "run"), "--output", str(onnx_path)]) == 0
+    assert "detections matched" in capsys.readouterr().out
+
+    exported = OnnxDetector(onnx_path)
+    generator = torch.Generator().manual_seed(1)
+    for height, width in [(96, 130), (200, 77), (64, 64), (333, 500)]:
+        image = torch.rand(3, height, width, generator=generator)
+        with torch.inference_mode():
+            want = model([image])[0]
+        got = exported([image])[0]
+        assert len(want["boxes"]) > 10, "the test needs detections to compare"
+        assert got["boxes"].shape == want["boxes"].shape, (height, width)
+        assert _matched(want, got, tol_px=1e-2) == len(want["boxes"]), (height, width)
+        assert torch.allclose(got["scores"].sort().values, want["scores"].sort().values, atol=1e-4)
+        assert got["boxes"][:, 2].max() <= width + 1e-3 and got["boxes"][:, 3].max() <= height + 1e-3
+
+
+def test_fpn_export_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nothing"), "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fpn export: error:") and "nothing" in err and "\n" not in err
