@@ -1,14 +1,17 @@
-"""Accuracy and speed of the optional int8 pyramid on the synthetic benchmark.
+"""Accuracy and speed of the deployment variants on the synthetic benchmark, in one process:
+fp32 PyTorch (the reference), the optional int8 pyramid, and the exported ONNX graph run by
+ONNX Runtime.
 
-    python benchmarks/int8.py [--run runs/demo] [--calibration 16]
+    python benchmarks/deploy_accuracy.py [--run runs/demo] [--calibration 16] [--output FILE.md]
 
-Evaluates a trained run (``fpn demo`` makes one) on its validation set in fp32, then calibrates
-the int8 backbone and pyramid on training images and evaluates again, in the same process.
+Evaluates a trained run (``fpn demo`` makes one) on its validation set with pycocotools. The
+int8 pyramid is calibrated on training images; the ONNX graph is exported from the same weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,30 +19,47 @@ import torch
 
 from fpn.api import Detector, find_checkpoint, read_config
 from fpn.benchmark import markdown_table
-from fpn.engine.jobs import build_dataset, evaluate_model
-from fpn.model.quantize import quantize_pyramid
+from fpn.engine import evaluate as ev
+from fpn.engine.jobs import build_dataset, label_to_category_id, val_loader
+from fpn.export import OnnxDetector, export_onnx
+from fpn.model.quantize import dequantize, quantize_pyramid
+
+KEYS = ("AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", type=Path, default=Path("runs/demo"))
     parser.add_argument("--calibration", type=int, default=16, help="training images for calibration")
+    parser.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
     args = parser.parse_args()
     cfg = read_config(find_checkpoint(args.run)[1])
-    detector = Detector.from_checkpoint(args.run, "cpu")
+    model = Detector.from_checkpoint(args.run, "cpu").model.eval()
     val_set = build_dataset(cfg.data, "val")
     train_set = build_dataset(cfg.data, "train")
-    rows = []
-    for name in ("fp32", "int8"):
-        if name == "int8":
-            quantize_pyramid(detector.model, [train_set[i][0] for i in range(args.calibration)])
+    coco_gt = val_set.coco_gt() if hasattr(val_set, "coco_gt") else val_set.to_coco_dict()
+
+    def evaluate(name: str, detector) -> list[str]:
         start = time.perf_counter()
-        metrics = evaluate_model(detector.model, val_set, cfg, progress=False)
+        with torch.inference_mode():
+            metrics = ev.evaluate_detector(detector, val_loader(val_set), coco_gt, label_to_category_id(cfg),
+                                           with_proposals=False, progress=False)
         seconds = (time.perf_counter() - start) / len(val_set)
-        rows.append([name, *(f"{100 * metrics[k]:.1f}" for k in ("AP", "AP50", "AP_s", "AR@100")),
-                     f"{1000 * seconds:.0f}"])
-    print(f"{args.run}, {len(val_set)} validation images, {torch.get_num_threads()} threads\n")
-    print(markdown_table(["pyramid", "AP", "AP50", "AP_s", "AR@100", "ms per image (eval loop)"], rows))
+        print(f"{name}: AP {100 * metrics['AP']:.1f}", flush=True)
+        return [name, *(f"{100 * metrics[k]:.1f}" for k in KEYS), f"{1000 * seconds:.0f}"]
+
+    rows = [evaluate("PyTorch fp32", model)]
+    quantize_pyramid(model, [train_set[i][0] for i in range(args.calibration)])
+    rows.append(evaluate("PyTorch, int8 pyramid", model))
+    dequantize(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx")
+        rows.append(evaluate("ONNX Runtime fp32", OnnxDetector(path)))
+    report = (f"`{args.run}`, {len(val_set)} validation images, {torch.get_num_threads()} threads\n\n"
+              + markdown_table(["variant", *KEYS, "ms per image (eval loop)"], rows))
+    print("\n" + report)
+    if args.output:
+        args.output.write_text(report + "\n")
 
 
 if __name__ == "__main__":

@@ -147,9 +147,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def compare(reference, ours, images: list[torch.Tensor], name: str, repeats: int,
-            with_flops: bool = True) -> Row:
-    """One table row. ``with_flops=False`` for quantized models: the flop counter's decompositions
-    do not accept quantized tensors (and int8 operations are not fp32 FLOPs anyway)."""
+            with_flops: bool = True, reference_seconds: float | None = None) -> Row:
+    """One table row. ``with_flops=False`` for quantized models (the flop counter's decompositions
+    do not accept quantized tensors) and for ONNX Runtime (which the counter cannot see);
+    ``reference_seconds`` reuses torchvision's time measured earlier in the same run."""
     with torch.inference_mode():
         ref_out = reference(images)
         our_out = ours(images)
@@ -157,11 +158,32 @@ def compare(reference, ours, images: list[torch.Tensor], name: str, repeats: int
         total = sum(len(out["boxes"]) for out in ref_out)
         name += f" ({total - unmatched}/{total} matched)"
         flops = count_flops(lambda: ours(images)) if with_flops else None
-        ref_s = median_seconds(lambda: reference(images), repeats)
+        ref_s = reference_seconds or median_seconds(lambda: reference(images), repeats)
         with PeakRSS() as mem:
             our_s = median_seconds(lambda: ours(images), repeats)
     gflops = flops / our_s / 1e9 if flops is not None else None
     return Row(name, our_s, ref_s, gflops, mem.growth, box_diff, score_diff)
+
+
+def _onnx_rows(reference, ours, chosen: dict[str, list[torch.Tensor]], repeats: int,
+               reference_seconds: dict[str, float], rows: list[list[str]]) -> str:
+    """Rows for our exported graph under ONNX Runtime (``fpn export``); a note if it cannot run."""
+    import tempfile
+    from pathlib import Path
+
+    from fpn.export import ExportError, OnnxDetector, export_onnx
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(ours, Path(tmp) / "model.onnx")
+            onnx_model = OnnxDetector(path, threads=torch.get_num_threads())
+    except ExportError as error:  # the 'export' extra is not installed
+        return f"ONNX Runtime rows skipped: {error}"
+    for name, images in chosen.items():
+        rows.append(compare(reference, onnx_model, images, f"{name}, ONNX Runtime", repeats, with_flops=False,
+                            reference_seconds=reference_seconds[name]).cells())
+        print(markdown_table(HEADER, rows[-1:]), flush=True)
+    return ""
 
 
 def inputs() -> dict[str, list[torch.Tensor]]:
@@ -181,23 +203,33 @@ def run(repeats: int = 3, quick: bool = False, threads: int | None = None) -> st
     ours = from_torchvision(reference.state_dict())
     report = [f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
               f"{torch.get_num_threads()} threads, median of {repeats} after a warm-up\n"]
-    rows = []
-    for name, images in inputs().items():
-        if quick and name != "1 x 512x512":
-            continue
-        rows.append(compare(reference, ours, images, name, repeats).cells())
+    rows, reference_seconds = [], {}
+    chosen = {name: images for name, images in inputs().items() if not quick or name == "1 x 512x512"}
+    for name, images in chosen.items():
+        row = compare(reference, ours, images, name, repeats)
+        reference_seconds[name] = row.reference_s
+        rows.append(row.cells())
         print(markdown_table(HEADER, rows[-1:]), flush=True)
     if not quick:  # the optional int8 pyramid (fpn.model.quantize), on the largest input
         from fpn.model.quantize import dequantize, quantize_pyramid
 
         g = torch.Generator().manual_seed(1)
         quantize_pyramid(ours, [torch.rand(3, 800, 1333, generator=g) for _ in range(2)])
-        images = inputs()["1 x 800x1333"]
-        rows.append(compare(reference, ours, images, "1 x 800x1333, int8 pyramid", repeats,
-                            with_flops=False).cells())
+        name = "1 x 800x1333"
+        rows.append(compare(reference, ours, chosen[name], f"{name}, int8 pyramid", repeats, with_flops=False,
+                            reference_seconds=reference_seconds[name]).cells())
         print(markdown_table(HEADER, rows[-1:]), flush=True)
         dequantize(ours)
+        ours.compile_inference = True  # the warm-up run of median_seconds pays the compilation
+        rows.append(compare(reference, ours, chosen[name], f"{name}, torch.compile", repeats,
+                            with_flops=False,
+                            reference_seconds=reference_seconds[name]).cells())
+        print(markdown_table(HEADER, rows[-1:]), flush=True)
+        ours.compile_inference = False
+    onnx_note = _onnx_rows(reference, ours, chosen, repeats, reference_seconds, rows)
     report.append(markdown_table(HEADER, rows))
+    if onnx_note:
+        report.append(f"\n{onnx_note}")
     report.append("\nOur latency against image size (no resize: the network sees these pixels):\n")
     sizes = [(256, 256), (512, 512), (800, 800), (800, 1333)] if not quick else [(256, 256), (512, 512)]
     scale_rows = []

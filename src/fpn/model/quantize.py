@@ -4,7 +4,7 @@
 converts the folded backbone and the neck to int8 with PyTorch's FX graph-mode quantization
 (per-channel weights, x86 / fbgemm kernels). The RPN and RoI heads stay in fp32. The detector
 then uses the int8 pyramid in eval mode until ``dequantize(model)`` or a change of its weights.
-The accuracy cost is measured, not assumed: ``python benchmarks/int8.py``.
+The accuracy cost is measured, not assumed: ``python benchmarks/deploy_accuracy.py``.
 """
 
 from __future__ import annotations
