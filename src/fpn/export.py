@@ -182,19 +182,21 @@ def export_onnx(model: FasterRCNN, path: str | Path, example_hw: tuple[int, int]
     return path
 
 
-def verify(model: FasterRCNN, onnx_path: str | Path, image_hw: tuple[int, int] = (427, 640),
-           seed: int = 0) -> dict[str, float]:
-    """Run PyTorch and ONNX Runtime on one random image; how far apart their detections are.
+def verify(model: FasterRCNN, onnx_path: str | Path, image: Tensor | None = None) -> dict[str, float]:
+    """Run PyTorch and ONNX Runtime on one image; how far apart their detections are.
 
+    ``image`` is a (3, H, W) float image in [0, 1]; by default a seeded random 427x640 one (on
+    which a trained detector may find nothing: give a real photo for a meaningful check).
     Returns the detection counts, how many of PyTorch's detections ONNX Runtime reproduces (same
     label, box within 1 px) and the largest box (px) and score differences among those.
     """
     from fpn.benchmark import output_difference
 
-    image = [torch.rand(3, *image_hw, generator=torch.Generator().manual_seed(seed))]
+    if image is None:
+        image = torch.rand(3, 427, 640, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        reference = model.eval()(image)
-    exported = OnnxDetector(onnx_path)(image)
+        reference = model.eval()([image])
+    exported = OnnxDetector(onnx_path)([image])
     box_diff, score_diff, unmatched = output_difference(reference, exported)
     total = len(reference[0]["boxes"])
     return {"detections": total, "onnx_detections": len(exported[0]["boxes"]),
