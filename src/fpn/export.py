@@ -11,8 +11,8 @@ same call as the PyTorch detector.
 ``ExportGraph`` restates the eval path with shapes kept symbolic: ``torch.export`` traces it
 once and every image size reuses the trace. It differs from ``FasterRCNN.forward`` only where
 Python would branch on a size (a ``min`` of two sizes becomes ``torch.sym_min``; the per-level
-NMS uses the coordinate-offset form that ``batched_nms`` itself uses on large inputs; the RoI
-pooler scatters every level unconditionally). Its outputs match the eager detector's up to float
+NMS uses the coordinate-offset form that ``batched_nms`` itself uses on large inputs; anchors are
+made in the graph rather than cached). Its outputs match the eager detector's up to float
 re-association (``tests/test_export.py`` checks this through ONNX Runtime).
 """
 
@@ -24,13 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import nms, roi_align, roi_pool
+from torchvision.ops import nms
 
 from fpn.model import boxes as box_ops
 from fpn.model.anchors import grid_anchors
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import inference_copy
-from fpn.model.roi_heads import map_rois_to_levels
 from fpn.model.rpn import flatten_predictions
 
 OPSET = 18  # RoiAlign's half-pixel mode (torchvision's aligned=True) needs opset >= 16
@@ -116,28 +115,9 @@ class ExportGraph(nn.Module):
         keep = _class_aware_nms(boxes, prob, levels, cfg.nms_thresh)[: cfg.post_nms_top_n_test]
         return boxes[keep]
 
-    def _pool(self, features: dict[str, Tensor], boxes: Tensor) -> Tensor:
-        pooler = self.roi_heads.pooler
-        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
-        levels = map_rois_to_levels(boxes, min(pooler.level_of), max(pooler.level_of),
-                                    pooler.canonical_scale, pooler.canonical_level)
-        size = pooler.output_size
-        first = features[next(iter(pooler.strides))]
-        pooled = first.new_zeros((rois.shape[0], first.shape[1], size, size))
-        for k, name in pooler.level_of.items():
-            idx = torch.nonzero(levels == k).squeeze(1)
-            scale = 1.0 / pooler.strides[name]
-            if pooler.kind == "roi_pool":
-                level_pooled = roi_pool(features[name], rois[idx], (size, size), scale)
-            else:
-                level_pooled = roi_align(features[name], rois[idx], (size, size), scale,
-                                         pooler.sampling_ratio, pooler.aligned)
-            pooled = pooled.index_put((idx,), level_pooled)
-        return pooled
-
     def _detections(self, features: dict[str, Tensor], proposals: Tensor, image_hw):
         heads, cfg = self.roi_heads, self.roi_heads.cfg
-        class_logits, box_deltas = heads.box_predictor(heads.box_head(self._pool(features, proposals)))
+        class_logits, box_deltas = heads.box_predictor(heads.box_head(heads.pooler(features, [proposals])))
         num_classes = class_logits.shape[1]
         boxes = box_ops.decode_boxes(box_deltas, proposals, cfg.box_weights)  # (R, K+1, 4)
         boxes = box_ops.clip_boxes(boxes, image_hw)[:, 1:].reshape(-1, 4)

@@ -69,10 +69,8 @@ class MultiLevelRoIPooler(nn.Module):
         first = features[next(iter(self.strides))]
         size = self.output_size
         pooled = first.new_zeros((rois.shape[0], first.shape[1], size, size))
-        for k, name in self.level_of.items():
+        for k, name in self.level_of.items():  # no branch on a level's RoI count: export traces this
             idx = torch.nonzero(levels == k).squeeze(1)
-            if idx.numel() == 0:
-                continue
             pooled[idx] = self._pool(features[name], rois[idx], 1.0 / self.strides[name])
         return pooled
 
