@@ -87,7 +87,8 @@ def test_compiled_inference_path_gives_the_same_detections_at_new_sizes():
     from conftest import TINY_MODEL
 
     torch.manual_seed(0)
-    cfg = load_config(None, [*TINY_MODEL, "model.backbone.norm=frozen_bn", "model.roi_heads.score_thresh=0.0"])
+    overrides = [*TINY_MODEL, "model.backbone.norm=frozen_bn", "model.roi_heads.score_thresh=0.0"]
+    cfg = load_config(None, overrides)
     model = FasterRCNN(cfg.model).eval()
     _randomise_statistics(model.backbone)
     images = [[torch.rand(3, 96, 120)], [torch.rand(3, 70, 96)]]

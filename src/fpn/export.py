@@ -8,12 +8,13 @@ the pyramid, RPN proposal selection, multi-level RoIAlign, the box head, per-cla
 ONNX Runtime needs nothing else. ``OnnxDetector`` runs such a file with ONNX Runtime behind the
 same call as the PyTorch detector.
 
-``ExportGraph`` restates the eval path with shapes kept symbolic: ``torch.export`` traces it
-once and every image size reuses the trace. It differs from ``FasterRCNN.forward`` only where
-Python would branch on a size (a ``min`` of two sizes becomes ``torch.sym_min``; the per-level
-NMS uses the coordinate-offset form that ``batched_nms`` itself uses on large inputs; anchors are
-made in the graph rather than cached). Its outputs match the eager detector's up to float
-re-association (``tests/test_export.py`` checks this through ONNX Runtime).
+``ExportGraph`` runs the model's own RPN and RoI heads; it restates only what
+``FasterRCNN.forward`` does with Python numbers (the resize scale, the padding, the mapping of
+boxes back to the image), with sizes kept symbolic so that ``torch.export`` traces it once for
+every image size. Under export, anchors are made in the graph rather than cached and NMS takes
+the coordinate-offset form (``boxes.batched_nms``). Its outputs match the eager detector's up to
+float re-association and the order of exact score ties (``tests/test_export.py`` checks this
+through ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -24,13 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import nms
 
-from fpn.model import boxes as box_ops
-from fpn.model.anchors import grid_anchors
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import inference_copy
-from fpn.model.rpn import flatten_predictions
 
 OPSET = 18  # RoiAlign's half-pixel mode (torchvision's aligned=True) needs opset >= 16
 MIN_SIDE, MAX_SIDE = 16, 16384  # image sides (px) the exported graph accepts
@@ -38,12 +35,6 @@ MIN_SIDE, MAX_SIDE = 16, 16384  # image sides (px) the exported graph accepts
 
 class ExportError(ValueError):
     """The model cannot be exported or run: the onnx / onnxruntime packages are missing."""
-
-
-def _class_aware_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """NMS within each group, as one NMS call: boxes of different groups are shifted apart."""
-    offsets = groups.to(boxes.dtype) * (boxes.max() + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
 class ExportGraph(nn.Module):
@@ -58,8 +49,6 @@ class ExportGraph(nn.Module):
         self.neck = model.neck
         self.rpn = model.rpn
         self.roi_heads = model.roi_heads
-        generator = model.rpn.anchor_generator
-        self._cell_anchors = {level: generator._cell[level] for level in generator.levels}
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(3, H, W) in [0, 1] -> boxes (D, 4) in the image's pixels, scores (D,), labels (D,)."""
@@ -76,60 +65,15 @@ class ExportGraph(nn.Module):
         padded_w = (resized_w + div - 1) // div * div
         x = F.pad(x, (0, padded_w - resized_w, 0, padded_h - resized_h))
         features = self.neck(self.backbone(x))
-        proposals = self._proposals(features, (resized_h, resized_w), (padded_h, padded_w))
-        boxes, scores, labels = self._detections(features, proposals, (resized_h, resized_w))
+        image_sizes = [(resized_h, resized_w)]
+        proposals, _, _ = self.rpn(features, image_sizes, (padded_h, padded_w))
+        detections = self.roi_heads(features, proposals, image_sizes)[0][0]
+        boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
         ratio_w = torch.sym_float(width) / torch.sym_float(resized_w)
         ratio_h = torch.sym_float(height) / torch.sym_float(resized_h)
         boxes_xyxy = torch.stack([boxes[:, 0] * ratio_w, boxes[:, 1] * ratio_h,
                                   boxes[:, 2] * ratio_w, boxes[:, 3] * ratio_h], dim=1)
         return boxes_xyxy, scores, labels
-
-    def _proposals(self, features: dict[str, Tensor], image_hw, padded_hw) -> Tensor:
-        rpn, cfg = self.rpn, self.rpn.cfg
-        level_maps = [features[level] for level in rpn.levels]
-        logits_per_level, deltas_per_level = rpn.head(level_maps)
-        logits, deltas = flatten_predictions(logits_per_level, deltas_per_level)
-        logits, deltas = logits[0], deltas[0]
-        anchors, top_idx, level_ids, offset = [], [], [], 0
-        for index, (level, level_map) in enumerate(zip(rpn.levels, level_maps, strict=True)):
-            hw = (level_map.shape[-2], level_map.shape[-1])
-            stride = rpn.anchor_generator.strides[level]
-            if rpn.anchor_generator.stride_from_feature_size:
-                stride_hw = (padded_hw[0] // hw[0], padded_hw[1] // hw[1])
-            else:
-                stride_hw = (stride, stride)
-            level_anchors = grid_anchors(self._cell_anchors[level], hw, stride_hw)
-            count = level_anchors.shape[0]
-            k = torch.sym_min(cfg.pre_nms_top_n_test, count)
-            top_idx.append(logits[offset : offset + count].topk(k).indices + offset)
-            level_ids.append(torch.full_like(top_idx[-1], index))
-            anchors.append(level_anchors)
-            offset = offset + count
-        idx, levels = torch.cat(top_idx), torch.cat(level_ids)
-        anchors = torch.cat(anchors)
-        boxes = box_ops.decode_boxes(deltas[idx], anchors[idx], cfg.box_weights)[:, 0]
-        boxes = box_ops.clip_boxes(boxes, image_hw)
-        prob = torch.sigmoid(logits[idx])
-        keep = box_ops.nonempty_mask(boxes, cfg.min_box_size)
-        boxes, prob, levels = boxes[keep], prob[keep], levels[keep]
-        keep = _class_aware_nms(boxes, prob, levels, cfg.nms_thresh)[: cfg.post_nms_top_n_test]
-        return boxes[keep]
-
-    def _detections(self, features: dict[str, Tensor], proposals: Tensor, image_hw):
-        heads, cfg = self.roi_heads, self.roi_heads.cfg
-        class_logits, box_deltas = heads.box_predictor(heads.box_head(heads.pooler(features, [proposals])))
-        num_classes = class_logits.shape[1]
-        boxes = box_ops.decode_boxes(box_deltas, proposals, cfg.box_weights)  # (R, K+1, 4)
-        boxes = box_ops.clip_boxes(boxes, image_hw)[:, 1:].reshape(-1, 4)
-        scores = F.softmax(class_logits, dim=1)[:, 1:]
-        labels = torch.arange(1, num_classes).repeat(scores.shape[0])
-        scores = scores.reshape(-1)
-        keep = scores > cfg.score_thresh
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = box_ops.nonempty_mask(boxes, 1e-2)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = _class_aware_nms(boxes, scores, labels, cfg.nms_thresh)[: cfg.detections_per_image]
-        return boxes[keep], scores[keep], labels[keep]
 
 
 def export_onnx(model: FasterRCNN, path: str | Path, example_hw: tuple[int, int] = (480, 640)) -> Path:

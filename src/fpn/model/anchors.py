@@ -76,8 +76,9 @@ class AnchorGenerator(nn.Module):
     def forward(self, feature_hw: dict[str, tuple[int, int]], padded_hw: tuple[int, int],
                 device: torch.device) -> list[Tensor]:
         """L x (Hi·Wi·A, 4) anchors in input-image pixels, one tensor per level."""
+        exporting = torch.compiler.is_exporting()  # traced sizes are symbols: nothing to cache by
         key = (tuple(feature_hw[level] for level in self.levels), tuple(padded_hw), str(device))
-        cached = self._cache.get(key)
+        cached = None if exporting else self._cache.get(key)
         if cached is not None:
             return cached
         anchors = []
@@ -88,6 +89,8 @@ class AnchorGenerator(nn.Module):
             else:
                 stride_hw = (self.strides[level], self.strides[level])
             anchors.append(grid_anchors(self._cell[level].to(device), hw, stride_hw))
+        if exporting:
+            return anchors
         if len(self._cache) > 64:  # many image sizes in a row: keep memory bounded
             self._cache.clear()
         self._cache[key] = anchors

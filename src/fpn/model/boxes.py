@@ -12,7 +12,8 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms as _torchvision_batched_nms
+from torchvision.ops import box_iou, nms
 
 # exp(dw) is clamped so that a box can grow at most 1000/16 times (INTEROP.md §4).
 DELTA_CLAMP = math.log(1000.0 / 16)
@@ -83,6 +84,20 @@ def clip_boxes(boxes_xyxy: Tensor, image_hw: tuple[int, int]) -> Tensor:
     x = boxes_xyxy[..., 0::2].clamp(min=0, max=width)
     y = boxes_xyxy[..., 1::2].clamp(min=0, max=height)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """Indices kept by NMS run within each group, by decreasing score (torchvision's batched_nms).
+
+    Under ``torch.export`` (``fpn export``) it always takes the coordinate-offset form, which
+    torchvision itself uses for large inputs: boxes of different groups are shifted apart and one
+    NMS runs; torchvision's choice between its two forms depends on the box count, which a
+    traced graph does not know.
+    """
+    if torch.compiler.is_exporting():
+        offsets = groups.to(boxes_xyxy.dtype) * (boxes_xyxy.max() + 1)
+        return nms(boxes_xyxy + offsets[:, None], scores, iou_threshold)
+    return _torchvision_batched_nms(boxes_xyxy, scores, groups, iou_threshold)
 
 
 def nonempty_mask(boxes_xyxy: Tensor, min_size: float) -> Tensor:

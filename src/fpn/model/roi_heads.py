@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, roi_align, roi_pool
+from torchvision.ops import roi_align, roi_pool
 
 from fpn.config import BackboneConfig, RoIHeadConfig
 from fpn.model import boxes as box_ops
@@ -60,7 +60,7 @@ class MultiLevelRoIPooler(nn.Module):
         """N x (Ri, 4) boxes -> (R, C, S, S) pooled features, in the order of the boxes."""
         boxes = torch.cat(boxes_per_image)
         batch_index = torch.cat([
-            torch.full((len(b), 1), i, dtype=boxes.dtype, device=boxes.device)
+            torch.full((b.shape[0], 1), i, dtype=boxes.dtype, device=boxes.device)
             for i, b in enumerate(boxes_per_image)
         ])
         rois = torch.cat([batch_index, boxes], dim=1)  # (R, 5): image index, x1, y1, x2, y2
@@ -225,7 +225,7 @@ class RoIHeads(nn.Module):
         num_classes = class_logits.shape[1]
         boxes_all = box_ops.decode_boxes(box_deltas, torch.cat(proposals), cfg.box_weights)  # (R, K+1, 4)
         scores_all = F.softmax(class_logits, dim=1)
-        counts = [len(p) for p in proposals]
+        counts = [p.shape[0] for p in proposals]
         results = []
         for boxes, scores, image_hw in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes,
                                            strict=True):
@@ -236,6 +236,6 @@ class RoIHeads(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = box_ops.nonempty_mask(boxes, 1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, cfg.nms_thresh)[: cfg.detections_per_image]
+            keep = box_ops.batched_nms(boxes, scores, labels, cfg.nms_thresh)[: cfg.detections_per_image]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from fpn.config import RPNConfig
 from fpn.model import boxes as box_ops
@@ -133,7 +132,7 @@ class RegionProposalNetwork(nn.Module):
         post_nms = self.cfg.post_nms_top_n_train if self.training else self.cfg.post_nms_top_n_test
         top_idx, level_ids, offset = [], [], 0
         for level_index, level_logits in enumerate(logits.split(num_per_level, dim=1)):
-            k = min(pre_nms, level_logits.shape[1])
+            k = torch.sym_min(pre_nms, level_logits.shape[1])  # sym_min: no branch on a traced size
             top_idx.append(level_logits.topk(k, dim=1).indices + offset)  # (N, k)
             level_ids.append(torch.full((k,), level_index, device=logits.device))
             offset += level_logits.shape[1]
@@ -147,7 +146,7 @@ class RegionProposalNetwork(nn.Module):
             prob = torch.sigmoid(image_logits[idx])
             keep = box_ops.nonempty_mask(boxes, self.cfg.min_box_size)
             boxes, prob, lvl = boxes[keep], prob[keep], levels[keep]
-            keep = batched_nms(boxes, prob, lvl, self.cfg.nms_thresh)[:post_nms]
+            keep = box_ops.batched_nms(boxes, prob, lvl, self.cfg.nms_thresh)[:post_nms]
             proposals.append(boxes[keep])
             scores.append(prob[keep])
         return proposals, scores
