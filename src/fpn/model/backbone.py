@@ -62,10 +62,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.relu_(self.norm1(self.conv1(x)))
+        out = F.relu(self.norm1(self.conv1(x)), inplace=True)
         out = self.norm2(self.conv2(out))
         out += identity
-        return F.relu_(out)
+        return F.relu(out, inplace=True)
 
 
 class Bottleneck(nn.Module):
@@ -91,11 +91,11 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.relu_(self.norm1(self.conv1(x)))
-        out = F.relu_(self.norm2(self.conv2(out)))
+        out = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        out = F.relu(self.norm2(self.conv2(out)), inplace=True)
         out = self.norm3(self.conv3(out))
         out += identity
-        return F.relu_(out)
+        return F.relu(out, inplace=True)
 
 
 class Stem(nn.Module):
@@ -107,7 +107,7 @@ class Stem(nn.Module):
         self.norm = norm(out_ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(F.relu_(self.norm(self.conv(x))), kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(F.relu(self.norm(self.conv(x)), inplace=True), kernel_size=3, stride=2, padding=1)
 
 
 def make_stage(

@@ -92,7 +92,7 @@ class TwoFCHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         """(R, C, S, S) -> (R, fc_dim)."""
-        return F.relu_(self.fc7(F.relu_(self.fc6(pooled.flatten(1)))))
+        return F.relu(self.fc7(F.relu(self.fc6(pooled.flatten(1)), inplace=True)), inplace=True)
 
 
 class Res5Head(nn.Module):

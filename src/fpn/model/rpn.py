@@ -36,7 +36,7 @@ class RPNHead(nn.Module):
         """L x (N, C, Hi, Wi) -> L x (N, A, Hi, Wi) logits and L x (N, 4A, Hi, Wi) deltas."""
         logits_per_level, deltas_per_level = [], []
         for x in features:
-            hidden = F.relu_(self.conv(x))
+            hidden = F.relu(self.conv(x), inplace=True)
             logits_per_level.append(self.objectness_logits(hidden))
             deltas_per_level.append(self.anchor_deltas(hidden))
         return logits_per_level, deltas_per_level
