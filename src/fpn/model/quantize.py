@@ -47,6 +47,7 @@ def quantize_pyramid(model: nn.Module, calibration_images: list[Tensor], backend
     torch.backends.quantized.engine = backend
     model.eval()
     pyramid = _Pyramid(inference_copy(model.backbone, channels_last=False), copy.deepcopy(model.neck)).eval()
+    pyramid = _without_identities(pyramid)  # folded norms leave Identity between conv and ReLU
     batches = [model.preprocess([image.to(next(model.parameters()).device)])[0].tensor
                for image in calibration_images]
     with warnings.catch_warnings():  # the FX quantization API announces its own deprecation
@@ -57,6 +58,19 @@ def quantize_pyramid(model: nn.Module, calibration_images: list[Tensor], backend
             prepared(batch.cpu())
         quantized = convert_fx(prepared)
     model.__dict__[CACHE_KEY] = (_version(model), quantized)
+
+
+def _without_identities(module: nn.Module) -> torch.fx.GraphModule:
+    """``module`` traced with its ``nn.Identity`` calls removed, so that FX quantization sees
+    conv -> ReLU and fuses the pair into one int8 kernel."""
+    graph_module = torch.fx.symbolic_trace(module)
+    for node in list(graph_module.graph.nodes):
+        if node.op == "call_module" and isinstance(graph_module.get_submodule(node.target), nn.Identity):
+            node.replace_all_uses_with(node.args[0])
+            graph_module.graph.erase_node(node)
+    graph_module.graph.lint()
+    graph_module.recompile()
+    return graph_module
 
 
 def int8_pyramid(model: nn.Module) -> nn.Module | None:
