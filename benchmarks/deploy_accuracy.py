@@ -20,7 +20,7 @@ import torch
 from fpn.api import Detector, find_checkpoint, read_config
 from fpn.benchmark import markdown_table
 from fpn.engine import evaluate as ev
-from fpn.engine.jobs import build_dataset, label_to_category_id, val_loader
+from fpn.engine.jobs import build_dataset, coco_ground_truth, label_to_category_id, val_loader
 from fpn.export import OnnxDetector, export_onnx
 from fpn.model.quantize import dequantize, quantize_pyramid
 
@@ -37,7 +37,7 @@ def main() -> None:
     model = Detector.from_checkpoint(args.run, "cpu").model.eval()
     val_set = build_dataset(cfg.data, "val")
     train_set = build_dataset(cfg.data, "train")
-    coco_gt = val_set.coco_gt() if hasattr(val_set, "coco_gt") else val_set.to_coco_dict()
+    coco_gt = coco_ground_truth(val_set)
 
     def evaluate(name: str, detector) -> list[str]:
         start = time.perf_counter()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
+from fpn.benchmark import output_difference
 from fpn.cli import main
 from fpn.config import Config, load_config, to_dict
 from fpn.engine.checkpoint import save_checkpoint
@@ -14,15 +15,6 @@ from fpn.model.detector import FasterRCNN
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-
-
-def _matched(reference: dict, exported: dict, tol_px: float) -> int:
-    """How many reference detections have an exported one of the same label within ``tol_px``."""
-    count = 0
-    for box, label in zip(reference["boxes"], reference["labels"], strict=True):
-        dist = (exported["boxes"] - box).abs().amax(dim=1)
-        count += bool(((dist <= tol_px) & (exported["labels"] == label)).any())
-    return count
 
 
 def test_fpn_export_onnx_matches_pytorch_at_any_image_size(tmp_path, capsys):
@@ -59,7 +51,8 @@ def test_fpn_export_onnx_matches_pytorch_at_any_image_size(tmp_path, capsys):
         got = exported([image])[0]
         assert len(want["boxes"]) > 10, "the test needs detections to compare"
         assert got["boxes"].shape == want["boxes"].shape, (height, width)
-        assert _matched(want, got, tol_px=1e-2) == len(want["boxes"]), (height, width)
+        unmatched = output_difference([want], [got], match_px=1e-2)[2]  # same label, box within 0.01 px
+        assert unmatched == 0, (height, width)
         assert torch.allclose(got["scores"].sort().values, want["scores"].sort().values, atol=1e-4)
         assert got["boxes"][:, 2].max() <= width + 1e-3 and got["boxes"][:, 3].max() <= height + 1e-3
 

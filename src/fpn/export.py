@@ -8,9 +8,10 @@ the pyramid, RPN proposal selection, multi-level RoIAlign, the box head, per-cla
 ONNX Runtime needs nothing else. ``OnnxDetector`` runs such a file with ONNX Runtime behind the
 same call as the PyTorch detector.
 
-``ExportGraph`` runs the model's own RPN and RoI heads; it restates only what
-``FasterRCNN.forward`` does with Python numbers (the resize scale, the padding, the mapping of
-boxes back to the image), with sizes kept symbolic so that ``torch.export`` traces it once for
+``ExportGraph`` runs the model's own RPN and RoI heads and its resize-scale and padding rules;
+it restates only the tensor steps that ``Preprocessor`` and ``FasterRCNN.forward`` take with
+Python numbers (the resize, the padding, the mapping of boxes back to the image), with sizes kept
+symbolic so that ``torch.export`` traces it once for
 every image size. Under export, anchors are made in the graph rather than cached and NMS takes
 the coordinate-offset form (``boxes.batched_nms``). Its outputs match the eager detector's up to
 float re-association and the order of exact score ties (``tests/test_export.py`` checks this
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import inference_copy
+from fpn.model.preprocess import padded_size, resize_scale
 
 OPSET = 18  # RoiAlign's half-pixel mode (torchvision's aligned=True) needs opset >= 16
 MIN_SIDE, MAX_SIDE = 16, 16384  # image sides (px) the exported graph accepts
@@ -54,15 +56,13 @@ class ExportGraph(nn.Module):
         """(3, H, W) in [0, 1] -> boxes (D, 4) in the image's pixels, scores (D,), labels (D,)."""
         cfg = self.cfg
         height, width = image.shape[-2], image.shape[-1]
-        scale = torch.sym_min(cfg.input.min_size_test / torch.sym_min(height, width),
-                              cfg.input.max_size / torch.sym_max(height, width))
+        scale = resize_scale((height, width), cfg.input.min_size_test, cfg.input.max_size)
         resized_h = torch.sym_int(torch.sym_float(height) * scale)
         resized_w = torch.sym_int(torch.sym_float(width) * scale)
         x = F.interpolate(self.preprocess.normalize(image)[None], size=(resized_h, resized_w),
                           mode="bilinear", align_corners=False)
-        div = cfg.input.size_divisibility
-        padded_h = (resized_h + div - 1) // div * div
-        padded_w = (resized_w + div - 1) // div * div
+        padded_h = padded_size(resized_h, cfg.input.size_divisibility)
+        padded_w = padded_size(resized_w, cfg.input.size_divisibility)
         x = F.pad(x, (0, padded_w - resized_w, 0, padded_h - resized_h))
         features = self.neck(self.backbone(x))
         image_sizes = [(resized_h, resized_w)]

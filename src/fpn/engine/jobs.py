@@ -72,7 +72,7 @@ def evaluate_model(model, dataset, cfg: Config, *, progress: bool = True) -> dic
     was_training = model.training
     model.eval()
     metrics = ev.evaluate_detector(
-        model, val_loader(dataset, workers=min(2, cfg.data.num_workers)), _coco_gt(dataset),
+        model, val_loader(dataset, workers=min(2, cfg.data.num_workers)), coco_ground_truth(dataset),
         label_to_category_id(cfg), with_proposals=True, device=next(model.parameters()).device,
         progress=progress,
     )
@@ -80,7 +80,7 @@ def evaluate_model(model, dataset, cfg: Config, *, progress: bool = True) -> dic
     return metrics
 
 
-def _coco_gt(dataset):
+def coco_ground_truth(dataset):
     """What pycocotools evaluates against: the COCO file, or VOC converted to COCO."""
     if hasattr(dataset, "coco_gt"):
         return dataset.coco_gt()

@@ -29,8 +29,18 @@ class ImageBatch:
 
 
 def resize_scale(image_hw: tuple[int, int], min_size: int, max_size: int) -> float:
-    """Scale that brings the shorter side to ``min_size`` unless the longer would pass ``max_size``."""
-    return min(min_size / min(image_hw), max_size / max(image_hw))
+    """Scale that brings the shorter side to ``min_size`` unless the longer would pass ``max_size``.
+
+    ``torch.sym_min`` / ``sym_max`` are ``min`` / ``max`` on plain numbers; on the symbolic sizes
+    of ``fpn export`` they keep the graph valid for every image size.
+    """
+    height, width = image_hw
+    return torch.sym_min(min_size / torch.sym_min(height, width), max_size / torch.sym_max(height, width))
+
+
+def padded_size(side: int, size_divisibility: int) -> int:
+    """``side`` rounded up to a multiple of ``size_divisibility``."""
+    return (side + size_divisibility - 1) // size_divisibility * size_divisibility
 
 
 def rescale_boxes(boxes_xyxy: Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Tensor:
@@ -65,8 +75,8 @@ class Preprocessor(nn.Module):
     def pad(self, images: list[Tensor]) -> Tensor:
         """Zero-pad to a common size, a multiple of ``size_divisibility``, at the bottom right."""
         div = self.cfg.size_divisibility
-        height = -(-max(img.shape[1] for img in images) // div) * div
-        width = -(-max(img.shape[2] for img in images) // div) * div
+        height = padded_size(max(img.shape[1] for img in images), div)
+        width = padded_size(max(img.shape[2] for img in images), div)
         batch = images[0].new_zeros((len(images), 3, height, width))
         for i, img in enumerate(images):
             batch[i, :, : img.shape[1], : img.shape[2]].copy_(img)
