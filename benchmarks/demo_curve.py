@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from fpn.engine.jobs import run_demo
+from fpn.jobs.demo import run_demo
 
 
 def curve(metrics_file: Path) -> list[dict]:

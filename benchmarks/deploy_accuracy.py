@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from fpn.api import Detector, find_checkpoint, read_config
+from fpn.api import Detector, find_checkpoint
+from fpn.config import load_config
 from fpn.benchmark import markdown_table
 from fpn.engine import evaluate as ev
-from fpn.engine.jobs import build_dataset, coco_ground_truth, label_to_category_id, val_loader
+from fpn.jobs.datasets import build_dataset, coco_ground_truth, label_to_category_id, val_loader
 from fpn.export import OnnxDetector, export_onnx
-from fpn.model.quantize import dequantize, quantize_pyramid
+from fpn.model.quantize import quantize_pyramid
 
 KEYS = ("AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l")
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=16, help="training images for calibration")
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
     args = parser.parse_args()
-    cfg = read_config(find_checkpoint(args.run)[1])
+    cfg = load_config(find_checkpoint(args.run)[1])
     model = Detector.from_checkpoint(args.run, "cpu").model.eval()
     val_set = build_dataset(cfg.data, "val")
     train_set = build_dataset(cfg.data, "train")
@@ -49,9 +50,8 @@ def main() -> None:
         return [name, *(f"{100 * metrics[k]:.1f}" for k in KEYS), f"{1000 * seconds:.0f}"]
 
     rows = [evaluate("PyTorch fp32", model)]
-    quantize_pyramid(model, [train_set[i][0] for i in range(args.calibration)])
-    rows.append(evaluate("PyTorch, int8 pyramid", model))
-    dequantize(model)
+    int8 = quantize_pyramid(model, [train_set[i][0] for i in range(args.calibration)])
+    rows.append(evaluate("PyTorch, int8 pyramid", int8))
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx")
         rows.append(evaluate("ONNX Runtime fp32", OnnxDetector(path)))

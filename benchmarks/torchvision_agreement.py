@@ -15,7 +15,7 @@ import argparse
 import torch
 import torchvision
 
-from fpn.benchmark import output_difference
+from fpn.detections import output_difference
 from fpn.interop.torchvision import from_torchvision
 
 

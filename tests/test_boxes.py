@@ -84,9 +84,9 @@ def test_matcher_thresholds_and_highest_iou_rule():
         [100.0, 100.0, 110.0, 104.0],  # IoU 0.4 with gt 1, its best anchor -> 1 (low-quality rule)
         [50.0, 50.0, 60.0, 60.0],  # overlaps nothing -> background
     ])
-    matches = match_anchors(gt, anchors, 0.7, 0.3, allow_low_quality=True)
+    matches = match_anchors(gt, anchors, high=0.7, low=0.3, allow_low_quality=True)
     assert matches.tolist() == [0, 0, BETWEEN, BELOW_LOW, 1, BELOW_LOW]
-    strict = match_anchors(gt, anchors, 0.7, 0.3, allow_low_quality=False)
+    strict = match_anchors(gt, anchors, high=0.7, low=0.3, allow_low_quality=False)
     assert strict[4].item() == BETWEEN
 
 
@@ -94,20 +94,22 @@ def test_matcher_ties_all_claimed_and_chunking_agrees():
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     # two anchors tie at IoU 0.25 (the best for this box), one is worse
     anchors = torch.tensor([[0.0, 0.0, 10.0, 2.5], [0.0, 7.5, 10.0, 10.0], [0.0, 0.0, 10.0, 1.0]])
-    matches = match_anchors(gt, anchors, 0.7, 0.3, allow_low_quality=True)
+    matches = match_anchors(gt, anchors, high=0.7, low=0.3, allow_low_quality=True)
     assert matches.tolist() == [0, 0, BELOW_LOW]
     torch.manual_seed(0)
     many_gt = torch.rand(50, 2) * 200
     many_gt = torch.cat([many_gt, many_gt + 5 + torch.rand(50, 2) * 60], dim=1)
     many_anchors = torch.rand(3000, 2) * 200
     many_anchors = torch.cat([many_anchors, many_anchors + 5 + torch.rand(3000, 2) * 60], dim=1)
-    whole = match_anchors(many_gt, many_anchors, 0.7, 0.3, True, chunk_size=1 << 30)
-    chunked = match_anchors(many_gt, many_anchors, 0.7, 0.3, True, chunk_size=999)
+    whole = match_anchors(many_gt, many_anchors, high=0.7, low=0.3, allow_low_quality=True,
+                           chunk_size=1 << 30)
+    chunked = match_anchors(many_gt, many_anchors, high=0.7, low=0.3, allow_low_quality=True,
+                           chunk_size=999)
     assert torch.equal(whole, chunked)
 
 
 def test_matcher_without_ground_truth_is_all_background():
-    matches = match_anchors(torch.zeros(0, 4), torch.rand(7, 4), 0.7, 0.3, True)
+    matches = match_anchors(torch.zeros(0, 4), torch.rand(7, 4), high=0.7, low=0.3, allow_low_quality=True)
     assert matches.tolist() == [BELOW_LOW] * 7
 
 
@@ -137,7 +139,7 @@ def test_iou_is_symmetric_and_bounded(a, b):
     assert bool(((iou >= 0) & (iou <= 1 + 1e-9)).all())
     torch.testing.assert_close(torch.diagonal(box_iou(a, a)), torch.ones(len(a), dtype=a.dtype))
     # matching is consistent with the IoU: a box matched as foreground has IoU >= 0.7 with its match
-    matches = match_anchors(a, b, 0.7, 0.3, allow_low_quality=False)
+    matches = match_anchors(a, b, high=0.7, low=0.3, allow_low_quality=False)
     for j, m in enumerate(matches.tolist()):
         if m >= 0:
             assert iou[m, j] >= 0.7

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from fpn.benchmark import output_difference
+from fpn.detections import output_difference
 from fpn.cli import main
 from fpn.config import Config, load_config, to_dict
 from fpn.engine.checkpoint import save_checkpoint

@@ -33,7 +33,7 @@ def test_pooler_matches_torchvision_multiscale_roi_align():
     wh = 8 * 2 ** (torch.rand(40, 1) * 7)  # sides 8..1024 px, log-uniform
     boxes = torch.cat([xy, xy + wh], dim=1)
     per_image = [boxes[:25], boxes[25:]]
-    ours = MultiLevelRoIPooler(strides, 7, 2, False, "roi_align", 224.0, 4)(features, per_image)
+    ours = MultiLevelRoIPooler(strides, output_size=7, sampling_ratio=2, aligned=False)(features, per_image)
     theirs = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(
         OrderedDict((str(i), features[lvl]) for i, lvl in enumerate(strides)), per_image, [(256, 320)] * 2
     )
@@ -73,8 +73,9 @@ def test_roi_pool_is_selectable_for_the_ablation():
     strides = {"p2": 4, "p3": 8}
     features = {lvl: torch.randn(1, 4, 64 // s, 64 // s) for lvl, s in strides.items()}
     boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [4.0, 8.0, 60.0, 60.0]])  # sides 40 -> p2, 56 -> p2/p3
-    pooled = MultiLevelRoIPooler(strides, 7, 2, False, "roi_pool", 112.0, 3)(features, [boxes])
-    levels = map_rois_to_levels(boxes, 2, 3, 112.0, 3)
+    pooled = MultiLevelRoIPooler(strides, output_size=7, sampling_ratio=2, kind="roi_pool",
+                                 canonical_scale=112.0, canonical_level=3)(features, [boxes])
+    levels = map_rois_to_levels(boxes, 2, 3, canonical_scale=112.0, canonical_level=3)
     for i, level in enumerate(levels.tolist()):
         name = f"p{level}"
         rois = torch.cat([torch.zeros(1, 1), boxes[i : i + 1]], dim=1)

@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_MODEL, data_overrides
 from fpn.config import TrainConfig, load_config
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
-from fpn.engine.jobs import build_dataset, with_dataset_classes
+from fpn.jobs.datasets import build_dataset, with_dataset_classes
+from fpn.jobs.training import new_model
 from fpn.engine.train import NonFiniteLossError, _check_finite, lr_factor, scaled_lr, train
 
 
@@ -29,6 +30,11 @@ def _cfg(root, max_iter):
     return load_config("demo", overrides)
 
 
+def _train(cfg, dataset, run_dir, **kwargs):
+    cfg = with_dataset_classes(cfg, dataset)
+    return train(new_model(cfg.model, cfg.train.seed), dataset, cfg, run_dir, progress=False, **kwargs)
+
+
 def _weights(run_dir):
     return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))[0]
 
@@ -36,11 +42,11 @@ def _weights(run_dir):
 def test_stop_and_resume_gives_identical_weights(tiny_synth, tmp_path):
     dataset = build_dataset(_cfg(tiny_synth, 6).data, "train")  # 6 images, batch 2: 3 steps an epoch
     straight = tmp_path / "straight"
-    train(with_dataset_classes(_cfg(tiny_synth, 6), dataset), dataset, straight, progress=False)
+    _train(_cfg(tiny_synth, 6), dataset, straight)
     resumed = tmp_path / "resumed"
-    train(with_dataset_classes(_cfg(tiny_synth, 4), dataset), dataset, resumed, progress=False)  # stop
+    _train(_cfg(tiny_synth, 4), dataset, resumed)  # stop
     assert latest_checkpoint(resumed / "checkpoints").name == "step_0000004"
-    train(with_dataset_classes(_cfg(tiny_synth, 6), dataset), dataset, resumed, resume=True, progress=False)
+    _train(_cfg(tiny_synth, 6), dataset, resumed, resume=True)
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -68,7 +74,7 @@ def test_bad_samples_are_skipped_and_counted(tiny_synth, tmp_path, caplog):
     data = _with_corrupt_images(tiny_synth, tmp_path, 1)
     cfg = _cfg(data, 3)
     dataset = build_dataset(cfg.data, "train")
-    result = train(with_dataset_classes(cfg, dataset), dataset, tmp_path / "run", progress=False)
+    result = _train(cfg, dataset, tmp_path / "run")
     assert result["step"] == 3 and result["bad_samples"] >= 1
     assert "000000.png" in caplog.text
 
@@ -82,7 +88,7 @@ def test_too_many_bad_samples_stop_with_a_summary(tiny_synth, tmp_path):
                                "train.device=cpu"])
     dataset = build_dataset(cfg.data, "train")
     with pytest.raises(TooManyBadSamplesError, match="max_bad_samples=2"):
-        train(with_dataset_classes(cfg, dataset), dataset, tmp_path / "run", progress=False)
+        _train(cfg, dataset, tmp_path / "run")
 
 
 def test_tensorboard_scalars_when_installed(tiny_synth, tmp_path, monkeypatch):
@@ -106,7 +112,7 @@ def test_tensorboard_scalars_when_installed(tiny_synth, tmp_path, monkeypatch):
     cfg = _cfg(tiny_synth, 2)
     cfg.train.log_period = 1
     dataset = build_dataset(cfg.data, "train")
-    train(with_dataset_classes(cfg, dataset), dataset, tmp_path / "run", progress=False)
+    _train(cfg, dataset, tmp_path / "run")
     tags = {w[0] for w in written}
     assert {"train/loss", "train/lr", "train/loss_cls", "closed"} <= tags
     assert written[0] == ("dir", str(tmp_path / "run" / "tensorboard"))

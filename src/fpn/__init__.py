@@ -2,7 +2,7 @@
 
 Public entry points (imported lazily, so ``fpn --version`` does not load PyTorch):
 
-- ``fpn.FasterRCNN`` / ``fpn.build_detector(cfg)``: the detector of FPN_SPEC §1-3;
+- ``fpn.FasterRCNN(cfg.model)``: the detector of docs/paper.md §1-3 (and its other systems);
 - ``fpn.from_torchvision(state_dict)``: our detector from torchvision's Faster R-CNN weights;
 - ``fpn.load_config(path_or_preset, overrides)``: typed configs;
 - ``fpn.export_onnx(model, path)`` / ``fpn.OnnxDetector(path)``: one ONNX graph, any image size.
@@ -14,7 +14,6 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "FasterRCNN": "fpn.model.detector",
-    "build_detector": "fpn.model.detector",
     "from_torchvision": "fpn.interop.torchvision",
     "load_torchvision_resnet": "fpn.interop.torchvision",
     "load_config": "fpn.config",

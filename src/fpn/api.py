@@ -15,26 +15,20 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from fpn.config import Config, load_config
-from fpn.data import DatasetError, pil_to_tensor, read_image
-from fpn.engine.train import resolve_device
+from fpn.config import load_config
+from fpn.data import pil_to_tensor, read_image
+from fpn.device import resolve_device
 from fpn.model.detector import FasterRCNN
 
 ImageLike = str | Path | Image.Image | torch.Tensor
 
 
-# An unreadable image raises DatasetError (a ValueError) naming the file.
-ImageReadError = DatasetError
-
-
 def load_image(path: str | Path) -> torch.Tensor:
-    """A 3 x H x W float tensor in [0, 1], RGB, with the EXIF orientation applied."""
+    """A 3 x H x W float tensor in [0, 1], RGB, with the EXIF orientation applied.
+
+    An unreadable image raises ``fpn.data.DatasetError`` (a ValueError) naming the file.
+    """
     return read_image(Path(path))
-
-
-def read_config(path: str | Path) -> Config:
-    """The config saved beside a checkpoint."""
-    return load_config(path)
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -42,18 +36,25 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
     from fpn.engine.checkpoint import latest_checkpoint
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run, checkpoint directory or weights file")
     if path.is_dir() and (path / "checkpoints").is_dir():
         latest = latest_checkpoint(path / "checkpoints")
         if latest is None:
-            raise FileNotFoundError(f"{path}: the run has no complete checkpoint yet")
+            raise FileNotFoundError(f"{path}: the run has no complete checkpoint yet "
+                                    f"(looked for {path / 'checkpoints'}/step_*/model.safetensors)")
         path = latest
     if path.is_dir():
         weights, config = path / "model.safetensors", path / "config.yaml"
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"{path}: not a run or checkpoint directory (looked for {path / 'checkpoints'}/ "
+                f"of a run, or {weights.name} and {config.name} of a checkpoint)")
     else:
         weights, config = path, path.parent / "config.yaml"
-    for needed in (weights, config):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed}: not found (expected beside the checkpoint)")
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: not found (the config.yaml that describes {weights.name} "
+                                "must be in the same directory)")
     return weights, config
 
 
@@ -61,7 +62,7 @@ class Detector:
     """A detector in eval mode on a chosen device, fed with paths, PIL images or tensors."""
 
     def __init__(self, model: FasterRCNN, device: str | torch.device = "auto"):
-        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.class_names = list(model.cfg.class_names)
 
@@ -71,7 +72,7 @@ class Detector:
         from fpn.engine.checkpoint import load_weights
 
         weights, config = find_checkpoint(path)
-        model = FasterRCNN(read_config(config).model)
+        model = FasterRCNN(load_config(config).model)
         model.load_state_dict(load_weights(weights))
         return cls(model, device)
 
@@ -87,12 +88,16 @@ class Detector:
     @torch.inference_mode()
     def __call__(self, images: ImageLike | Sequence[ImageLike], *, return_proposals: bool = False
                  ) -> dict[str, Any] | list[dict[str, Any]]:
-        """Detections per image: ``boxes`` (xyxy, original pixels), ``scores``, ``labels``, ``names``."""
+        """Detections per image: ``boxes`` (xyxy, original pixels), ``scores``, ``labels``, ``names``.
+
+        A run of the RPN alone gives ``proposals`` and ``objectness`` instead.
+        """
         single = not isinstance(images, list | tuple)
         batch = [self._as_tensor(img).to(self.device) for img in ([images] if single else images)]
         outputs = self.model(batch, return_proposals=return_proposals)
         for out in outputs:
-            out["names"] = [self.label_name(int(label)) for label in out["labels"]]
+            if "labels" in out:
+                out["names"] = [self.label_name(int(label)) for label in out["labels"]]
         return outputs[0] if single else outputs
 
     def label_name(self, label: int) -> str:

@@ -21,7 +21,13 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from fpn.detections import output_difference
 from fpn.interop.torchvision import from_torchvision
+
+
+# Raised logit of one class, so that a detector with random weights still scores some RoIs above
+# the 0.05 threshold and the two implementations have detections to compare.
+DETECTABLE_CLASS_BIAS = 6.0
 
 
 def torchvision_reference(seed: int = 0) -> TVFasterRCNN:
@@ -37,7 +43,7 @@ def torchvision_reference(seed: int = 0) -> TVFasterRCNN:
         if isinstance(module, FrozenBatchNorm2d):
             module.eps = 0.0
     with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.bias[1] += 6.0
+        model.roi_heads.box_predictor.cls_score.bias[1] += DETECTABLE_CLASS_BIAS
     return model
 
 
@@ -91,29 +97,6 @@ def count_flops(fn: Callable[[], object]) -> float:
     with counter:
         fn()
     return float(counter.get_total_flops())
-
-
-def output_difference(reference: list[dict], ours: list[dict], match_px: float = 1.0
-                      ) -> tuple[float, float, int]:
-    """(largest box difference in px, largest score difference, unmatched count) over images.
-
-    A reference detection is matched to our nearest one of the same label within ``match_px``.
-    Unmatched ones are reported by count: with near-equal scores, float re-association can swap
-    which detection makes the top-100 cut, and such a swap says nothing about box accuracy.
-    """
-    box_diff = score_diff = 0.0
-    unmatched = 0
-    for ref, got in zip(reference, ours, strict=True):
-        for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"], strict=True):
-            dist = (got["boxes"] - box).abs().amax(dim=1)
-            dist[got["labels"] != label] = float("inf")
-            best = int(dist.argmin()) if len(dist) else -1
-            if best < 0 or float(dist[best]) > match_px:
-                unmatched += 1
-                continue
-            box_diff = max(box_diff, float(dist[best]))
-            score_diff = max(score_diff, float((got["scores"][best] - score).abs()))
-    return box_diff, score_diff, unmatched
 
 
 @dataclass
@@ -211,15 +194,14 @@ def run(repeats: int = 3, quick: bool = False, threads: int | None = None) -> st
         rows.append(row.cells())
         print(markdown_table(HEADER, rows[-1:]), flush=True)
     if not quick:  # the optional int8 pyramid (fpn.model.quantize), on the largest input
-        from fpn.model.quantize import dequantize, quantize_pyramid
+        from fpn.model.quantize import quantize_pyramid
 
         g = torch.Generator().manual_seed(1)
-        quantize_pyramid(ours, [torch.rand(3, 800, 1333, generator=g) for _ in range(2)])
+        int8 = quantize_pyramid(ours, [torch.rand(3, 800, 1333, generator=g) for _ in range(2)])
         name = "1 x 800x1333"
-        rows.append(compare(reference, ours, chosen[name], f"{name}, int8 pyramid", repeats, with_flops=False,
+        rows.append(compare(reference, int8, chosen[name], f"{name}, int8 pyramid", repeats, with_flops=False,
                             reference_seconds=reference_seconds[name]).cells())
         print(markdown_table(HEADER, rows[-1:]), flush=True)
-        dequantize(ours)
         ours.compile_inference = True  # the warm-up run of median_seconds pays the compilation
         rows.append(compare(reference, ours, chosen[name], f"{name}, torch.compile", repeats,
                             with_flops=False,

@@ -89,24 +89,27 @@ def run(args: argparse.Namespace) -> int:
         case "train":
             from fpn.config import load_config
             from fpn.engine import evaluate as ev
-            from fpn.engine.jobs import run_train
+            from fpn.jobs.evaluation import skipped_note
+            from fpn.jobs.training import run_train
 
             cfg = load_config(args.config, args.overrides)
             result = run_train(cfg, args.output, resume=args.resume, progress=progress,
                                evaluate=not args.no_eval)
             if result["metrics"]:
                 print(ev.format_table(result["metrics"]))
+                if skipped_note(result["metrics"]):
+                    print(skipped_note(result["metrics"]))
             print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
         case "eval":
             _eval(args, progress)
         case "predict":
-            from fpn.engine.jobs import run_predict
+            from fpn.jobs.prediction import run_predict
 
             out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
                               device=args.device, progress=progress)
             print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
         case "demo":
-            from fpn.engine.jobs import run_demo
+            from fpn.jobs.demo import run_demo
 
             run_demo(args.output, overrides=args.overrides, progress=progress)
         case "convert":
@@ -161,18 +164,13 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.api import Detector, find_checkpoint, read_config
-    from fpn.config import merge, parse_overrides
     from fpn.engine import evaluate as ev
-    from fpn.engine.jobs import build_dataset, evaluate_model
+    from fpn.jobs.evaluation import run_eval, skipped_note
 
-    _, config_file = find_checkpoint(args.checkpoint)
-    cfg = merge(read_config(config_file), parse_overrides(args.overrides), "overrides")
-    detector = Detector.from_checkpoint(args.checkpoint, cfg.train.device)
-    metrics = evaluate_model(detector.model, build_dataset(cfg.data, "val"), cfg, progress=progress)
-    out = args.output or (config_file.parent / "eval")
-    ev.save_metrics(metrics, out)
+    metrics, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress)
     print(ev.format_table(metrics))
+    if skipped_note(metrics):
+        print(skipped_note(metrics))
     print(f"metrics in {out}")
 
 

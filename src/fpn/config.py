@@ -113,6 +113,7 @@ class RoIHeadConfig:
     smooth_l1_beta: float = 1.0 / 9.0
     crowd_ioa_thresh: float = 0.5  # RoIs mostly inside a crowd region are ignored, not negatives
     score_thresh: float = 0.05
+    min_box_size: float = 0.01  # detections narrower or shorter than this (px) are dropped
     nms_thresh: float = 0.5
     detections_per_image: int = 100
 
@@ -134,6 +135,17 @@ class InputConfig:
 
 @dataclass
 class ModelConfig:
+    """The detector as a composition (docs/paper.md §2-3): the paper's systems share every part.
+
+    - Faster R-CNN (Table 3): ``proposals: rpn`` and ``box_head: true`` (the default);
+    - RPN alone (Table 1): ``proposals: rpn`` and ``box_head: false``;
+    - Fast R-CNN on fixed proposals (Table 2): ``proposals: given`` and ``box_head: true``; the
+      proposals come with each training target (``"proposals"``) and as the ``proposals``
+      argument in eval mode.
+    """
+
+    proposals: Literal["rpn", "given"] = "rpn"
+    box_head: bool = True
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fpn.detections import output_difference
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import inference_copy
 from fpn.model.preprocess import padded_size, resize_scale
@@ -114,8 +115,6 @@ def verify(model: FasterRCNN, onnx_path: str | Path, image: Tensor | None = None
     Returns the detection counts, how many of PyTorch's detections ONNX Runtime reproduces (same
     label, box within 1 px) and the largest box (px) and score differences among those.
     """
-    from fpn.benchmark import output_difference
-
     if image is None:
         image = torch.rand(3, 427, 640, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

@@ -10,12 +10,14 @@ from typing import Any
 
 import torch
 
+from fpn.box_format import TARGET_BOX_KEYS
+
 
 def hflip(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Mirror an image left-right with its boxes (x1' = W - x2, x2' = W - x1) and masks."""
     width = image.shape[-1]
     target = dict(target)
-    for key in ("boxes", "crowd_boxes"):
+    for key in TARGET_BOX_KEYS:
         if key in target and len(target[key]):
             boxes = target[key].clone()
             boxes[:, [0, 2]] = width - target[key][:, [2, 0]]

@@ -153,6 +153,16 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+# An error message quotes at most this much of the underlying library's first line.
+QUOTED_ERROR_CHARS = 160
+
+
+def _quote(error: BaseException | str) -> str:
+    """The first line of an underlying error, cut to ``QUOTED_ERROR_CHARS``."""
+    lines = str(error).splitlines()
+    return (lines[0] if lines else type(error).__name__)[:QUOTED_ERROR_CHARS]
+
+
 def _torch_load_safely(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -161,11 +171,11 @@ def _torch_load_safely(path: Path) -> Any:
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
             raise UnsafeCheckpointError(
                 f"{path}: refusing to load: the pickle would execute code "
-                f"({text.splitlines()[0][:160]})"
+                f"({_quote(text)})"
             ) from None
-        raise CheckpointError(f"{path}: corrupt or truncated ({text.splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated ({_quote(text)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: corrupt or truncated ({str(err).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated ({_quote(err)})") from None
 
 
 def load_foreign_weights(path: str | Path) -> dict[str, torch.Tensor]:

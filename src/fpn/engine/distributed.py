@@ -59,13 +59,3 @@ def gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * current.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def barrier() -> None:
-    if info().enabled:
-        dist.barrier()
-
-
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

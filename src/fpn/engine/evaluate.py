@@ -21,6 +21,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from fpn.box_format import xyxy_to_xywh
+from fpn.data.unreadable import BadSampleCounter
 from fpn.engine import distributed
 
 BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
@@ -46,8 +48,7 @@ def detections_to_coco_results(outputs: Iterable[dict[str, torch.Tensor]], image
     """Per-image ``boxes`` (xyxy), ``scores``, ``labels`` (1..K) -> COCO result records (xywh)."""
     results = []
     for out, image_id in zip(outputs, image_ids, strict=True):
-        boxes = out["boxes"].detach().cpu().to(torch.float64)
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        xywh = xyxy_to_xywh(out["boxes"].detach().cpu().to(torch.float64)).tolist()
         for box, score, label in zip(xywh, out["scores"].tolist(), out["labels"].tolist(), strict=True):
             results.append({"image_id": int(image_id),
                             "category_id": int(label_to_category_id[int(label)]),
@@ -56,24 +57,30 @@ def detections_to_coco_results(outputs: Iterable[dict[str, torch.Tensor]], image
 
 
 def _run_cocoeval(coco: COCO, results: list[dict], use_cats: bool, max_dets: list[int],
-                  verbose: bool) -> COCOeval:
+                  verbose: bool, image_ids: list[int] | None = None) -> COCOeval:
+    """COCOeval on ``results``; over ``image_ids`` only when given (e.g. the readable images)."""
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
         coco_dt = coco.loadRes(results)
         evaluator = COCOeval(coco, coco_dt, "bbox")
         evaluator.params.useCats = int(use_cats)
         evaluator.params.maxDets = max_dets
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(set(image_ids))
         evaluator.evaluate()
         evaluator.accumulate()
     return evaluator
 
 
-def coco_box_ap(coco_gt: COCO | str | Path | dict, results: list[dict], verbose: bool = False
-                ) -> dict[str, float]:
-    """AP, AP50, AP75, AP_s, AP_m, AP_l (fractions in [0, 1]) of COCO-format results."""
+def coco_box_ap(coco_gt: COCO | str | Path | dict, results: list[dict], verbose: bool = False,
+                image_ids: list[int] | None = None) -> dict[str, float]:
+    """AP, AP50, AP75, AP_s, AP_m, AP_l (fractions in [0, 1]) of COCO-format results.
+
+    ``image_ids``: score over these images only (default: every image of the ground truth).
+    """
     if not results:
         return dict.fromkeys(BOX_KEYS, 0.0)
-    evaluator = _run_cocoeval(as_coco(coco_gt), results, True, [1, 10, 100], verbose)
+    evaluator = _run_cocoeval(as_coco(coco_gt), results, True, [1, 10, 100], verbose, image_ids)
     with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
         evaluator.summarize()
     return {k: max(0.0, float(v)) for k, v in zip(BOX_KEYS, evaluator.stats[:6], strict=True)}
@@ -91,13 +98,12 @@ def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[tor
         count = len(boxes)
         scores = (scores_per_image[i].tolist() if scores_per_image is not None
                   else torch.linspace(1.0, 0.0, count + 2)[1:-1].tolist())
-        for box, score in zip(boxes.tolist(), scores, strict=True):
-            results.append({"image_id": int(image_id), "category_id": any_category,
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+        for box, score in zip(xyxy_to_xywh(boxes).tolist(), scores, strict=True):
+            results.append({"image_id": int(image_id), "category_id": any_category, "bbox": box,
                             "score": float(score)})
     if not results:
         return dict.fromkeys(AR_KEYS, 0.0)
-    evaluator = _run_cocoeval(coco, results, False, [100, 1000], verbose)
+    evaluator = _run_cocoeval(coco, results, False, [100, 1000], verbose, list(image_ids))
     recall = evaluator.eval["recall"]  # (T IoUs, K=1, A areas [all, s, m, l], M maxDets)
 
     def mean_recall(area: int, max_det: int) -> float:
@@ -112,30 +118,46 @@ def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[tor
 @torch.inference_mode()
 def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | str | Path | dict,
                       label_to_category_id: dict[int, int], *, with_proposals: bool = True,
-                      device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Run ``model`` over a loader of (images, targets) and score it with pycocotools.
+                      device: str | torch.device = "cpu", progress: bool = True,
+                      max_bad_images: int = 100) -> dict[str, Any]:
+    """Run ``model`` over a loader of (images, targets[, skipped]) and score it with pycocotools.
 
     ``model(images, return_proposals=...)`` must return per image ``boxes``, ``scores``,
-    ``labels`` (and ``proposals``, ``objectness``) in original-image pixels. Under torchrun,
+    ``labels`` (and ``proposals``, ``objectness``) in original-image pixels; a model without a
+    box head (the RPN alone) returns only the proposals, and only AR is scored. Under torchrun,
     give each rank its own shard of the images: the outputs are gathered before scoring.
+
+    A loader of ``fpn.jobs.datasets.val_loader`` also yields the messages of the unreadable
+    images it skipped: they are counted (at most ``max_bad_images``, else
+    ``TooManyBadSamplesError``), listed under ``skipped_images``, and the scores cover the
+    readable images only.
     """
     coco = as_coco(coco_gt)
     outputs, image_ids = [], []
-    for images, targets in tqdm(data_loader, desc="eval", disable=not progress, dynamic_ncols=True):
+    skipped = BadSampleCounter(max_bad_images, limit_name="max_bad_images")
+    for images, targets, *bad in tqdm(data_loader, desc="eval", disable=not progress, dynamic_ncols=True):
+        skipped.add(bad[0] if bad else [])
+        if not images:
+            continue
         images = [img.to(device) for img in images]
         batch_out = model(images, return_proposals=with_proposals) if with_proposals else model(images)
         outputs += [{k: v.cpu() for k, v in out.items() if torch.is_tensor(v)} for out in batch_out]
         image_ids += [int(t["image_id"]) for t in targets]
     # under torchrun each rank saw a shard of the images: gather them all
-    shards = distributed.gather_objects((outputs, image_ids))
-    outputs = [out for shard_outputs, _ in shards for out in shard_outputs]
-    image_ids = [i for _, shard_ids in shards for i in shard_ids]
-    results = detections_to_coco_results(outputs, image_ids, label_to_category_id)
-    metrics: dict[str, Any] = coco_box_ap(coco, results)
-    if with_proposals:
+    shards = distributed.gather_objects((outputs, image_ids, skipped.messages))
+    outputs = [out for shard_outputs, _, _ in shards for out in shard_outputs]
+    image_ids = [i for _, shard_ids, _ in shards for i in shard_ids]
+    skipped_messages = [m for _, _, shard_skipped in shards for m in shard_skipped]
+    metrics: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
+    if all("boxes" in out for out in outputs):
+        results = detections_to_coco_results(outputs, image_ids, label_to_category_id)
+        metrics.update(coco_box_ap(coco, results, image_ids=image_ids))
+    if with_proposals or not all("boxes" in out for out in outputs):
         metrics.update(proposal_ar(coco, [o["proposals"] for o in outputs], image_ids,
                                    [o["objectness"] for o in outputs]))
     metrics["num_images"] = len(image_ids)
+    metrics["skipped_images"] = skipped_messages
     metrics["coco_results"] = results
     return metrics
 

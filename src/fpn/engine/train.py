@@ -15,36 +15,37 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fpn.config import Config, TrainConfig, save_config, to_dict
-from fpn.data.errors import DatasetError
 from fpn.data.transforms import hflip
+from fpn.data.unreadable import (
+    BadSampleCounter,
+    TooManyBadSamplesError,
+    Unreadable,
+    collate_readable,
+    load_or_unreadable,
+)
+from fpn.device import resolve_device
 from fpn.engine import checkpoint as ckpt
 from fpn.engine import distributed
-from fpn.model.detector import FasterRCNN
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; the message names the step and the loss term."""
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this process's GPU (LOCAL_RANK under torchrun) when CUDA is present, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -79,6 +80,21 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD
     return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=cfg.momentum)
 
 
+# Two large primes that spread (seed, epoch, index) over distinct random streams.
+EPOCH_SALT = 1_000_003
+SAMPLE_SALT = 1_000_033
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's data order."""
+    return seed * EPOCH_SALT + epoch
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's flip and of the model's anchor and RoI sampling for it."""
+    return epoch_seed(seed, epoch) * SAMPLE_SALT + index
+
+
 class EpochView(Dataset):
     """A training dataset seen through one epoch: a seeded order and seeded flips.
 
@@ -106,7 +122,7 @@ class EpochView(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(len(self.dataset), generator=g).tolist()
         usable = len(order) // self.global_batch * self.global_batch  # whole global batches only
         share = [(i % self.global_batch) // self.local_batch for i in range(usable)]  # rank of position i
@@ -117,27 +133,16 @@ class EpochView(Dataset):
 
     def __getitem__(self, i: int):
         index = self.order[i]
-        try:
-            image, target = self.dataset[index]
-        except DatasetError as err:  # a corrupt or missing image: report, skip, count
-            log.warning("skipping a bad sample: %s", err)
-            return None
-        sample_seed = (self.seed * 1_000_003 + self.epoch) * 1_000_033 + index
-        g = torch.Generator().manual_seed(sample_seed)
+        sample = load_or_unreadable(self.dataset, index)  # a corrupt or missing image: report, skip
+        if isinstance(sample, Unreadable):
+            return sample
+        image, target = sample
+        seed = sample_seed(self.seed, self.epoch, index)
+        g = torch.Generator().manual_seed(seed)
         if self.flip_prob > 0 and torch.rand((), generator=g).item() < self.flip_prob:
             image, target = hflip(image, target)
-        target = {**target, "sample_seed": sample_seed % 2**62}  # the model's anchor/RoI sampling
+        target = {**target, "sample_seed": seed % 2**62}  # the model's anchor/RoI sampling
         return image, target
-
-
-class TooManyBadSamplesError(DatasetError):
-    """More unreadable samples than ``train.max_bad_samples``."""
-
-
-def collate_skipping_bad(batch: list) -> tuple[list, list, int]:
-    """(images, targets, number of bad samples dropped from this batch)."""
-    good = [sample for sample in batch if sample is not None]
-    return [s[0] for s in good], [s[1] for s in good], len(batch) - len(good)
 
 
 @dataclass
@@ -146,7 +151,6 @@ class TrainState:
     epoch: int = 0
     index_in_epoch: int = 0  # batches of the current epoch already consumed
     bad_samples: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def _batches(view: EpochView, state: TrainState, cfg: TrainConfig, workers: int
@@ -155,10 +159,11 @@ def _batches(view: EpochView, state: TrainState, cfg: TrainConfig, workers: int
 
     Bad samples are dropped and counted; past ``cfg.max_bad_samples`` the run stops.
     """
+    bad_samples = BadSampleCounter(cfg.max_bad_samples, count=state.bad_samples)
     while True:
         view.set_epoch(state.epoch)
         loader = DataLoader(view, batch_size=view.local_batch, shuffle=False, num_workers=workers,
-                            collate_fn=collate_skipping_bad, drop_last=True, persistent_workers=False,
+                            collate_fn=collate_readable, drop_last=True, persistent_workers=False,
                             generator=torch.Generator().manual_seed(cfg.seed + state.epoch))
         if len(loader) == 0:
             raise ValueError(f"the training set ({len(view)} images) is smaller than one batch "
@@ -166,11 +171,8 @@ def _batches(view: EpochView, state: TrainState, cfg: TrainConfig, workers: int
         for i, (images, targets, bad) in enumerate(loader):
             if i < state.index_in_epoch:
                 continue  # resumed mid-epoch: these batches were already used
-            state.bad_samples += bad
-            if state.bad_samples > cfg.max_bad_samples:
-                raise TooManyBadSamplesError(
-                    f"{state.bad_samples} samples could not be read (limit train.max_bad_samples="
-                    f"{cfg.max_bad_samples}); see the warnings above for the files")
+            bad_samples.add(len(bad))
+            state.bad_samples = bad_samples.count
             if not images:  # every sample of this batch was bad
                 state.index_in_epoch += 1
                 continue
@@ -223,115 +225,146 @@ def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and device.type == "cuda"))
 
 
-def train(
-    cfg: Config,
-    train_dataset: Dataset,
-    run_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    evaluate_fn=None,
-) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``train_dataset``; write logs and checkpoints into ``run_dir``.
+class MetricsLog:
+    """``metrics.jsonl`` in the run directory, and TensorBoard scalars when it is installed."""
 
-    Under ``torchrun`` every process calls this; each trains on its share of the batches
-    through DistributedDataParallel and only rank 0 writes files.
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.file = (run_dir / "metrics.jsonl").open("a") if enabled else None
+        self.board = _tensorboard(run_dir) if enabled else None
+        self.start = time.perf_counter()
 
-    Args:
-        evaluate_fn: optional ``(model, step) -> dict`` run every ``eval_period`` steps and at the
-            end (on every rank); its numbers go to the metrics log.
-    Returns:
-        step, seconds, the model, the number of bad samples skipped, whether a signal stopped it.
-    """
-    tcfg = cfg.train
-    run_dir = Path(run_dir)
-    dinfo = distributed.init(resolve_device(tcfg.device))
-    device = resolve_device(tcfg.device, dinfo.local_rank)
-    if tcfg.amp != "off" and device.type != "cuda":
-        log.warning("train.amp=%s needs CUDA; training in fp32 on %s", tcfg.amp, device)
-    if dinfo.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    seed_everything(tcfg.seed)
-    model = FasterRCNN(cfg.model).to(device)
-    optimizer = build_optimizer(model, tcfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, tcfg))
-    scaler = make_grad_scaler(device, tcfg.amp)
-    state = (_resume(run_dir, model, optimizer, scheduler) if resume else None) or TrainState()
-    net = model
-    if dinfo.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    view = EpochView(train_dataset, tcfg.seed, cfg.data.horizontal_flip, tcfg.batch_size, dinfo.rank,
-                     dinfo.world_size)
-    log_file = (run_dir / "metrics.jsonl").open("a") if dinfo.is_main else None
-    board = _tensorboard(run_dir) if dinfo.is_main else None
-    batches = _batches(view, state, tcfg, cfg.data.num_workers)
-    bar = tqdm(total=tcfg.max_iter, initial=state.step, disable=not (progress and dinfo.is_main),
-               desc="train", dynamic_ncols=True)
-    start = time.perf_counter()
-
-    def log_record(record: dict[str, Any]) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps({**record, "time": time.perf_counter() - start}) + "\n")
-            log_file.flush()
-        if board is not None:
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps({**record, "time": time.perf_counter() - self.start}) + "\n")
+            self.file.flush()
+        if self.board is not None:
             scalars = record.get("eval", record)
             prefix = "eval/" if "eval" in record else "train/"
             for key, value in scalars.items():
                 if key != "step" and isinstance(value, float):
-                    board.add_scalar(prefix + key, value, record["step"])
+                    self.board.add_scalar(prefix + key, value, record["step"])
 
-    def evaluate() -> None:
-        model.eval()
-        eval_start = time.perf_counter()
-        results = evaluate_fn(model, state.step)
-        log_record({"step": state.step, "eval": results, "eval_seconds": time.perf_counter() - eval_start})
-        model.train()
+    def close(self) -> None:
+        for sink in (self.file, self.board):
+            if sink is not None:
+                sink.close()
 
-    if evaluate_fn is not None and state.step >= tcfg.max_iter:  # resumed a finished run
-        evaluate()
-    model.train()
-    try:
-        with _StopRequested() as stop:
-            while state.step < tcfg.max_iter:
-                images, targets = _to_device(*next(batches), device)
-                with autocast(device, tcfg.amp):
-                    losses = net(images, targets)
-                _check_finite(losses, state.step)
-                total = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if tcfg.grad_clip_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                state.step += 1
-                state.index_in_epoch += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{total.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
-                done = state.step == tcfg.max_iter
-                if state.step % tcfg.log_period == 0 or done:
-                    log_record({"step": state.step, "lr": optimizer.param_groups[0]["lr"],
-                                "loss": total.item(), **{k: v.item() for k, v in losses.items()}})
-                if dinfo.is_main and (done or stop.requested or state.step % tcfg.checkpoint_period == 0):
-                    _save(run_dir, model, optimizer, scheduler, state, cfg)
-                periodic_eval = tcfg.eval_period and state.step % tcfg.eval_period == 0
-                if evaluate_fn is not None and (done or periodic_eval):
-                    evaluate()
-                if stop.requested:
-                    break
-    finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-        if board is not None:
-            board.close()
-    if state.bad_samples:
-        log.warning("%d bad samples were skipped during training", state.bad_samples)
-    return {"step": state.step, "seconds": time.perf_counter() - start, "model": model,
-            "bad_samples": state.bad_samples, "stopped": state.step < tcfg.max_iter}
+
+class Trainer:
+    """SGD on a model the caller built, over a dataset the caller opened (docs/paper.md §6).
+
+    The loop runs ``step`` until ``cfg.train.max_iter``; checkpoints, evaluation and logging
+    happen between steps. Under ``torchrun`` every process runs it; each trains on its share of
+    the batches through DistributedDataParallel and only rank 0 writes files.
+
+    Args:
+        model: the detector, freshly built (seeded) or to be resumed; moved to the device here.
+        evaluate_fn: optional ``(model, step) -> dict`` run every ``eval_period`` steps and at the
+            end (on every rank); its numbers go to the metrics log.
+    """
+
+    def __init__(self, model: torch.nn.Module, train_dataset: Dataset, cfg: Config, run_dir: str | Path, *,
+                 evaluate_fn: Callable[[torch.nn.Module, int], dict] | None = None, progress: bool = True):
+        self.cfg, self.tcfg = cfg, cfg.train
+        self.run_dir = Path(run_dir)
+        self.dist = distributed.init(resolve_device(self.tcfg.device))
+        self.device = resolve_device(self.tcfg.device, self.dist.local_rank)
+        if self.tcfg.amp != "off" and self.device.type != "cuda":
+            log.warning("train.amp=%s needs CUDA; training in fp32 on %s", self.tcfg.amp, self.device)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, self.tcfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg=self.tcfg))
+        self.scaler = make_grad_scaler(self.device, self.tcfg.amp)
+        self.net = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.train_dataset = train_dataset
+        self.evaluate_fn = evaluate_fn
+        self.progress = progress
+        self.state = TrainState()
+
+    def run(self, *, resume: bool = False) -> dict[str, Any]:
+        """Train to ``max_iter`` (from the last checkpoint with ``resume``).
+
+        Returns:
+            step, seconds, the model, the number of bad samples skipped, whether a signal stopped it.
+        """
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+        if resume:
+            self.state = _resume(self.run_dir, self.model, self.optimizer, self.scheduler) or TrainState()
+        view = EpochView(self.train_dataset, self.tcfg.seed, self.cfg.data.horizontal_flip,
+                         self.tcfg.batch_size, self.dist.rank, self.dist.world_size)
+        batches = _batches(view, self.state, self.tcfg, self.cfg.data.num_workers)
+        metrics = MetricsLog(self.run_dir, self.dist.is_main)
+        bar = tqdm(total=self.tcfg.max_iter, initial=self.state.step, desc="train", dynamic_ncols=True,
+                   disable=not (self.progress and self.dist.is_main))
+        if self.evaluate_fn is not None and self.state.step >= self.tcfg.max_iter:  # a finished run
+            self.evaluate(metrics)
+        try:
+            with _StopRequested() as stop:
+                while self.state.step < self.tcfg.max_iter and not stop.requested:
+                    losses = self.step(*next(batches))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{losses['lr']:.4f}")
+                    self.after_step(losses, metrics, stop.requested)
+        finally:
+            bar.close()
+            metrics.close()
+        if self.state.bad_samples:
+            log.warning("%d bad samples were skipped during training", self.state.bad_samples)
+        return {"step": self.state.step, "seconds": time.perf_counter() - metrics.start, "model": self.model,
+                "bad_samples": self.state.bad_samples, "stopped": self.state.step < self.tcfg.max_iter}
+
+    def step(self, images: list[Tensor], targets: list[dict]) -> dict[str, float]:
+        """One SGD step on a batch; the loss terms, their total and the learning rate used."""
+        self.model.train()
+        images, targets = _to_device(images, targets, self.device)
+        with autocast(self.device, self.tcfg.amp):
+            losses = self.net(images, targets)
+        _check_finite(losses, self.state.step)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.tcfg.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.state.step += 1
+        self.state.index_in_epoch += 1
+        return {"loss": total.item(), "lr": lr, **{k: v.item() for k, v in losses.items()}}
+
+    def after_step(self, losses: dict[str, float], metrics: MetricsLog, stop_requested: bool) -> None:
+        """The hooks between steps: log, checkpoint, evaluate."""
+        step, tcfg = self.state.step, self.tcfg
+        done = step == tcfg.max_iter
+        if step % tcfg.log_period == 0 or done:
+            metrics.write({"step": step, **losses})
+        if self.dist.is_main and (done or stop_requested or step % tcfg.checkpoint_period == 0):
+            _save(self.run_dir, self.model, self.optimizer, self.scheduler, self.state, self.cfg)
+        periodic_eval = tcfg.eval_period and step % tcfg.eval_period == 0
+        if self.evaluate_fn is not None and (done or periodic_eval):
+            self.evaluate(metrics)
+
+    def evaluate(self, metrics: MetricsLog) -> None:
+        self.model.eval()
+        start = time.perf_counter()
+        results = self.evaluate_fn(self.model, self.state.step)
+        metrics.write({"step": self.state.step, "eval": results, "eval_seconds": time.perf_counter() - start})
+        self.model.train()
+
+
+def train(model: torch.nn.Module, train_dataset: Dataset, cfg: Config, run_dir: str | Path, *,
+          resume: bool = False, progress: bool = True,
+          evaluate_fn: Callable[[torch.nn.Module, int], dict] | None = None) -> dict[str, Any]:
+    """Train ``model`` on ``train_dataset`` as ``cfg.train`` says; logs and checkpoints in ``run_dir``."""
+    trainer = Trainer(model, train_dataset, cfg, run_dir, evaluate_fn=evaluate_fn, progress=progress)
+    return trainer.run(resume=resume)
 
 
 def _tensorboard(run_dir: Path):
@@ -382,5 +415,5 @@ def _resume(run_dir: Path, model, optimizer, scheduler) -> TrainState | None:
                       bad_samples=int(train_state.get("bad_samples", 0)))
 
 
-__all__ = ["train", "resolve_device", "lr_factor", "scaled_lr", "NonFiniteLossError",
+__all__ = ["train", "Trainer", "lr_factor", "scaled_lr", "seed_everything", "NonFiniteLossError",
            "TooManyBadSamplesError", "EpochView"]

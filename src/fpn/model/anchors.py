@@ -50,6 +50,8 @@ class AnchorGenerator(nn.Module):
         round_cell_anchors: round cell anchors to integers, as torchvision does.
         stride_from_feature_size: derive strides as padded_image_size // feature_size, as
             torchvision does (differs from the declared stride on P6 for odd P5 sizes).
+        max_cached_sizes: how many distinct (feature sizes, image size, device) keys the cache
+            holds before it is emptied; bounds memory when every image has its own size.
     """
 
     def __init__(
@@ -57,10 +59,13 @@ class AnchorGenerator(nn.Module):
         sizes_per_level: dict[str, list[float]],
         strides: dict[str, int],
         aspect_ratios: list[float],
+        *,
         round_cell_anchors: bool = True,
         stride_from_feature_size: bool = False,
+        max_cached_sizes: int = 64,
     ):
         super().__init__()
+        self.max_cached_sizes = max_cached_sizes
         self.levels = list(sizes_per_level)
         self.strides = {level: strides[level] for level in self.levels}
         self.stride_from_feature_size = stride_from_feature_size
@@ -91,7 +96,7 @@ class AnchorGenerator(nn.Module):
             anchors.append(grid_anchors(self._cell[level].to(device), hw, stride_hw))
         if exporting:
             return anchors
-        if len(self._cache) > 64:  # many image sizes in a row: keep memory bounded
+        if len(self._cache) > self.max_cached_sizes:  # many image sizes in a row: keep memory bounded
             self._cache.clear()
         self._cache[key] = anchors
         return anchors

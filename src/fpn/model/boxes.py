@@ -15,6 +15,11 @@ from torch import Tensor
 from torchvision.ops import batched_nms as _torchvision_batched_nms
 from torchvision.ops import box_iou, nms
 
+from fpn.box_format import clip_boxes
+
+__all__ = ["clip_boxes", "encode_boxes", "decode_boxes", "batched_nms", "nonempty_mask",
+           "intersection_over_area", "match_anchors", "sample_balanced", "sample_for_training"]
+
 # exp(dw) is clamped so that a box can grow at most 1000/16 times (INTEROP.md §4).
 DELTA_CLAMP = math.log(1000.0 / 16)
 
@@ -78,14 +83,6 @@ def decode_boxes(deltas: Tensor, reference_boxes: Tensor, weights: list[float]) 
     )
 
 
-def clip_boxes(boxes_xyxy: Tensor, image_hw: tuple[int, int]) -> Tensor:
-    """Clip boxes (..., 4) to an image of ``(height, width)``."""
-    height, width = image_hw
-    x = boxes_xyxy[..., 0::2].clamp(min=0, max=width)
-    y = boxes_xyxy[..., 1::2].clamp(min=0, max=height)
-    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
-
-
 def batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """Indices kept by NMS run within each group, by decreasing score (torchvision's batched_nms).
 
@@ -119,12 +116,13 @@ def intersection_over_area(boxes_xyxy: Tensor, regions_xyxy: Tensor) -> Tensor:
 def match_anchors(
     gt_boxes: Tensor,
     anchors: Tensor,
+    *,
     high: float,
     low: float,
     allow_low_quality: bool,
     chunk_size: int = 1 << 22,
 ) -> Tensor:
-    """Assign each anchor to a ground-truth box by IoU (FPN_SPEC §2, §3).
+    """Assign each anchor (or proposal) to a ground-truth box by IoU (FPN_SPEC §2, §3).
 
     An anchor is foreground when its best IoU is >= ``high``, background when < ``low``,
     ignored in between. With ``allow_low_quality`` every ground-truth box also claims the
@@ -193,3 +191,34 @@ def sample_balanced(
     perm_pos = torch.randperm(positive.numel(), generator=generator, device="cpu")[:num_pos]
     perm_neg = torch.randperm(negative.numel(), generator=generator, device="cpu")[:num_neg]
     return positive[perm_pos.to(device)], negative[perm_neg.to(device)]
+
+
+def sample_for_training(
+    labels: Tensor,
+    boxes_xyxy: Tensor,
+    target: dict,
+    *,
+    batch_size: int,
+    positive_fraction: float,
+    crowd_ioa_thresh: float,
+    salt: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """The training sample of one image, for the RPN's anchors and the RoI heads' proposals alike.
+
+    Background boxes lying mostly inside a crowd region (``target["crowd_boxes"]``, more than
+    ``crowd_ioa_thresh`` of their area) are ignored rather than used as negatives; then at most
+    ``batch_size`` boxes are drawn, at most ``positive_fraction`` of them positive, from the
+    image's own random stream (``salt`` keeps the RPN's and the RoI heads' streams apart).
+
+    Args:
+        labels: (A,) int64, > 0 foreground, 0 background, < 0 ignored; updated in place for crowds.
+        boxes_xyxy: (A, 4) the anchors or proposals the labels belong to.
+    Returns:
+        indices of the sampled positives and of the sampled negatives.
+    """
+    crowd = target.get("crowd_boxes")
+    if crowd is not None and crowd.numel():
+        in_crowd = intersection_over_area(boxes_xyxy, crowd.to(boxes_xyxy.dtype)).amax(dim=1)
+        labels[(in_crowd > crowd_ioa_thresh) & (labels == 0)] = -1
+    return sample_balanced(labels, batch_size, positive_fraction, sampling_generator(target, salt, generator))

@@ -1,8 +1,12 @@
-"""The assembled detector: preprocess -> bottom-up -> top-down -> RPN -> RoI heads -> boxes.
+"""The assembled detector: preprocess -> bottom-up -> top-down -> proposals -> RoI heads -> boxes.
 
-Faster R-CNN with shared features (FPN_SPEC §3): the RPN and Fast R-CNN read the same pyramid
-and train jointly. Training mode returns a dict of losses; eval mode returns, per image, boxes
-in original-image pixels, as torchvision's detectors do, so it can be swapped in for them.
+One class for the paper's systems (docs/paper.md §2-4), composed by ``ModelConfig``: a proposal
+source (the RPN, or proposals given with the images) and, optionally, the Fast R-CNN box head.
+Faster R-CNN with shared features is both: the RPN and Fast R-CNN read the same pyramid and
+train jointly. Training mode returns a dict of losses; eval mode returns, per image, boxes in
+original-image pixels, as torchvision's detectors do, so it can be swapped in for them.
+
+Shape shorthand: N images, P proposals per image, D detections per image.
 """
 
 from __future__ import annotations
@@ -14,14 +18,13 @@ from fpn.config import ModelConfig
 from fpn.model.backbone import ResNet
 from fpn.model.fuse import inference_copy, parameters_version
 from fpn.model.neck import build_neck
-from fpn.model.preprocess import Preprocessor, rescale_boxes
-from fpn.model.quantize import int8_pyramid
+from fpn.model.preprocess import ImageBatch, Preprocessor, rescale_boxes
 from fpn.model.roi_heads import RoIHeads
 from fpn.model.rpn import RegionProposalNetwork
 
 
 class FasterRCNN(nn.Module):
-    """Faster R-CNN on a feature pyramid, or on one of the paper's baselines (by config).
+    """Faster R-CNN on a feature pyramid, or one of the paper's other systems and baselines.
 
     In eval mode the bottom-up pathway runs as a copy with its frozen normalisation folded into
     the convolutions, in channels-last memory (``fpn.model.fuse``): the same function, faster
@@ -33,30 +36,37 @@ class FasterRCNN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, fast_inference: bool = True, compile_inference: bool = False):
         super().__init__()
+        if not cfg.box_head and cfg.proposals == "given":
+            raise ValueError("model.box_head=false with model.proposals=given leaves nothing to train")
         self.cfg = cfg
         self.fast_inference = fast_inference
         self.compile_inference = compile_inference
         # The C4 baseline's res5 lives in the RoI head, not in the bottom-up pathway.
-        c4_head = cfg.neck.kind == "single_scale" and cfg.roi_heads.head == "res5"
+        c4_head = cfg.neck.kind == "single_scale" and cfg.roi_heads.head == "res5" and cfg.box_head
         self.preprocess = Preprocessor(cfg.input)
         self.backbone = ResNet(cfg.backbone, last_stage=4 if c4_head else 5)
         self.neck = build_neck(cfg.neck, self.backbone.out_channels)
-        _check_levels("rpn.levels", cfg.rpn.levels, self.neck.levels)
-        _check_levels("roi_heads.levels", cfg.roi_heads.levels, self.neck.levels)
-        channels = {self.neck.out_channels[level] for level in cfg.rpn.levels + cfg.roi_heads.levels}
+        read_levels = (cfg.rpn.levels if cfg.proposals == "rpn" else []) + (
+            cfg.roi_heads.levels if cfg.box_head else [])
+        _check_levels("rpn.levels", cfg.rpn.levels if cfg.proposals == "rpn" else [], self.neck.levels)
+        _check_levels("roi_heads.levels", cfg.roi_heads.levels if cfg.box_head else [], self.neck.levels)
+        channels = {self.neck.out_channels[level] for level in read_levels}
         if len(channels) != 1:
             raise ValueError("the shared heads need the same channel count on every level")
         in_channels = channels.pop()
-        self.rpn = RegionProposalNetwork(cfg.rpn, in_channels, self.neck.strides)
-        self.roi_heads = RoIHeads(cfg.roi_heads, in_channels, self.neck.strides, cfg.backbone)
+        self.rpn = (RegionProposalNetwork(cfg.rpn, in_channels, self.neck.strides)
+                    if cfg.proposals == "rpn" else None)
+        self.roi_heads = (RoIHeads(cfg.roi_heads, in_channels, self.neck.strides, cfg.backbone)
+                          if cfg.box_head else None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
         if self.training or not self.fast_inference:
             return self.neck(self.backbone(images))
-        int8 = int8_pyramid(self)  # only after an explicit quantize_pyramid()
-        if int8 is not None:
-            return {level: x.to(images.device) for level, x in int8(images.cpu()).items()}
         backbone = self._inference_backbone()
         return self.neck(backbone(images.contiguous(memory_format=torch.channels_last)))
 
@@ -78,6 +88,7 @@ class FasterRCNN(nn.Module):
         images: list[Tensor],
         targets: list[dict[str, Tensor]] | None = None,
         *,
+        proposals: list[Tensor] | None = None,
         return_proposals: bool = False,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training) or detections (eval).
@@ -85,39 +96,61 @@ class FasterRCNN(nn.Module):
         Args:
             images: 3 x H x W float tensors in [0, 1], RGB, of any sizes.
             targets: per image ``boxes`` (G, 4) xyxy in the image's pixels, ``labels`` (G,) in
-                1..K, optionally ``crowd_boxes`` (M, 4). Training only.
-            return_proposals: also return the RPN's ``proposals`` and ``objectness`` per image.
+                1..K, optionally ``crowd_boxes`` (M, 4); with ``model.proposals=given`` also
+                ``proposals`` (P, 4). Training only.
+            proposals: with ``model.proposals=given``, in eval mode: (P, 4) boxes per image in
+                the image's pixels.
+            return_proposals: also return the ``proposals`` and their ``objectness`` per image.
         Returns:
-            training: {"loss_rpn_objectness", "loss_rpn_box", "loss_cls", "loss_box"}.
-            eval: per image {"boxes" (D, 4), "scores" (D,), "labels" (D,)} in original pixels.
+            training: the losses of the parts present: {"loss_rpn_objectness", "loss_rpn_box"}
+            from the RPN, {"loss_cls", "loss_box"} from the box head.
+            eval: per image {"boxes" (D, 4), "scores" (D,), "labels" (D,)} in original pixels;
+            the RPN alone gives {"proposals" (P, 4), "objectness" (P,)} instead.
         """
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
-        batch, targets = self.preprocess(images, targets)
-        features = self.features(batch.tensor)
-        proposals, objectness, rpn_losses = self.rpn(features, batch.image_sizes, batch.padded_hw, targets)
-        detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        batch, targets = self.preprocess(images, targets, proposals=proposals)
+        return self.heads(self.features(batch.tensor), batch, targets, return_proposals=return_proposals)
+
+    def heads(
+        self,
+        features: dict[str, Tensor],
+        batch: ImageBatch,
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        return_proposals: bool = False,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Everything after the pyramid: proposals, the box head, and boxes in original pixels."""
+        losses: dict[str, Tensor] = {}
+        if self.rpn is not None:
+            proposals, objectness, rpn_losses = self.rpn(features, batch.image_sizes, batch.padded_hw,
+                                                         targets)
+            losses.update(rpn_losses)
+        else:
+            proposals = batch.proposals if targets is None else [t["proposals"] for t in targets]
+            if proposals is None:
+                raise ValueError("model.proposals=given: pass proposals=[(P, 4) boxes per image]")
+            objectness = [torch.ones(len(p), device=p.device) for p in proposals]
+        if self.roi_heads is not None:
+            detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+            losses.update(roi_losses)
+        else:
+            detections = [{} for _ in proposals]
+            return_proposals = True
         if self.training:
-            return {**rpn_losses, **roi_losses}
+            return losses
         for i, (det, resized_hw, original_hw) in enumerate(
             zip(detections, batch.image_sizes, batch.original_sizes, strict=True)
         ):
-            det["boxes"] = rescale_boxes(det["boxes"], resized_hw, original_hw)
+            if "boxes" in det:
+                det["boxes"] = rescale_boxes(det["boxes"], resized_hw, original_hw)
             if return_proposals:
                 det["proposals"] = rescale_boxes(proposals[i], resized_hw, original_hw)
                 det["objectness"] = objectness[i]
         return detections
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
 
 def _check_levels(name: str, wanted: list[str], available: list[str]) -> None:
     missing = [level for level in wanted if level not in available]
     if missing:
         raise ValueError(f"{name}: level(s) {missing} are not produced by the neck (it gives {available})")
-
-
-def build_detector(cfg: ModelConfig) -> FasterRCNN:
-    return FasterRCNN(cfg)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fpn.box_format import TARGET_BOX_KEYS
 from fpn.config import InputConfig
 
 
@@ -22,6 +23,7 @@ class ImageBatch:
     tensor: Tensor  # (N, 3, H, W), H and W multiples of size_divisibility
     image_sizes: list[tuple[int, int]]  # (h, w) of each resized image inside the padding
     original_sizes: list[tuple[int, int]]  # (h, w) of each input image
+    proposals: list[Tensor] | None = None  # given proposals (P, 4) per image, in resized pixels
 
     @property
     def padded_hw(self) -> tuple[int, int]:
@@ -83,12 +85,15 @@ class Preprocessor(nn.Module):
         return batch
 
     def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, *,
+        proposals: list[Tensor] | None = None,
     ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
-        """Normalise and resize every image (and its target boxes), then pad the batch.
+        """Normalise and resize every image (and its target boxes and given proposals), then pad.
 
         In training the shorter side is drawn from ``min_size_train`` per image.
         """
+        if proposals is not None and len(proposals) != len(images):
+            raise ValueError(f"{len(proposals)} proposal sets for {len(images)} images")
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"image {i}: expected a 3 x H x W tensor, got shape {tuple(img.shape)}")
@@ -104,13 +109,16 @@ class Preprocessor(nn.Module):
             if targets is not None:
                 new_targets.append(_rescale_target(targets[i], original_sizes[i], tuple(img.shape[-2:])))
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in resized]
-        return ImageBatch(self.pad(resized), sizes, original_sizes), new_targets
+        if proposals is not None:
+            proposals = [rescale_boxes(boxes.to(torch.float32), from_hw, to_hw)
+                         for boxes, from_hw, to_hw in zip(proposals, original_sizes, sizes, strict=True)]
+        return ImageBatch(self.pad(resized), sizes, original_sizes, proposals), new_targets
 
 
 def _rescale_target(target: dict[str, Tensor], from_hw: tuple[int, int], to_hw: tuple[int, int]
                     ) -> dict[str, Tensor]:
     target = dict(target)
-    for key in ("boxes", "crowd_boxes"):
+    for key in TARGET_BOX_KEYS:
         if key in target:
             target[key] = rescale_boxes(target[key].to(torch.float32), from_hw, to_hw)
     return target

@@ -1,10 +1,12 @@
 """Optional int8 for the bottom-up pathway and the pyramid (never on unless asked for).
 
-``quantize_pyramid(model, calibration_images)`` calibrates activation ranges on a few images and
-converts the folded backbone and the neck to int8 with PyTorch's FX graph-mode quantization
-(per-channel weights, x86 / fbgemm kernels). The RPN and RoI heads stay in fp32. The detector
-then uses the int8 pyramid in eval mode until ``dequantize(model)`` or a change of its weights.
-The accuracy cost is measured, not assumed: ``python benchmarks/deploy_accuracy.py``.
+``quantize_pyramid(model, calibration_images)`` calibrates activation ranges on a few images,
+converts a copy of the folded backbone and the neck to int8 with PyTorch's FX graph-mode
+quantization (per-channel weights, x86 / fbgemm kernels) and returns an ``Int8Detector``: the
+same detector, called the same way, whose pyramid runs in int8 while the RPN and RoI heads stay
+in fp32. The float model is left as it was (its forward knows nothing of int8, as torchvision
+keeps its quantized models apart). The accuracy cost is measured, not assumed:
+``python benchmarks/deploy_accuracy.py``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ from fpn.model.fuse import inference_copy, parameters_version
 
 log = logging.getLogger(__name__)
 
-CACHE_KEY = "_int8_pyramid"
-
-
 class _Pyramid(nn.Module):
     def __init__(self, backbone: nn.Module, neck: nn.Module):
         super().__init__()
@@ -34,8 +33,9 @@ class _Pyramid(nn.Module):
 
 
 @torch.no_grad()
-def quantize_pyramid(model: nn.Module, calibration_images: list[Tensor], backend: str = "x86") -> None:
-    """Calibrate on ``calibration_images`` (3 x H x W in [0, 1]) and switch ``model`` to int8 features."""
+def quantize_pyramid(model: nn.Module, calibration_images: list[Tensor], backend: str = "x86"
+                     ) -> Int8Detector:
+    """Calibrate on ``calibration_images`` (3 x H x W in [0, 1]); ``model`` with an int8 pyramid."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -48,8 +48,7 @@ def quantize_pyramid(model: nn.Module, calibration_images: list[Tensor], backend
     model.eval()
     pyramid = _Pyramid(inference_copy(model.backbone, channels_last=False), copy.deepcopy(model.neck)).eval()
     pyramid = _without_identities(pyramid)  # folded norms leave Identity between conv and ReLU
-    batches = [model.preprocess([image.to(next(model.parameters()).device)])[0].tensor
-               for image in calibration_images]
+    batches = [model.preprocess([image.to(model.device)])[0].tensor for image in calibration_images]
     with warnings.catch_warnings():  # the FX quantization API announces its own deprecation
         warnings.simplefilter("ignore")
         prepared = prepare_fx(pyramid.cpu(), get_default_qconfig_mapping(backend),
@@ -57,7 +56,49 @@ def quantize_pyramid(model: nn.Module, calibration_images: list[Tensor], backend
         for batch in batches:
             prepared(batch.cpu())
         quantized = convert_fx(prepared)
-    model.__dict__[CACHE_KEY] = (_version(model), quantized)
+    return Int8Detector(model, quantized)
+
+
+class Int8Detector(nn.Module):
+    """A float detector whose bottom-up pathway and pyramid run as a calibrated int8 graph.
+
+    Called like the float detector in eval mode. If the float model's weights change after
+    calibration, the int8 graph no longer describes them: the pyramid falls back to fp32 with a
+    warning (calibrate again with ``quantize_pyramid``).
+    """
+
+    def __init__(self, model: nn.Module, int8_pyramid: nn.Module):
+        super().__init__()
+        self.model = model
+        self.int8_pyramid = int8_pyramid
+        self._calibrated_version = _version(model)
+        self._warned = False
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    @property
+    def active(self) -> bool:
+        """Whether the int8 graph still matches the float model's weights."""
+        return _version(self.model) == self._calibrated_version
+
+    def features(self, images: Tensor) -> dict[str, Tensor]:
+        """(N, 3, H, W) preprocessed batch -> the pyramid, in int8 where still valid."""
+        if not self.active:
+            if not self._warned:
+                log.warning("the weights changed since quantize_pyramid(): int8 is off; quantize again")
+                self._warned = True
+            return self.model.features(images)
+        return {level: x.to(images.device) for level, x in self.int8_pyramid(images.cpu()).items()}
+
+    @torch.no_grad()
+    def forward(self, images: list[Tensor], *, proposals: list[Tensor] | None = None,
+                return_proposals: bool = False) -> list[dict[str, Tensor]]:
+        if self.model.training:
+            raise ValueError("the int8 pyramid is for inference: call model.eval() first")
+        batch, _ = self.model.preprocess(images, proposals=proposals)
+        return self.model.heads(self.features(batch.tensor), batch, return_proposals=return_proposals)
 
 
 def _without_identities(module: nn.Module) -> torch.fx.GraphModule:
@@ -71,22 +112,6 @@ def _without_identities(module: nn.Module) -> torch.fx.GraphModule:
     graph_module.graph.lint()
     graph_module.recompile()
     return graph_module
-
-
-def int8_pyramid(model: nn.Module) -> nn.Module | None:
-    """The int8 pyramid if one was made for the current weights (else None, with a warning)."""
-    entry = model.__dict__.get(CACHE_KEY)
-    if entry is None:
-        return None
-    if entry[0] != _version(model):
-        log.warning("the weights changed since quantize_pyramid(): int8 is off; quantize again")
-        dequantize(model)
-        return None
-    return entry[1]
-
-
-def dequantize(model: nn.Module) -> None:
-    model.__dict__.pop(CACHE_KEY, None)
 
 
 def _version(model: nn.Module) -> tuple:

@@ -15,12 +15,17 @@ from torchvision.ops import roi_align, roi_pool
 from fpn.config import BackboneConfig, RoIHeadConfig
 from fpn.model import boxes as box_ops
 from fpn.model.backbone import make_norm_factory, make_stage, stage_channels
+from fpn.model.loss_normalizer import loss_normalizer
+
+# Keeps the RoI heads' random sampling stream of an image apart from the RPN's (salt 0).
+SAMPLING_SALT = 1
 
 
 def map_rois_to_levels(
     boxes_xyxy: Tensor,
     min_level: int,
     max_level: int,
+    *,
     canonical_scale: float = 224.0,
     canonical_level: int = 4,
     eps: float = 1e-6,
@@ -44,8 +49,9 @@ class MultiLevelRoIPooler(nn.Module):
         strides: the levels to pool from and their strides, e.g. ``{"p2": 4, ..., "p5": 32}``.
     """
 
-    def __init__(self, strides: dict[str, int], output_size: int, sampling_ratio: int,
-                 aligned: bool, kind: str, canonical_scale: float, canonical_level: int):
+    def __init__(self, strides: dict[str, int], *, output_size: int = 7, sampling_ratio: int = 2,
+                 aligned: bool = False, kind: str = "roi_align", canonical_scale: float = 224.0,
+                 canonical_level: int = 4):
         super().__init__()
         self.strides = dict(strides)
         self.level_of = {int(name[1:]): name for name in strides}
@@ -65,7 +71,8 @@ class MultiLevelRoIPooler(nn.Module):
         ])
         rois = torch.cat([batch_index, boxes], dim=1)  # (R, 5): image index, x1, y1, x2, y2
         levels = map_rois_to_levels(boxes, min(self.level_of), max(self.level_of),
-                                    self.canonical_scale, self.canonical_level)
+                                    canonical_scale=self.canonical_scale,
+                                    canonical_level=self.canonical_level)
         first = features[next(iter(self.strides))]
         size = self.output_size
         pooled = first.new_zeros((rois.shape[0], first.shape[1], size, size))
@@ -140,8 +147,9 @@ class RoIHeads(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pooler = MultiLevelRoIPooler(
-            {level: strides[level] for level in cfg.levels}, cfg.pooler_resolution,
-            cfg.sampling_ratio, cfg.aligned, cfg.pooler, cfg.canonical_scale, cfg.canonical_level,
+            {level: strides[level] for level in cfg.levels}, output_size=cfg.pooler_resolution,
+            sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned, kind=cfg.pooler,
+            canonical_scale=cfg.canonical_scale, canonical_level=cfg.canonical_level,
         )
         match cfg.head:
             case "2fc":
@@ -183,7 +191,8 @@ class RoIHeads(nn.Module):
         for image_proposals, target in zip(proposals, targets, strict=True):
             gt_boxes, gt_labels = target["boxes"], target["labels"]
             candidates = torch.cat([image_proposals, gt_boxes.to(image_proposals.dtype)])
-            matches = box_ops.match_anchors(gt_boxes, candidates, cfg.fg_iou_thresh, cfg.bg_iou_thresh, False)
+            matches = box_ops.match_anchors(gt_boxes, candidates, high=cfg.fg_iou_thresh,
+                                            low=cfg.bg_iou_thresh, allow_low_quality=False)
             if len(gt_boxes):
                 labels = gt_labels[matches.clamp(min=0)].clone()
                 matched_gt = gt_boxes[matches.clamp(min=0)]
@@ -192,13 +201,10 @@ class RoIHeads(nn.Module):
                 matched_gt = candidates
             labels[matches == box_ops.BELOW_LOW] = 0
             labels[matches == box_ops.BETWEEN] = -1
-            crowd = target.get("crowd_boxes")
-            if crowd is not None and crowd.numel():
-                in_crowd = box_ops.intersection_over_area(candidates, crowd).amax(dim=1)
-                labels[(in_crowd > cfg.crowd_ioa_thresh) & (labels == 0)] = -1
-            pos, neg = box_ops.sample_balanced(
-                labels, cfg.batch_size_per_image, cfg.positive_fraction,
-                box_ops.sampling_generator(target, 1, generator),
+            pos, neg = box_ops.sample_for_training(
+                labels, candidates, target, batch_size=cfg.batch_size_per_image,
+                positive_fraction=cfg.positive_fraction, crowd_ioa_thresh=cfg.crowd_ioa_thresh,
+                salt=SAMPLING_SALT, generator=generator,
             )
             keep = torch.cat([pos, neg])
             boxes = candidates[keep]
@@ -209,13 +215,18 @@ class RoIHeads(nn.Module):
 
     def losses(self, class_logits: Tensor, box_deltas: Tensor, labels: Tensor,
                regression_targets: Tensor) -> dict[str, Tensor]:
-        """Cross-entropy over K + 1 classes; smooth-L1 on the true class's deltas of foreground RoIs."""
-        loss_cls = F.cross_entropy(class_logits, labels)
+        """Cross-entropy over K + 1 classes; smooth-L1 on the true class's deltas of foreground RoIs.
+
+        Both are sums over the sampled RoIs divided by their count (over all processes under
+        DDP: ``loss_normalizer``), so that a step does not depend on how images are spread.
+        """
+        normalizer = loss_normalizer(labels.numel(), labels.device)
+        loss_cls = F.cross_entropy(class_logits, labels, reduction="sum") / normalizer
         fg = torch.nonzero(labels > 0).squeeze(1)
         deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[fg, labels[fg]]  # (R_fg, 4)
         loss_box = F.smooth_l1_loss(
             deltas, regression_targets[fg], beta=self.cfg.smooth_l1_beta, reduction="sum"
-        ) / max(1, labels.numel())
+        ) / normalizer
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
     def detections(self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
@@ -234,7 +245,7 @@ class RoIHeads(nn.Module):
             scores = scores[:, 1:].reshape(-1)
             keep = torch.nonzero(scores > cfg.score_thresh).squeeze(1)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = box_ops.nonempty_mask(boxes, 1e-2)
+            keep = box_ops.nonempty_mask(boxes, cfg.min_box_size)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = box_ops.batched_nms(boxes, scores, labels, cfg.nms_thresh)[: cfg.detections_per_image]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})

@@ -17,6 +17,10 @@ from torch import Tensor, nn
 from fpn.config import RPNConfig
 from fpn.model import boxes as box_ops
 from fpn.model.anchors import AnchorGenerator
+from fpn.model.loss_normalizer import loss_normalizer
+
+# Keeps the RPN's random sampling stream of an image apart from the RoI heads' (salt 1).
+SAMPLING_SALT = 0
 
 
 class RPNHead(nn.Module):
@@ -75,8 +79,8 @@ class RegionProposalNetwork(nn.Module):
             {level: cfg.anchors.sizes[level] for level in self.levels},
             strides,
             cfg.anchors.aspect_ratios,
-            cfg.anchors.round_cell_anchors,
-            cfg.anchors.stride_from_feature_size,
+            round_cell_anchors=cfg.anchors.round_cell_anchors,
+            stride_from_feature_size=cfg.anchors.stride_from_feature_size,
         )
         counts = {self.anchor_generator.num_anchors_per_cell(level) for level in self.levels}
         if len(counts) != 1:
@@ -164,26 +168,24 @@ class RegionProposalNetwork(nn.Module):
         sampled_logits, sampled_labels, pos_deltas, pos_targets = [], [], [], []
         for image_logits, image_deltas, target in zip(logits, deltas, targets, strict=True):
             gt_boxes = target["boxes"]
-            matches = box_ops.match_anchors(gt_boxes, anchors, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True)
+            matches = box_ops.match_anchors(gt_boxes, anchors, high=cfg.fg_iou_thresh, low=cfg.bg_iou_thresh,
+                                            allow_low_quality=True)
             labels = torch.where(matches >= 0, 1, torch.where(matches == box_ops.BELOW_LOW, 0, -1))
-            crowd = target.get("crowd_boxes")
-            if crowd is not None and crowd.numel():
-                in_crowd = box_ops.intersection_over_area(anchors, crowd).amax(dim=1) > cfg.crowd_ioa_thresh
-                labels[in_crowd & (labels == 0)] = -1
-            pos, neg = box_ops.sample_balanced(
-                labels, cfg.batch_size_per_image, cfg.positive_fraction,
-                box_ops.sampling_generator(target, 0, generator),
+            pos, neg = box_ops.sample_for_training(
+                labels, anchors, target, batch_size=cfg.batch_size_per_image,
+                positive_fraction=cfg.positive_fraction, crowd_ioa_thresh=cfg.crowd_ioa_thresh,
+                salt=SAMPLING_SALT, generator=generator,
             )
             sampled = torch.cat([pos, neg])
             sampled_logits.append(image_logits[sampled])
             sampled_labels.append((labels[sampled] > 0).to(image_logits.dtype))
             pos_deltas.append(image_deltas[pos])
             pos_targets.append(box_ops.encode_boxes(gt_boxes[matches[pos]], anchors[pos], cfg.box_weights))
-        num_sampled = max(1, sum(x.numel() for x in sampled_logits))
+        normalizer = loss_normalizer(sum(x.numel() for x in sampled_logits), logits.device)
         loss_objectness = F.binary_cross_entropy_with_logits(
             torch.cat(sampled_logits), torch.cat(sampled_labels), reduction="sum"
-        ) / num_sampled
+        ) / normalizer
         loss_box = F.smooth_l1_loss(
             torch.cat(pos_deltas), torch.cat(pos_targets), beta=cfg.smooth_l1_beta, reduction="sum"
-        ) / num_sampled
+        ) / normalizer
         return {"loss_rpn_objectness": loss_objectness, "loss_rpn_box": loss_box}

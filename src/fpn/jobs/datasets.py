@@ -1,0 +1,61 @@
+"""The datasets a config names, and the ground truth evaluation scores against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from fpn.config import Config, DataConfig
+from fpn.data import CocoDetection, VOCDetection
+from fpn.data.unreadable import SkippingUnreadable, collate_readable
+from fpn.engine import distributed
+
+
+def build_dataset(data: DataConfig, split: str) -> Dataset:
+    """The train or val dataset the config names (COCO format or Pascal VOC)."""
+    match data.format:
+        case "coco":
+            images = data.train_images if split == "train" else data.val_images
+            annotations = data.train_annotations if split == "train" else data.val_annotations
+            for path, key in ((images, "images"), (annotations, "annotations")):
+                if not Path(path).exists():
+                    raise FileNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
+                                            "`fpn synth DIR` makes the built-in benchmark)")
+            return CocoDetection(images, annotations)
+        case "voc":
+            return VOCDetection(data.voc_root, split=split)
+    raise ValueError(f"unknown data format {data.format!r}")
+
+
+def with_dataset_classes(cfg: Config, dataset) -> Config:
+    """Set the number of classes and their names and ids from the training set."""
+    names = list(dataset.class_names)
+    cfg.model.roi_heads.num_classes = len(names)
+    cfg.model.class_names = names
+    cfg.model.category_ids = [int(dataset.label_to_category_id[i + 1]) for i in range(len(names))]
+    return cfg
+
+
+def label_to_category_id(cfg: Config) -> dict[int, int]:
+    """Label 1..K of the model -> the dataset's category id."""
+    return {i + 1: cid for i, cid in enumerate(cfg.model.category_ids)}
+
+
+def val_loader(dataset: Dataset, batch_size: int = 2, workers: int = 0) -> DataLoader:
+    """In order, unreadable images skipped (batches of ``(images, targets, skipped messages)``).
+
+    Under torchrun, rank r takes images r, r + world_size, ...
+    """
+    dist = distributed.info()
+    if dist.enabled:
+        dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+    return DataLoader(SkippingUnreadable(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate_readable)
+
+
+def coco_ground_truth(dataset):
+    """What pycocotools evaluates against: the COCO file, or VOC converted to COCO."""
+    if hasattr(dataset, "coco_gt"):
+        return dataset.coco_gt()
+    return dataset.to_coco_dict()

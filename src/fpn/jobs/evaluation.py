@@ -1,0 +1,57 @@
+"""Box AP and proposal AR of a model on the validation set a config names (pycocotools)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from fpn.api import Detector, find_checkpoint
+from fpn.config import Config, load_config, merge, parse_overrides
+from fpn.engine import evaluate as ev
+from fpn.jobs.datasets import build_dataset, coco_ground_truth, label_to_category_id, val_loader
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Box AP and proposal AR of ``model`` on ``dataset``; unreadable images are skipped and counted.
+
+    At most ``train.max_bad_samples`` images may be unreadable, as in training.
+    """
+    was_training = model.training
+    model.eval()
+    metrics = ev.evaluate_detector(
+        model, val_loader(dataset, workers=min(2, cfg.data.num_workers)), coco_ground_truth(dataset),
+        label_to_category_id(cfg), with_proposals=True, device=model.device, progress=progress,
+        max_bad_images=cfg.train.max_bad_samples,
+    )
+    model.train(was_training)
+    if metrics["skipped_images"]:
+        log.warning("%d unreadable validation image(s) skipped; the metrics cover the %d readable ones: %s",
+                    len(metrics["skipped_images"]), metrics["num_images"], metrics["skipped_images"][:5])
+    return metrics
+
+
+def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, output: str | Path | None = None,
+             progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``)."""
+    _, config_file = find_checkpoint(checkpoint)
+    cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
+    detector = Detector.from_checkpoint(checkpoint, cfg.train.device)
+    metrics = evaluate_model(detector.model, build_dataset(cfg.data, "val"), cfg, progress=progress)
+    out = Path(output) if output else config_file.parent / "eval"
+    ev.save_metrics(metrics, out)
+    return metrics, out
+
+
+def skipped_note(metrics: dict[str, Any]) -> str:
+    """One line saying which images the metrics leave out, or '' when none were skipped."""
+    skipped = metrics.get("skipped_images") or []
+    if not skipped:
+        return ""
+    return (f"note: {len(skipped)} unreadable image(s) skipped, metrics over the {metrics['num_images']} "
+            f"readable ones; first: {skipped[0]}")

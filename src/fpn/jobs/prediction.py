@@ -1,0 +1,83 @@
+"""Detections for image files and folders: ``predictions.json`` and copies with the boxes drawn."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fpn.api import Detector, load_image
+from fpn.box_format import xyxy_to_xywh
+from fpn.data import DatasetError
+from fpn.visualize import save_drawn, to_pil
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class NothingPredictedError(DatasetError):
+    """None of the inputs could be read."""
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Image files, and the images found (recursively) in folders, in a stable order."""
+    paths = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    if not paths:
+        raise FileNotFoundError(f"no images found in {[str(i) for i in inputs]}")
+    return paths
+
+
+def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path, *,
+                score_thresh: float = 0.3, device: str = "auto", progress: bool = True) -> Path:
+    """Detections for images and folders -> ``predictions.json`` (COCO style) and drawn copies.
+
+    Unreadable images are reported and skipped; if none could be read, ``NothingPredictedError``.
+    """
+    detector = Detector.from_checkpoint(checkpoint, device)
+    paths = expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records, failed = [], []
+    for path in tqdm(paths, desc="predict", disable=not progress):
+        try:
+            image = load_image(path)
+        except DatasetError as err:
+            log.warning("skipped: %s", err)
+            failed.append(str(path))
+            continue
+        det = detector(image)
+        records += _records(detector, path, det)
+        save_drawn(to_pil(image), det, out_dir / "drawn" / f"{Path(path).stem}.png",
+                   detector.class_names, score_thresh)
+    if len(failed) == len(paths):
+        raise NothingPredictedError(f"none of the {len(paths)} input image(s) could be read "
+                                    f"(first: {failed[0]}); nothing was written")
+    (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
+    if failed:
+        log.warning("%d of %d images could not be read: %s", len(failed), len(paths), failed[:5])
+    return out_dir
+
+
+def _records(detector: Detector, path: Path, det: dict) -> list[dict]:
+    """COCO-style records of one image's detections (``bbox`` xywh), with the category names."""
+    if "boxes" not in det:  # the RPN alone: proposals, class-agnostic
+        return [{"file_name": str(path), "bbox": box, "score": score}
+                for box, score in zip(xyxy_to_xywh(det["proposals"]).tolist(), det["objectness"].tolist(),
+                                      strict=True)]
+    category_ids = detector.model.cfg.category_ids
+    return [{"file_name": str(path), "bbox": box, "score": score,
+             "category_id": category_ids[label - 1] if category_ids else label,
+             "category_name": detector.label_name(label)}
+            for box, score, label in zip(xyxy_to_xywh(det["boxes"]).tolist(), det["scores"].tolist(),
+                                         det["labels"].tolist(), strict=True)]

@@ -1,0 +1,56 @@
+"""Training a detector on the data a config names, with evaluation at the end (and periodically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from fpn.config import Config, ModelConfig
+from fpn.engine import distributed
+from fpn.engine import evaluate as ev
+from fpn.engine.train import seed_everything, train
+from fpn.jobs.datasets import build_dataset, with_dataset_classes
+from fpn.jobs.evaluation import evaluate_model
+from fpn.model.detector import FasterRCNN
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training was stopped by SIGINT/SIGTERM after its checkpoint was written."""
+
+
+def new_model(cfg: ModelConfig, seed: int) -> FasterRCNN:
+    """A freshly initialised detector; the same seed gives the same weights."""
+    seed_everything(seed)
+    return FasterRCNN(cfg)
+
+
+class PeriodicEvaluation:
+    """The trainer's evaluation hook: scores on the val set, saved per step; keeps the last metrics."""
+
+    def __init__(self, val_set, cfg: Config, run_dir: Path, progress: bool):
+        self.val_set, self.cfg, self.run_dir, self.progress = val_set, cfg, run_dir, progress
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
+        self.last = evaluate_model(model, self.val_set, self.cfg, progress=self.progress)
+        if distributed.info().is_main:
+            ev.save_metrics(self.last, self.run_dir / "eval" / f"step_{step:07d}")
+        return {k: v for k, v in self.last.items() if isinstance(v, float)}
+
+
+def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+              evaluate: bool = True) -> dict[str, Any]:
+    """Train on ``cfg.data``, evaluate on its val split at the end (and every eval_period)."""
+    out_dir = Path(out_dir)
+    train_set = build_dataset(cfg.data, "train")
+    cfg = with_dataset_classes(cfg, train_set)
+    evaluation = PeriodicEvaluation(build_dataset(cfg.data, "val"), cfg, out_dir, progress) if evaluate else None
+    model = new_model(cfg.model, cfg.train.seed)
+    result = train(model, train_set, cfg, out_dir, resume=resume, progress=progress, evaluate_fn=evaluation)
+    if result["stopped"]:
+        raise TrainingStopped(f"stopped at step {result['step']} after writing a checkpoint; "
+                              f"continue with: fpn train --resume --output {out_dir} ...")
+    result["metrics"] = evaluation.last if evaluation else {}
+    return result
