@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from fpn.api import Detector, find_checkpoint
-from fpn.config import load_config
 from fpn.benchmark import markdown_table
+from fpn.config import load_config
 from fpn.engine import evaluate as ev
-from fpn.jobs.datasets import build_dataset, coco_ground_truth, label_to_category_id, val_loader
 from fpn.export import OnnxDetector, export_onnx
+from fpn.jobs.datasets import build_dataset, coco_ground_truth, label_to_category_id, val_loader
 from fpn.model.quantize import quantize_pyramid
 
 KEYS = ("AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from fpn.detections import output_difference
 from fpn.cli import main
 from fpn.config import Config, load_config, to_dict
+from fpn.detections import output_difference
 from fpn.engine.checkpoint import save_checkpoint
 from fpn.model.detector import FasterRCNN
 

@@ -8,9 +8,9 @@ import torch
 from conftest import TINY_MODEL, data_overrides
 from fpn.config import TrainConfig, load_config
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
+from fpn.engine.train import NonFiniteLossError, _check_finite, lr_factor, scaled_lr, train
 from fpn.jobs.datasets import build_dataset, with_dataset_classes
 from fpn.jobs.training import new_model
-from fpn.engine.train import NonFiniteLossError, _check_finite, lr_factor, scaled_lr, train
 
 
 def test_schedule_warmup_steps_and_linear_scaling():

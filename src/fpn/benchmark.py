@@ -24,7 +24,6 @@ from torchvision.ops import FrozenBatchNorm2d
 from fpn.detections import output_difference
 from fpn.interop.torchvision import from_torchvision
 
-
 # Raised logit of one class, so that a detector with random weights still scores some RoIs above
 # the 0.05 threshold and the two implementations have detections to compare.
 DETECTABLE_CLASS_BIAS = 6.0

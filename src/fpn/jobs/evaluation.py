@@ -17,7 +17,8 @@ from fpn.jobs.datasets import build_dataset, coco_ground_truth, label_to_categor
 log = logging.getLogger(__name__)
 
 
-def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress: bool = True
+                   ) -> dict[str, Any]:
     """Box AP and proposal AR of ``model`` on ``dataset``; unreadable images are skipped and counted.
 
     At most ``train.max_bad_samples`` images may be unreadable, as in training.

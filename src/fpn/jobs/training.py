@@ -46,7 +46,9 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progres
     out_dir = Path(out_dir)
     train_set = build_dataset(cfg.data, "train")
     cfg = with_dataset_classes(cfg, train_set)
-    evaluation = PeriodicEvaluation(build_dataset(cfg.data, "val"), cfg, out_dir, progress) if evaluate else None
+    evaluation = None
+    if evaluate:
+        evaluation = PeriodicEvaluation(build_dataset(cfg.data, "val"), cfg, out_dir, progress)
     model = new_model(cfg.model, cfg.train.seed)
     result = train(model, train_set, cfg, out_dir, resume=resume, progress=progress, evaluate_fn=evaluation)
     if result["stopped"]:
