@@ -34,6 +34,8 @@ def test_overrides_are_typed():
                              "model.input.min_size_train=[600, 700]"])
     assert cfg.model.neck.channels == 128 and cfg.train.base_lr == 0.01
     assert cfg.model.neck.top_down is False and cfg.model.input.min_size_train == [600, 700]
+    assert Config().data.on_bad_annotations == "error"
+    assert load_config(None, ["data.on_bad_annotations=warn"]).data.on_bad_annotations == "warn"
 
 
 @pytest.mark.parametrize("override, message", [
@@ -42,6 +44,7 @@ def test_overrides_are_typed():
     ("model.backbone.norm=layer", "not one of"),
     ("model.neck.top_down=3", "true or false"),
     ("model.neck", "key=value"),
+    ("data.on_bad_annotations=ignore", "not one of"),
 ])
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):

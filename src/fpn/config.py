@@ -156,6 +156,9 @@ class DataConfig:
     voc_root: str = ""
     horizontal_flip: float = 0.5
     num_workers: int = 2
+    # COCO annotations naming unknown image or category ids, and repeated image ids: "error"
+    # refuses the file; "warn" drops them (keeping the first of repeated images) with a warning.
+    on_bad_annotations: Literal["error", "warn"] = "error"
 
 
 @dataclass
