@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from fpn.config import Config, ConfigError, list_presets, load_config, save_config
+from fpn.config import (
+    PRESET_DIR,
+    Config,
+    ConfigError,
+    list_presets,
+    load_config,
+    preset_descriptions,
+    save_config,
+)
 
 
 def test_defaults_are_the_papers():
@@ -58,3 +66,21 @@ def test_bad_file_is_named(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="no such config"):
         load_config("no_such_preset")
+
+
+def test_every_preset_has_a_one_line_description(capsys):
+    from fpn.cli import main
+
+    descriptions = preset_descriptions()
+    assert list(descriptions) == list_presets() and "demo" in descriptions
+    for name, text in descriptions.items():
+        first_line = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        assert first_line == f"# {text}"  # the first comment, without "# "
+        assert len(text) > 20 and text.endswith("."), name  # a sentence, not the head of a longer one
+    assert "synthetic benchmark" in descriptions["demo"] and "CPU" in descriptions["demo"]
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(descriptions)
+    for line, (name, text) in zip(lines, descriptions.items(), strict=True):
+        assert line.startswith(f"{name} ") and line.endswith(f"  {text}")
+    assert len({line.index(text) for line, text in zip(lines, descriptions.values(), strict=True)}) == 1

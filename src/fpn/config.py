@@ -342,3 +342,13 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_descriptions() -> dict[str, str]:
+    """Each preset's name -> its one-line description: the first ``#`` comment of its YAML."""
+    descriptions = {}
+    for name in list_presets():
+        lines = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()
+        first = next((line for line in lines if line.startswith("#")), "#")
+        descriptions[name] = first.lstrip("#").strip()
+    return descriptions
