@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from fpn.config import Config, ConfigError, list_presets, load_config, save_config
+from fpn.config import (
+    PRESET_DIR,
+    Config,
+    ConfigError,
+    list_presets,
+    load_config,
+    preset_descriptions,
+    save_config,
+)
 
 
 def test_defaults_are_the_papers():
@@ -34,6 +42,8 @@ def test_overrides_are_typed():
                              "model.input.min_size_train=[600, 700]"])
     assert cfg.model.neck.channels == 128 and cfg.train.base_lr == 0.01
     assert cfg.model.neck.top_down is False and cfg.model.input.min_size_train == [600, 700]
+    assert Config().data.on_bad_annotations == "error"
+    assert load_config(None, ["data.on_bad_annotations=warn"]).data.on_bad_annotations == "warn"
 
 
 @pytest.mark.parametrize("override, message", [
@@ -42,6 +52,7 @@ def test_overrides_are_typed():
     ("model.backbone.norm=layer", "not one of"),
     ("model.neck.top_down=3", "true or false"),
     ("model.neck", "key=value"),
+    ("data.on_bad_annotations=ignore", "not one of"),
 ])
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -55,3 +66,21 @@ def test_bad_file_is_named(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="no such config"):
         load_config("no_such_preset")
+
+
+def test_every_preset_has_a_one_line_description(capsys):
+    from fpn.cli import main
+
+    descriptions = preset_descriptions()
+    assert list(descriptions) == list_presets() and "demo" in descriptions
+    for name, text in descriptions.items():
+        first_line = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        assert first_line == f"# {text}"  # the first comment, without "# "
+        assert len(text) > 20 and text.endswith("."), name  # a sentence, not the head of a longer one
+    assert "synthetic benchmark" in descriptions["demo"] and "CPU" in descriptions["demo"]
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(descriptions)
+    for line, (name, text) in zip(lines, descriptions.items(), strict=True):
+        assert line.startswith(f"{name} ") and line.endswith(f"  {text}")
+    assert len({line.index(text) for line, text in zip(lines, descriptions.values(), strict=True)}) == 1

@@ -48,7 +48,7 @@ def test_edge_cases(tmp_path, caplog):
         {"id": 8, "image_id": 2, "category_id": 4, "bbox": [1, 1, 2, 2], "iscrowd": 0},  # unknown category
         {"id": 9, "image_id": 2, "category_id": 3, "bbox": [45, 1, 2, 2], "iscrowd": 0},  # fully outside
     ]
-    ds = CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS))
+    ds = CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS), on_bad_annotations="warn")
     assert ds.label_to_category_id == {1: 3, 2: 17, 3: 90} and ds.class_names == ["c", "q", "z"]
     assert ds.stats["dropped_degenerate"] == 4 and ds.stats["clipped"] == 1
     assert ds.stats["unknown_image"] == 1 and ds.stats["unknown_category"] == 1 and ds.stats["crowd"] == 1
@@ -99,6 +99,98 @@ def test_not_coco_is_a_one_line_error_naming_the_file(tmp_path, content, problem
     with pytest.raises(DatasetError, match=problem) as err:
         CocoDetection(tmp_path, ann_file)
     assert "broken.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def _valid(tmp_path: Path) -> dict:
+    """Two 40 x 30 images with two objects each, in COCO form."""
+    images = [{"id": 1, **_image(tmp_path, "a.png")}, {"id": 2, **_image(tmp_path, "b.png")}]
+    anns = [{"id": i + 1, "image_id": image_id, "category_id": cat, "bbox": box, "area": 1.0, "iscrowd": 0}
+            for i, (image_id, cat, box) in enumerate([(1, 3, [1, 2, 10, 5]), (1, 90, [20, 10, 8, 8]),
+                                                       (2, 17, [0, 0, 12, 12]), (2, 3, [25, 15, 10, 10])])]
+    return {"images": images, "annotations": anns, "categories": CATS}
+
+
+def _unknown_category(data: dict) -> None:
+    data["annotations"] += [{"id": 17, "image_id": 1, "category_id": 99, "bbox": [30, 20, 5, 5], "area": 25.0,
+                             "iscrowd": 0},
+                            {"id": 18, "image_id": 2, "category_id": 4, "bbox": [1, 20, 5, 5], "area": 25.0,
+                             "iscrowd": 0}]
+
+
+def _unknown_image(data: dict) -> None:
+    data["annotations"] += [{"id": 21 + i, "image_id": image_id, "category_id": 3, "bbox": [1, 1, 5, 5],
+                             "area": 25.0, "iscrowd": 0} for i, image_id in enumerate([7, 8, 7])]
+
+
+def _duplicate_image(data: dict) -> None:
+    data["images"].append({"id": 2, "file_name": "other.png", "width": 20, "height": 10})
+
+
+def _dump(tmp_path: Path, data: dict) -> Path:
+    ann_file = tmp_path / "annotations.json"
+    ann_file.write_text(json.dumps(data))
+    return ann_file
+
+
+@pytest.mark.parametrize("fault, message", [
+    (_unknown_category,
+     "2 annotations name category ids not in 'categories' (first: annotation 17, category 99)"),
+    (_unknown_image, "3 annotations name image ids not in 'images' (first: annotation 21, image 7)"),
+    (_duplicate_image, "1 image repeats an earlier image id (first: image 2)"),
+])
+def test_unknown_and_repeated_ids_are_a_one_line_error(tmp_path, fault, message):
+    data = _valid(tmp_path)
+    CocoDetection(tmp_path / "img", _dump(tmp_path, data))  # the valid file loads
+    fault(data)
+    with pytest.raises(DatasetError) as err:
+        CocoDetection(tmp_path / "img", _dump(tmp_path, data))
+    text = str(err.value)
+    assert text.startswith(f"{tmp_path / 'annotations.json'}: {message}") and "\n" not in text
+
+
+def test_warn_drops_unknown_and_repeated_ids(tmp_path, caplog):
+    from pycocotools.coco import COCO
+
+    from fpn.engine.evaluate import coco_box_ap, proposal_ar
+
+    data = _valid(tmp_path)
+    expected = {img["id"]: [a for a in data["annotations"] if a["image_id"] == img["id"]]
+                for img in data["images"]}
+    for fault in (_unknown_category, _unknown_image, _duplicate_image):
+        fault(data)
+    data["annotations"].append({"id": 30, "image_id": [1], "category_id": 3, "bbox": [1, 1, 5, 5],
+                                "area": 25.0, "iscrowd": 0})  # unhashable: pycocotools cannot index it
+    with caplog.at_level("WARNING", logger="fpn.data.coco"):
+        ds = CocoDetection(tmp_path / "img", _dump(tmp_path, data), on_bad_annotations="warn")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    for counted in ("1 image repeats", "4 annotations name image ids", "2 annotations name category ids"):
+        assert counted in warnings[0]
+    assert [ds.stats[k] for k in ("duplicate_image_id", "unknown_image", "unknown_category")] == [1, 4, 2]
+    assert len(ds) == 2 and ds.stats["kept"] == 4
+    for index, image_id in enumerate(expected):  # the first image 2 (40 x 30), its own two objects
+        image, target = ds[index]
+        assert target["image_id"] == image_id and image.shape == (3, 30, 40)
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in expected[image_id])]
+        torch.testing.assert_close(target["boxes"], torch.tensor(boxes, dtype=torch.float32))
+        assert [ds.label_to_category_id[lab] for lab in target["labels"].tolist()] == \
+            [a["category_id"] for a in expected[image_id]]
+    # pycocotools evaluates exactly what the dataset kept (the raw file would give image 2 as
+    # other.png, and cannot be indexed at all with the unhashable image id)
+    gt = ds.coco_gt()
+    assert isinstance(gt, COCO) and sorted(gt.getImgIds()) == [1, 2] and gt.imgs[2]["file_name"] == "b.png"
+    assert sorted(gt.getAnnIds()) == [1, 2, 3, 4]
+    proposals = [ds[i][1]["boxes"] for i in range(2)]
+    assert proposal_ar(gt, proposals, [1, 2])["AR@100"] == pytest.approx(1.0)
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for anns in expected.values() for a in anns]
+    assert coco_box_ap(gt, results)["AP"] == pytest.approx(1.0)
+
+
+def test_clean_file_is_its_own_ground_truth(tmp_path):
+    ds = CocoDetection(tmp_path / "img", _dump(tmp_path, _valid(tmp_path)), on_bad_annotations="warn")
+    assert ds.coco_gt() == tmp_path / "annotations.json"
+    assert [ds.stats[k] for k in ("duplicate_image_id", "unknown_image", "unknown_category")] == [0, 0, 0]
 
 
 def test_missing_and_corrupt_images_name_the_file(tmp_path):

@@ -11,6 +11,7 @@ from fpn.engine.evaluate import (
     evaluate_detector,
     format_table,
     proposal_ar,
+    save_metrics,
 )
 
 # Non-contiguous category ids; objects in all three COCO size bins; one crowd region.
@@ -112,3 +113,40 @@ def test_evaluate_detector_loop_end_to_end():
     assert metrics["num_images"] == 2 and len(metrics["coco_results"]) == 5
     table = format_table(metrics)
     assert "AP50" in table and "100.0" in table
+
+
+def test_saved_results_are_cocos_format_and_score_the_same(tmp_path):
+    """coco_results.json holds only COCO's result keys, and pycocotools scores it as we did."""
+    import contextlib
+    import io
+    import json
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    outputs = dict(zip(GT_BOXES, _outputs(shift_x=4.0), strict=True))  # imperfect: AP below 1
+
+    def model(images, return_proposals=False):
+        outs = [dict(outputs[int(image[0, 0, 0].item())]) for image in images]
+        for out in outs:
+            out["proposals"], out["objectness"] = out["boxes"], out["scores"]
+        return outs
+
+    loader = [([torch.full((3, 4, 4), float(i)) for i in GT_BOXES], [{"image_id": i} for i in GT_BOXES])]
+    metrics = evaluate_detector(model, loader, _gt_dict(), CATEGORY_IDS, progress=False)
+    assert 0.1 < metrics["AP"] < 0.95
+    standard = {"image_id", "category_id", "bbox", "score"}
+    assert all(set(r) == standard for r in metrics["coco_results"])  # evaluation did not add keys
+    save_metrics(metrics, tmp_path)
+    saved = json.loads((tmp_path / "coco_results.json").read_text())
+    assert len(saved) == 5 and all(set(r) == standard for r in saved)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = _gt_dict()
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(str(tmp_path / "coco_results.json")), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert evaluator.stats[0] == pytest.approx(metrics["AP"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["AP"] == pytest.approx(metrics["AP"])

@@ -132,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
         case "export":
             _export(args)
         case "presets":
-            from fpn.config import list_presets
+            from fpn.config import preset_descriptions
 
-            print("\n".join(list_presets()))
+            width = max(map(len, descriptions := preset_descriptions()), default=0)
+            print("\n".join(f"{name:<{width}}  {text}" for name, text in descriptions.items()))
         case _:
             build_parser().print_help()
     return 0

@@ -168,6 +168,9 @@ class DataConfig:
     voc_root: str = ""
     horizontal_flip: float = 0.5
     num_workers: int = 2
+    # COCO annotations naming unknown image or category ids, and repeated image ids: "error"
+    # refuses the file; "warn" drops them (keeping the first of repeated images) with a warning.
+    on_bad_annotations: Literal["error", "warn"] = "error"
 
 
 @dataclass
@@ -351,3 +354,13 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_descriptions() -> dict[str, str]:
+    """Each preset's name -> its one-line description: the first ``#`` comment of its YAML."""
+    descriptions = {}
+    for name in list_presets():
+        lines = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()
+        first = next((line for line in lines if line.startswith("#")), "#")
+        descriptions[name] = first.lstrip("#").strip()
+    return descriptions

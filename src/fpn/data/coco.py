@@ -7,7 +7,10 @@
 - Images without annotations are kept as negatives.
 - Degenerate boxes (non-finite, zero or negative size) are dropped, boxes reaching outside the
   image are clipped; both are counted in ``dataset.stats`` and reported once.
-- Annotations that name unknown images or categories are dropped and counted.
+- Annotations naming an image or category id that the file does not define, and images
+  repeating an earlier image id, raise ``DatasetError``; with ``on_bad_annotations="warn"``
+  they are dropped (the first of repeated images is kept), counted and reported once, and
+  ``coco_gt()`` leaves them out of the evaluation too.
 - A file that is not COCO raises ``DatasetError`` naming the file and the problem; so does an
   unreadable image when it is loaded.
 - Images are only indexed at start-up; each is decoded when it is first asked for.
@@ -15,12 +18,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +35,15 @@ from torch.utils.data import Dataset
 from fpn.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
+
+# fault -> (singular, plural) for the error; the warning says what was dropped
+_FAULTS = {
+    "duplicate_image_id": ("image repeats an earlier image id", "images repeat an earlier image id"),
+    "unknown_image": ("annotation names an image id not in 'images'",
+                      "annotations name image ids not in 'images'"),
+    "unknown_category": ("annotation names a category id not in 'categories'",
+                         "annotations name category ids not in 'categories'"),
+}
 
 
 def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> torch.Tensor:
@@ -123,34 +137,36 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, image_dir: str | Path, ann_file: str | Path, *, transforms=None,
-                 load_masks: bool = False):
+                 load_masks: bool = False, on_bad_annotations: Literal["error", "warn"] = "error"):
+        if on_bad_annotations not in ("error", "warn"):
+            raise ValueError(f"on_bad_annotations must be 'error' or 'warn', not {on_bad_annotations!r}")
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.load_masks = load_masks
+        self.on_bad_annotations = on_bad_annotations
         data = load_coco_json(self.ann_file)
+        totals = {"images": len(data["images"]), "annotations": len(data["annotations"])}  # in the file
+        faults = _drop_bad_ids(data)
+        if faults and on_bad_annotations == "error":
+            raise DatasetError(f"{self.ann_file}: {_describe(faults)}; "
+                               "on_bad_annotations='warn' (data.on_bad_annotations) drops them")
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_id_to_label = {c["id"]: i + 1 for i, c in enumerate(categories)}
         self.label_to_category_id = {label: cid for cid, label in self.category_id_to_label.items()}
         self.class_names = [str(c.get("name", c["id"])) for c in categories]
-        self.stats = {"images": len(data["images"]), "annotations": len(data["annotations"]), "kept": 0,
-                      "clipped": 0, "dropped_degenerate": 0, "crowd": 0, "unknown_image": 0,
-                      "unknown_category": 0, "images_without_annotations": 0}
+        self.stats = {**totals, "kept": 0,
+                      "clipped": 0, "dropped_degenerate": 0, "crowd": 0, "images_without_annotations": 0,
+                      **{kind: faults.get(kind, (0, None))[0] for kind in _FAULTS}}
         self.records = self._index(data["images"], data["annotations"])
         del data
-        self._report()
+        self._report(faults)
 
     def _index(self, images: list[dict], annotations: list[Any]) -> list[ImageRecord]:
         per_image: dict[Any, list[tuple[list[float], int, bool, Any]]] = {img["id"]: [] for img in images}
         sizes = {img["id"]: (img.get("height"), img.get("width")) for img in images}
-        for ann in annotations:
-            if not isinstance(ann, dict) or _hashable(ann.get("image_id")) not in per_image:
-                self.stats["unknown_image"] += 1
-                continue
-            label = self.category_id_to_label.get(_hashable(ann.get("category_id")))
-            if label is None:
-                self.stats["unknown_category"] += 1
-                continue
+        for ann in annotations:  # _drop_bad_ids left only known image and category ids
+            label = self.category_id_to_label[ann["category_id"]]
             box = _checked_box(ann.get("bbox"), sizes[ann["image_id"]])
             if box is None:
                 self.stats["dropped_degenerate"] += 1
@@ -175,20 +191,32 @@ class CocoDetection(Dataset):
             ))
         return records
 
-    def _report(self) -> None:
-        s = self.stats
-        kinds = ("clipped", "dropped_degenerate", "unknown_image", "unknown_category")
-        problems = {k: s[k] for k in kinds if s[k]}
-        if problems:
-            log.warning("%s: %s", self.ann_file, ", ".join(f"{v} annotation(s) {k.replace('_', ' ')}"
-                                                            for k, v in problems.items()))
+    def _report(self, faults: dict[str, tuple[int, str]]) -> None:
+        """One warning with the counts of everything dropped or clipped."""
+        parts = [f"dropped: {_describe(faults)}"] if faults else []
+        boxes = {k: self.stats[k] for k in ("clipped", "dropped_degenerate") if self.stats[k]}
+        parts += [f"{v} annotation(s) {k.replace('_', ' ')}" for k, v in boxes.items()]
+        if parts:
+            log.warning("%s: %s", self.ann_file, "; ".join(parts))
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def coco_gt(self) -> Path:
-        """The ground truth for pycocotools' evaluation: the annotation file itself."""
-        return self.ann_file
+    def coco_gt(self):
+        """The ground truth for pycocotools: the annotation file itself, or, when images or
+        annotations were dropped for their ids, a ``COCO`` object of the file without them."""
+        if not any(self.stats[kind] for kind in _FAULTS):
+            return self.ann_file
+        from pycocotools.coco import COCO
+
+        data = load_coco_json(self.ann_file)  # re-read: the dataset keeps no parsed JSON
+        _drop_bad_ids(data)
+        data.setdefault("info", {})
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO()
+            coco.dataset = data
+            coco.createIndex()
+        return coco
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.records[index]
@@ -217,6 +245,55 @@ class CocoDetection(Dataset):
 
 def _hashable(value: Any) -> Any:
     return value if isinstance(value, int | str | float | type(None)) else None
+
+
+def _drop_bad_ids(data: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    """Drop, in place, images repeating an earlier image id (the first is kept) and annotations
+    naming an image or category id not defined in the file.
+
+    Returns {fault: (count, first offender)} for the faults found; one pass, O(images + annotations).
+    """
+    found: dict[str, list] = {}
+
+    def note(kind: str, first: str) -> None:
+        found.setdefault(kind, [0, first])[0] += 1
+
+    images, image_ids = [], set()
+    for img in data["images"]:
+        if img["id"] in image_ids:
+            note("duplicate_image_id", f"image {_short(img['id'])}")
+        else:
+            image_ids.add(img["id"])
+            images.append(img)
+    category_ids = {cat["id"] for cat in data["categories"]}
+    annotations = []
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            note("unknown_image", f"annotations[{i}] (not an object)")
+            continue
+        has_id = isinstance(ann.get("id"), int | str)
+        name = f"annotation {_short(ann['id'])}" if has_id else f"annotations[{i}]"
+        if _hashable(ann.get("image_id")) not in image_ids:
+            note("unknown_image", f"{name}, image {_short(ann.get('image_id'))}")
+        elif _hashable(ann.get("category_id")) not in category_ids:
+            note("unknown_category", f"{name}, category {_short(ann.get('category_id'))}")
+        else:
+            annotations.append(ann)
+    if found:
+        data["images"], data["annotations"] = images, annotations
+    return {kind: (count, first) for kind, (count, first) in found.items()}
+
+
+def _describe(faults: dict[str, tuple[int, str]]) -> str:
+    """``3 annotations name category ids not in 'categories' (first: annotation 17, category 99)``."""
+    return "; ".join(f"{faults[kind][0]} {_FAULTS[kind][faults[kind][0] != 1]} (first: {faults[kind][1]})"
+                     for kind in _FAULTS if kind in faults)
+
+
+def _short(value: Any) -> str:
+    """repr of an id on one line, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _checked_box(bbox: Any, size: tuple[Any, Any]) -> tuple[list[float], int] | None:

@@ -27,6 +27,7 @@ from fpn.engine import distributed
 
 BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
 AR_KEYS = ["AR@100", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
+RESULT_KEYS = ["image_id", "category_id", "bbox", "score"]  # COCO's results format for boxes
 
 
 def as_coco(coco_gt: COCO | str | Path | dict) -> COCO:
@@ -61,7 +62,7 @@ def _run_cocoeval(coco: COCO, results: list[dict], use_cats: bool, max_dets: lis
     """COCOeval on ``results``; over ``image_ids`` only when given (e.g. the readable images)."""
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
-        coco_dt = coco.loadRes(results)
+        coco_dt = coco.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
         evaluator = COCOeval(coco, coco_dt, "bbox")
         evaluator.params.useCats = int(use_cats)
         evaluator.params.maxDets = max_dets
@@ -163,13 +164,23 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
 
 
 def save_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
-    """``metrics.json`` (the numbers) and ``coco_results.json`` (the detections) in ``out_dir``."""
+    """``metrics.json`` (the numbers) and ``coco_results.json`` (the detections, in COCO's
+    results format: image_id, category_id, bbox, score, and segmentation for mask results)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     numbers = {k: v for k, v in metrics.items() if k != "coco_results"}
     (out_dir / "metrics.json").write_text(json.dumps(numbers, indent=1))
-    (out_dir / "coco_results.json").write_text(json.dumps(metrics.get("coco_results", [])))
+    results = [_result_record(r) for r in metrics.get("coco_results", [])]
+    (out_dir / "coco_results.json").write_text(json.dumps(results))
     return out_dir
+
+
+def _result_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The standard keys only; ``segmentation`` only as a mask (RLE), never loadRes' box polygon."""
+    out = {k: record[k] for k in RESULT_KEYS if k in record}
+    if isinstance(record.get("segmentation"), dict):
+        out["segmentation"] = record["segmentation"]
+    return out
 
 
 def format_table(metrics: dict[str, Any]) -> str:
