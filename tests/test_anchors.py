@@ -1,4 +1,4 @@
-"""Anchors per level (FPN_SPEC §2), against hand-computed values and torchvision's generator."""
+"""Anchors per level (docs/paper.md §2), against hand-computed values and torchvision's generator."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_cell_anchors_hand_computed():
     torch.testing.assert_close(exact[0], torch.tensor([-22.627, -11.314, 22.627, 11.314]), atol=1e-3, rtol=0)
     torch.testing.assert_close(exact[1], torch.tensor([-16.0, -16.0, 16.0, 16.0]))
     rounded = cell_anchors([32], [0.5, 1.0, 2.0], round_to_int=True)
-    assert rounded[0].tolist() == [-23.0, -11.0, 23.0, 11.0]  # torchvision's rounding (INTEROP §5)
+    assert rounded[0].tolist() == [-23.0, -11.0, 23.0, 11.0]  # torchvision's rounding (docs/interop.md §5)
     areas = (exact[:, 2] - exact[:, 0]) * (exact[:, 3] - exact[:, 1])
     torch.testing.assert_close(areas, torch.full((3,), 32.0**2))
 

@@ -1,4 +1,4 @@
-"""Box coder, matcher and sampler (FPN_SPEC §2, §3): hand-computed cases and properties."""
+"""Box coder, matcher and sampler (docs/paper.md §2, §3): hand-computed cases and properties."""
 
 from __future__ import annotations
 

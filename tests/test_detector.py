@@ -1,4 +1,4 @@
-"""The assembled detector in every configuration the paper ablates (FPN_SPEC §1-4).
+"""The assembled detector in every configuration the paper ablates (docs/paper.md §1-4).
 
 Each preset is shrunk (ResNet-18 at width 8, 128 px images) so that all of them train for a
 few dozen steps within seconds; the architecture switches are the presets' own.

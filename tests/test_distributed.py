@@ -21,6 +21,10 @@ def _train_args(root, run_dir):
     # GroupNorm (in TINY_MODEL): BatchNorm statistics would differ between a batch of 4 and 2 x 2
     return ["--quiet", "train", "--config", "demo", "--output", str(run_dir), "--no-eval", *TINY_MODEL,
             *data_overrides(root), "train.batch_size=4", "train.base_batch_size=4", "train.max_iter=2",
+            # more RoIs asked for than there are candidates: each image samples (proposals + its own
+            # ground truth) RoIs, so the ranks sample different counts and only a loss normalised by
+            # the global count makes two ranks equal one process
+            "model.roi_heads.batch_size_per_image=512",
             "train.warmup_iters=0", "train.device=cpu", "data.horizontal_flip=0.5"]
 
 

@@ -105,7 +105,7 @@ def test_detections_match_torchvision(tv_model):
 
 @torch.inference_mode()
 def test_published_frozen_bn_weights_use_eps_zero():
-    """Published COCO weights come from FrozenBatchNorm2d models meant for eps 0 (INTEROP §8)."""
+    """Published COCO weights come from FrozenBatchNorm2d models meant for eps 0 (docs/interop.md §8)."""
     torch.manual_seed(0)
     body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     body.bn1.running_var.uniform_(2e-6, 2e-5)  # variances near eps make eps matter

@@ -1,4 +1,4 @@
-"""The feature pyramid and its ablation switches (FPN_SPEC §1), on tiny hand-checkable maps."""
+"""The feature pyramid and its ablation switches (docs/paper.md §1), on tiny hand-checkable maps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Level mapper and multi-level RoI pooling (FPN_SPEC §3)."""
+"""Level mapper and multi-level RoI pooling (docs/paper.md §3)."""
 
 from __future__ import annotations
 

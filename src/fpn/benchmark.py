@@ -32,7 +32,7 @@ DETECTABLE_CLASS_BIAS = 6.0
 def torchvision_reference(seed: int = 0) -> TVFasterRCNN:
     """torchvision's R50-FPN Faster R-CNN as published (FrozenBN), with seeded random weights.
 
-    FrozenBN eps is 0, as torchvision sets it for its published COCO weights (INTEROP.md §8).
+    FrozenBN eps is 0, as torchvision sets it for its published COCO weights (docs/interop.md §8).
     One class's bias is raised so that random weights still produce detections to compare.
     """
     torch.manual_seed(seed)

@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass per part of the model, YAML round trip, dotted overrides.
 
-Every field carries the paper's default (FPN_SPEC.md); presets in ``fpn/configs/*.yaml`` list
+Every field carries the paper's default (docs/paper.md); presets in ``fpn/configs/*.yaml`` list
 only the fields they change. Variants are ``Literal`` fields resolved by a ``match`` in each
 module's ``build_*`` function: there is no registry.
 """
@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class BackboneConfig:
-    """ResNet bottom-up pathway (FPN_SPEC §1, §6)."""
+    """ResNet bottom-up pathway (docs/paper.md §1, §6)."""
 
     depth: Literal[18, 34, 50, 101] = 50
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
@@ -41,7 +41,7 @@ class BackboneConfig:
 
 @dataclass
 class NeckConfig:
-    """The feature pyramid (FPN_SPEC §1) and the single-scale baselines of Tables 1-3."""
+    """The feature pyramid (docs/paper.md §1) and the single-scale baselines of Tables 1-3."""
 
     kind: Literal["fpn", "single_scale"] = "fpn"
     channels: int = 256  # d
@@ -54,7 +54,7 @@ class NeckConfig:
 
 @dataclass
 class AnchorConfig:
-    """One anchor scale per level, three aspect ratios (FPN_SPEC §2)."""
+    """One anchor scale per level, three aspect ratios (docs/paper.md §2)."""
 
     sizes: dict[str, list[float]] = field(
         default_factory=lambda: {"p2": [32], "p3": [64], "p4": [128], "p5": [256], "p6": [512]}
@@ -70,7 +70,7 @@ class AnchorConfig:
 
 @dataclass
 class RPNConfig:
-    """Region Proposal Network on the pyramid (FPN_SPEC §2)."""
+    """Region Proposal Network on the pyramid (docs/paper.md §2)."""
 
     levels: list[str] = field(default_factory=lambda: ["p2", "p3", "p4", "p5", "p6"])
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
@@ -93,7 +93,7 @@ class RPNConfig:
 
 @dataclass
 class RoIHeadConfig:
-    """Fast R-CNN on the pyramid (FPN_SPEC §3)."""
+    """Fast R-CNN on the pyramid (docs/paper.md §3)."""
 
     levels: list[str] = field(default_factory=lambda: ["p2", "p3", "p4", "p5"])
     head: Literal["2fc", "res5"] = "2fc"  # res5: the conv5 head of He et al. (ablation a)
@@ -120,7 +120,7 @@ class RoIHeadConfig:
 
 @dataclass
 class InputConfig:
-    """Resize, normalise and pad (FPN_SPEC §1, §6); done outside the network, replaceable."""
+    """Resize, normalise and pad (docs/paper.md §1, §6); done outside the network, replaceable."""
 
     min_size_train: list[int] = field(default_factory=lambda: [800])  # one drawn per image
     min_size_test: int = 800
@@ -175,7 +175,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation schedule (FPN_SPEC §6)."""
+    """The optimisation schedule (docs/paper.md §6)."""
 
     batch_size: int = 16
     base_lr: float = 0.02  # for base_batch_size images; scaled linearly with batch_size

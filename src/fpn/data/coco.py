@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from fpn.box_format import clip_boxes
 from fpn.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class CocoDetection(Dataset):
         image = read_image(self.image_dir / record.file_name, record.recorded_hw)
         height, width = image.shape[-2:]
         crowd = torch.from_numpy(record.is_crowd)
-        boxes = _clip(torch.from_numpy(record.boxes_xyxy), height, width)
+        boxes = clip_boxes(torch.from_numpy(record.boxes_xyxy), (height, width))  # the decoded size
         target: dict[str, Any] = {
             "boxes": boxes[~crowd],
             "labels": torch.from_numpy(record.labels)[~crowd],
@@ -315,14 +316,6 @@ def _checked_box(bbox: Any, size: tuple[Any, Any]) -> tuple[list[float], int] | 
             return None
         return [cx1, cy1, cx2, cy2], int((cx1, cy1, cx2, cy2) != (x1, y1, x2, y2))
     return [x1, y1, x2, y2], 0
-
-
-def _clip(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Clip (N, 4) boxes to the decoded image (its size may differ from the JSON's)."""
-    boxes = boxes.clone()
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    return boxes
 
 
 def _masks(segmentations: list[bytes], height: int, width: int, ann_file: Path) -> torch.Tensor:

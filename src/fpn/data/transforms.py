@@ -1,7 +1,7 @@
 """Train-time augmentation that moves boxes and masks with the pixels.
 
 Resizing to the network's input size is the model's (replaceable) preprocessing step; the
-transforms here are the random ones of training (FPN_SPEC §6: horizontal flip).
+transforms here are the random ones of training (docs/paper.md §6: horizontal flip).
 """
 
 from __future__ import annotations

@@ -76,5 +76,5 @@ class BadSampleCounter:
             self.messages += messages
         if self.count > self.limit:
             raise TooManyBadSamplesError(
-                f"{self.count} samples could not be read (limit {self.limit_name}={self.limit}); "
+                f"{self.count} sample(s) could not be read (limit {self.limit_name}={self.limit}); "
                 "see the warnings above for the files")

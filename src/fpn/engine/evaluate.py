@@ -1,4 +1,4 @@
-"""Evaluation through pycocotools, as the paper's Tables 1-3 report it (FPN_SPEC §4).
+"""Evaluation through pycocotools, as the paper's Tables 1-3 report it (docs/paper.md §4).
 
 - Box AP: AP (IoU .5:.95), AP50, AP75, AP_s, AP_m, AP_l.
 - Proposal AR: class-agnostic recall of the RPN's proposals, averaged over IoU .5:.95, at 100
@@ -120,7 +120,7 @@ def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[tor
 def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | str | Path | dict,
                       label_to_category_id: dict[int, int], *, with_proposals: bool = True,
                       device: str | torch.device = "cpu", progress: bool = True,
-                      max_bad_images: int = 100) -> dict[str, Any]:
+                      max_bad_samples: int = 100) -> dict[str, Any]:
     """Run ``model`` over a loader of (images, targets[, skipped]) and score it with pycocotools.
 
     ``model(images, return_proposals=...)`` must return per image ``boxes``, ``scores``,
@@ -129,13 +129,13 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
     give each rank its own shard of the images: the outputs are gathered before scoring.
 
     A loader of ``fpn.jobs.datasets.val_loader`` also yields the messages of the unreadable
-    images it skipped: they are counted (at most ``max_bad_images``, else
+    images it skipped: they are counted (at most ``max_bad_samples``, else
     ``TooManyBadSamplesError``), listed under ``skipped_images``, and the scores cover the
     readable images only.
     """
     coco = as_coco(coco_gt)
     outputs, image_ids = [], []
-    skipped = BadSampleCounter(max_bad_images, limit_name="max_bad_images")
+    skipped = BadSampleCounter(max_bad_samples)  # the same limit as training (train.max_bad_samples)
     for images, targets, *bad in tqdm(data_loader, desc="eval", disable=not progress, dynamic_ncols=True):
         skipped.add(bad[0] if bad else [])
         if not images:

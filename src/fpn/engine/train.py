@@ -1,6 +1,6 @@
 """The training loop: SGD with warm-up and step decay, logging, checkpoints, exact resume.
 
-FPN_SPEC §6 gives the schedule: SGD, momentum 0.9, weight decay 1e-4, lr 0.02 for 16 images
+docs/paper.md §6 gives the schedule: SGD, momentum 0.9, weight decay 1e-4, lr 0.02 for 16 images
 (scaled linearly with the batch), linear warm-up, x0.1 decays near the end.
 
 Resuming is exact on the CPU: the data order and the flips are functions of (seed, epoch,

@@ -1,4 +1,4 @@
-"""Build our detector from torchvision's checkpoints (INTEROP.md).
+"""Build our detector from torchvision's checkpoints (docs/interop.md).
 
 - ``from_torchvision(state_dict)``: torchvision's ``fasterrcnn_resnet50_fpn`` (v1) -> FasterRCNN
   giving the same detections.
@@ -115,7 +115,7 @@ def torchvision_config(state_dict: Mapping[str, Tensor]) -> ModelConfig:
     cfg = ModelConfig()
     cfg.roi_heads.num_classes = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
     # A BatchNorm2d checkpoint (weights=None build) keeps counters and uses eps 1e-5; the
-    # published COCO weights were made with FrozenBatchNorm2d and are meant for eps 0 (INTEROP §8).
+    # published COCO weights were made with FrozenBatchNorm2d and are meant for eps 0 (docs/interop.md §8).
     has_counters = any(k.endswith("num_batches_tracked") for k in state_dict)
     cfg.backbone.frozen_bn_eps = 1e-5 if has_counters else 0.0
     cfg.backbone.freeze_at = 2  # torchvision's default: 3 trainable stages

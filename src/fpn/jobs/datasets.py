@@ -22,7 +22,7 @@ def build_dataset(data: DataConfig, split: str) -> Dataset:
                 if not Path(path).exists():
                     raise FileNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
                                             "`fpn synth DIR` makes the built-in benchmark)")
-            return CocoDetection(images, annotations)
+            return CocoDetection(images, annotations, on_bad_annotations=data.on_bad_annotations)
         case "voc":
             return VOCDetection(data.voc_root, split=split)
     raise ValueError(f"unknown data format {data.format!r}")

@@ -28,7 +28,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress:
     metrics = ev.evaluate_detector(
         model, val_loader(dataset, workers=min(2, cfg.data.num_workers)), coco_ground_truth(dataset),
         label_to_category_id(cfg), with_proposals=True, device=model.device, progress=progress,
-        max_bad_images=cfg.train.max_bad_samples,
+        max_bad_samples=cfg.train.max_bad_samples,
     )
     model.train(was_training)
     if metrics["skipped_images"]:

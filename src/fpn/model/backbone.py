@@ -1,4 +1,4 @@
-"""The bottom-up pathway: a ResNet returning C2..C5 at strides 4, 8, 16, 32 (FPN_SPEC §1).
+"""The bottom-up pathway: a ResNet returning C2..C5 at strides 4, 8, 16, 32 (docs/paper.md §1).
 
 The stem (conv1) is computed but not returned. Module names follow the paper's stages:
 ``stem``, ``res2`` .. ``res5``; inside a block ``conv1..3``, ``norm1..3`` and ``shortcut``.
@@ -22,7 +22,7 @@ NormFactory = Callable[[int], nn.Module]
 
 
 def make_norm_factory(cfg: BackboneConfig) -> NormFactory:
-    """A function channels -> normalisation layer, by ``cfg.norm`` (FPN_SPEC §6)."""
+    """A function channels -> normalisation layer, by ``cfg.norm`` (docs/paper.md §6)."""
     match cfg.norm:
         case "frozen_bn":
             return lambda channels: FrozenBatchNorm2d(channels, eps=cfg.frozen_bn_eps)
@@ -72,7 +72,7 @@ class Bottleneck(nn.Module):
     """1x1 -> 3x3 -> 1x1 with a residual connection (ResNet-50/101).
 
     ``stride_in_1x1`` puts the stride on the first 1x1 conv (MSRA / detectron2 weights) instead
-    of the 3x3 (torchvision weights): same shapes, different outputs (INTEROP.md §1).
+    of the 3x3 (torchvision weights): same shapes, different outputs (docs/interop.md §1).
     """
 
     expansion = 4
@@ -155,7 +155,7 @@ class ResNet(nn.Module):
         self.freeze(cfg.freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
-        """Stop gradients into the stem (1) and res2..res{freeze_at} (FPN_SPEC §6)."""
+        """Stop gradients into the stem (1) and res2..res{freeze_at} (docs/paper.md §6)."""
         modules = [self.stem, *(getattr(self, n) for n in self.stage_names)][:freeze_at]
         for module in modules:
             for param in module.parameters():

@@ -1,4 +1,4 @@
-"""Box arithmetic shared by the RPN and the RoI heads (FPN_SPEC §2, §3): pure tensor functions.
+"""Box arithmetic shared by the RPN and the RoI heads (docs/paper.md §2, §3): pure tensor functions.
 
 Boxes are ``(x1, y1, x2, y2)`` float tensors in input-image pixels. Widths are ``x2 - x1``
 (no +1), as in torchvision and detectron2.
@@ -20,7 +20,7 @@ from fpn.box_format import clip_boxes
 __all__ = ["clip_boxes", "encode_boxes", "decode_boxes", "batched_nms", "nonempty_mask",
            "intersection_over_area", "match_anchors", "sample_balanced", "sample_for_training"]
 
-# exp(dw) is clamped so that a box can grow at most 1000/16 times (INTEROP.md §4).
+# exp(dw) is clamped so that a box can grow at most 1000/16 times (docs/interop.md §4).
 DELTA_CLAMP = math.log(1000.0 / 16)
 
 # Match codes in the output of ``match_anchors``: >= 0 is the matched ground-truth index.
@@ -122,7 +122,7 @@ def match_anchors(
     allow_low_quality: bool,
     chunk_size: int = 1 << 22,
 ) -> Tensor:
-    """Assign each anchor (or proposal) to a ground-truth box by IoU (FPN_SPEC §2, §3).
+    """Assign each anchor (or proposal) to a ground-truth box by IoU (docs/paper.md §2, §3).
 
     An anchor is foreground when its best IoU is >= ``high``, background when < ``low``,
     ignored in between. With ``allow_low_quality`` every ground-truth box also claims the

@@ -1,6 +1,6 @@
 """The feature pyramid: lateral 1x1 convs, the top-down pathway, 3x3 output convs, P6.
 
-FPN_SPEC §1. Every ablation row of the paper's Tables 1-3 is a switch on ``FeaturePyramid``:
+docs/paper.md §1. Every ablation row of the paper's Tables 1-3 is a switch on ``FeaturePyramid``:
 
 - (c) FPN: ``top_down=True, lateral=True`` (the default);
 - (d) bottom-up pyramid: ``top_down=False``: P_k = out_conv(lateral(C_k));

@@ -1,6 +1,6 @@
 """Preprocessing, kept outside the network so that it can be called alone or replaced:
 resize (shorter side / longest side), normalise, pad the batch to a multiple of 32, and the
-inverse mapping of boxes back to the original images (FPN_SPEC §1, §6).
+inverse mapping of boxes back to the original images (docs/paper.md §1, §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fast R-CNN on the pyramid (FPN_SPEC §3): level mapper, multi-level RoI pooling, the 2fc head
+"""Fast R-CNN on the pyramid (docs/paper.md §3): level mapper, multi-level RoI pooling, the 2fc head
 (or the conv5 head of the C4 baseline), class-specific box regression, losses, post-processing.
 
 Shape shorthand: N images, R RoIs in the batch, C channels, S x S pooled size, K object classes
@@ -30,7 +30,9 @@ def map_rois_to_levels(
     canonical_level: int = 4,
     eps: float = 1e-6,
 ) -> Tensor:
-    """(R,) pyramid level k = floor(k0 + log2(sqrt(wh) / 224)) clamped to [min, max] (Eq. 1).
+    """(R,) pyramid level k = floor(k0 + log2(sqrt(wh) / 224)), clamped to [min, max].
+
+    Eq. 1 of the paper (docs/paper.md §3).
 
     A 224x224 RoI (ImageNet's size) goes to k0 = 4; each halving of the side moves one level
     finer. ``eps`` keeps exact powers of two (112 -> 3) from rounding down a level.
@@ -89,7 +91,7 @@ class MultiLevelRoIPooler(nn.Module):
 
 
 class TwoFCHead(nn.Module):
-    """Two hidden 1024-d fully-connected layers with ReLU, shared across levels (FPN_SPEC §3)."""
+    """Two hidden 1024-d fully-connected layers with ReLU, shared across levels (docs/paper.md §3)."""
 
     def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Region Proposal Network on the pyramid (FPN_SPEC §2).
+"""Region Proposal Network on the pyramid (docs/paper.md §2).
 
 One head, shared by every level: a 3x3 conv + ReLU, then sibling 1x1 convs for A objectness
 logits and 4A box deltas per location. Anchors carry the scale (one size per level), so ground
@@ -131,7 +131,7 @@ class RegionProposalNetwork(nn.Module):
         num_per_level: list[int],
         image_sizes: list[tuple[int, int]],
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Per level top-k, decode, clip, drop tiny, NMS per level, top-N per image (FPN_SPEC §2)."""
+        """Per level top-k, decode, clip, drop tiny, NMS per level, top-N per image (docs/paper.md §2)."""
         pre_nms = self.cfg.pre_nms_top_n_train if self.training else self.cfg.pre_nms_top_n_test
         post_nms = self.cfg.post_nms_top_n_train if self.training else self.cfg.post_nms_top_n_test
         top_idx, level_ids, offset = [], [], 0
@@ -163,7 +163,7 @@ class RegionProposalNetwork(nn.Module):
         targets: list[dict[str, Tensor]],
         generator: torch.Generator | None,
     ) -> dict[str, Tensor]:
-        """Binary cross-entropy on sampled anchors, smooth-L1 on the positives (FPN_SPEC §2)."""
+        """Binary cross-entropy on sampled anchors, smooth-L1 on the positives (docs/paper.md §2)."""
         cfg = self.cfg
         sampled_logits, sampled_labels, pos_deltas, pos_targets = [], [], [], []
         for image_logits, image_deltas, target in zip(logits, deltas, targets, strict=True):

@@ -1,0 +1,135 @@
+"""The import graph of the package: a DAG that flows cli -> (api, jobs) -> engine -> model, data -> config.
+
+Read from the source (every ``import`` statement, also those inside functions), so a lazy import
+that would close a cycle or reach upwards fails here too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import fpn
+
+PACKAGE_ROOT = Path(fpn.__file__).parent
+
+# Which top-level parts of fpn each part may import (besides itself). Neutral helpers at the bottom.
+NEUTRAL = {"fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize"}
+ALLOWED = {
+    "fpn.config": set(),
+    "fpn.device": set(),
+    "fpn.box_format": set(),
+    "fpn.detections": set(),
+    "fpn.visualize": set(),
+    "fpn.data": NEUTRAL,
+    "fpn.model": NEUTRAL,
+    "fpn.interop": NEUTRAL | {"fpn.model"},
+    "fpn.engine": NEUTRAL | {"fpn.model", "fpn.data"},
+    "fpn.export": NEUTRAL | {"fpn.model"},
+    "fpn.benchmark": NEUTRAL | {"fpn.model", "fpn.interop", "fpn.export"},
+    "fpn.api": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine"},
+    "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api"},
+    "fpn.cli": NEUTRAL | {"fpn", "fpn.data", "fpn.engine", "fpn.api", "fpn.jobs", "fpn.export",
+                          "fpn.benchmark", "fpn.interop"},
+    "fpn.__main__": {"fpn.cli"},
+    "fpn": set(),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The fpn modules that ``path`` imports, anywhere in the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # ``from fpn.model import boxes`` imports the module fpn.model.boxes
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] != "fpn":
+                continue
+            while name not in known and "." in name:
+                name = name.rsplit(".", 1)[0]
+            found.add(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE_ROOT.rglob("*.py")}
+    known = set(files)
+    graph = {}
+    for name, path in files.items():
+        targets = imports_of(path, known)
+        if name.endswith(".__init__") or path.name == "__init__.py":
+            graph[name] = {t for t in targets if t != name}
+        else:
+            # ``import fpn.data.x`` runs fpn.data's __init__ first: not an edge we hold against x
+            graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph as a list of nodes, or None."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def part_of(module: str) -> str:
+    for part in sorted(ALLOWED, key=len, reverse=True):
+        if module == part or module.startswith(part + "."):
+            return part
+    raise AssertionError(f"{module}: not in any part of ALLOWED; add it to the layering")
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert len(graph) > 30  # every module was read
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_imports_flow_one_way():
+    upward = []
+    for module, targets in import_graph().items():
+        part = part_of(module)
+        for target in targets:
+            target_part = part_of(target)
+            if target_part != part and target_part not in ALLOWED[part]:
+                upward.append(f"{module} imports {target}")
+    assert not upward, "imports against the layering:\n" + "\n".join(sorted(upward))
+
+
+def test_the_model_never_imports_the_layers_above():
+    for module, targets in import_graph().items():
+        if part_of(module) == "fpn.model":
+            above = [t for t in targets if part_of(t) in {"fpn.engine", "fpn.api", "fpn.cli", "fpn.jobs",
+                                                          "fpn.data"}]
+            assert not above, f"{module} imports {above}"
