@@ -6,12 +6,18 @@ out; the checks below compare each against the full detector on the same weights
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, data_overrides
+from fpn.cli import main
 from fpn.config import load_config
-from fpn.engine.evaluate import evaluate_detector
+from fpn.data import DatasetError
+from fpn.data.proposals import ProposalFile, ProposalWriter
+from fpn.detections import output_difference
+from fpn.engine.evaluate import as_coco, evaluate_detector, proposal_ar
 from fpn.model.detector import FasterRCNN
 
 TINY = [*TINY_MODEL, "model.roi_heads.num_classes=2", "model.roi_heads.score_thresh=0.0"]
@@ -48,6 +54,12 @@ def test_rpn_alone_trains_only_the_rpn_and_gives_the_full_models_proposals():
         assert set(g) == {"proposals", "objectness"}
         torch.testing.assert_close(g["proposals"], w["proposals"])
         torch.testing.assert_close(g["objectness"], w["objectness"])
+    # both images resize to fit 96 px (72x96 and 80x96) and pad to 96x96: 24^2 + 12^2 + 6^2 +
+    # 3^2 + 2^2 (P6: ceil(96 / 64)) = 769 cells on P2..P6, 3 anchors each
+    assert rpn_only.num_anchors((96, 128)) == rpn_only.num_anchors((80, 96)) == 769 * 3
+    anchors = rpn_only.rpn.anchor_generator({f"p{k}": (96 // 2**k, 96 // 2**k) for k in range(2, 6)}
+                                            | {"p6": (2, 2)}, (96, 96), torch.device("cpu"))
+    assert sum(len(a) for a in anchors) == 769 * 3  # the generator agrees
 
 
 def test_given_proposals_reproduce_faster_rcnn_on_the_same_weights():
@@ -96,3 +108,125 @@ def test_rpn_alone_is_scored_by_proposal_recall_only():
     loader = [(images, [{"image_id": i} for i in range(len(images))])]
     metrics = evaluate_detector(model, loader, gt, {1: 1, 2: 2}, progress=False)
     assert "AP" not in metrics and 0.0 <= metrics["AR@1000"] <= 1.0 and metrics["num_images"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The systems end to end through the command line, on the tiny synthetic set
+
+
+def _cli_args(root, *extra):
+    return [*TINY_MODEL, *data_overrides(root), "train.batch_size=2", "train.max_iter=2",
+            "train.warmup_iters=1", "train.device=cpu", "model.roi_heads.score_thresh=0.0", *extra]
+
+
+def _metrics(path):
+    return json.loads((path / "metrics.json").read_text())
+
+
+def test_rpn_alone_then_fast_rcnn_on_its_proposals(tiny_synth, tmp_path, capsys):
+    rpn = tmp_path / "rpn"
+    assert main(["--quiet", "train", "--config", "rpn_c_fpn", "--output", str(rpn),
+                 *_cli_args(tiny_synth)]) == 0
+    out = capsys.readouterr().out
+    assert "AR@1000" in out and "anchors_per_image" in out and "AP50" not in out
+    assert main(["--quiet", "eval", str(rpn), "--output", str(tmp_path / "rpn_eval")]) == 0
+    rpn_metrics = _metrics(tmp_path / "rpn_eval")
+    # 96-px images pad to 96x96: 769 cells on P2..P6 (see above), 3 anchors each
+    assert rpn_metrics["anchors_per_image"] == 769 * 3 and "AP" not in rpn_metrics
+    assert main(["--quiet", "predict", str(rpn), str(tiny_synth / "val" / "images"),
+                 "--output", str(tmp_path / "drawn")]) == 0
+    assert len(list((tmp_path / "drawn" / "drawn").glob("*.png"))) == 3
+    records = json.loads((tmp_path / "drawn" / "predictions.json").read_text())
+    assert records and all(set(r) == {"file_name", "bbox", "score"} for r in records)
+
+    files = {}
+    for split in ("train", "val"):
+        files[split] = tmp_path / f"{split}.proposals"
+        assert main(["--quiet", "proposals", str(rpn), "--split", split, "--output", str(files[split])]) == 0
+        assert len(ProposalFile(files[split])) == {"train": 6, "val": 3}[split]
+    fast = tmp_path / "fast"
+    assert main(["--quiet", "train", "--config", "fast_c_fpn", "--output", str(fast),
+                 *_cli_args(tiny_synth, f"data.train_proposals={files['train']}",
+                            f"data.val_proposals={files['val']}")]) == 0
+    assert "AP50" in capsys.readouterr().out
+    assert main(["--quiet", "eval", str(fast), "--output", str(tmp_path / "fast_eval")]) == 0
+    assert 0.0 <= _metrics(tmp_path / "fast_eval")["AP"] <= 1.0
+
+
+def test_proposals_from_a_file_give_the_same_ap_as_the_rpn_inline(tiny_synth, tmp_path):
+    """Faster R-CNN's weights, evaluated end to end and as Fast R-CNN on its written proposals."""
+    run = tmp_path / "faster"
+    assert main(["--quiet", "train", "--config", "demo", "--output", str(run), "--no-eval",
+                 *_cli_args(tiny_synth, "train.max_iter=6")]) == 0
+    assert main(["--quiet", "eval", str(run), "--output", str(tmp_path / "inline")]) == 0
+    proposals = tmp_path / "val.p"
+    assert main(["--quiet", "proposals", str(run), "--split", "val", "--output", str(proposals)]) == 0
+    assert main(["--quiet", "eval", str(run), "model.proposals=given", f"data.val_proposals={proposals}",
+                 "--output", str(tmp_path / "from_file")]) == 0
+    inline, from_file = _metrics(tmp_path / "inline"), _metrics(tmp_path / "from_file")
+    assert "anchors_per_image" in inline and "anchors_per_image" not in from_file  # no RPN in the second
+    for key in ("AP", "AP50", "AP75", "AR@100", "AR@1000"):
+        assert abs(inline[key] - from_file[key]) < 1e-3, key
+    # the detections themselves, not only their scores: the same boxes to a hundredth of a pixel
+    want, got = (_detections_per_image(tmp_path / d / "coco_results.json") for d in ("inline", "from_file"))
+    assert sum(len(d["boxes"]) for d in want) == sum(len(d["boxes"]) for d in got) > 100
+    box_diff, score_diff, unmatched = output_difference(want, got, match_px=1e-2)
+    assert unmatched == 0 and box_diff < 1e-2 and score_diff < 1e-4
+
+
+def _detections_per_image(results_file):
+    """COCO results -> per image (in image id order) boxes, scores, labels as the detector gives them."""
+    records = json.loads(results_file.read_text())
+    per_image = []
+    for image_id in sorted({r["image_id"] for r in records}):
+        mine = [r for r in records if r["image_id"] == image_id]
+        per_image.append({"boxes": torch.tensor([r["bbox"] for r in mine]),  # xywh for both: comparable
+                          "scores": torch.tensor([r["score"] for r in mine]),
+                          "labels": torch.tensor([r["category_id"] for r in mine])})
+    return per_image
+
+
+def test_perfect_proposals_have_an_average_recall_of_one(tiny_synth):
+    coco = as_coco(tiny_synth / "val" / "annotations.json")
+    image_ids = coco.getImgIds()
+    boxes = [torch.tensor([a["bbox"] for a in coco.loadAnns(coco.getAnnIds(imgIds=i))]) for i in image_ids]
+    proposals = [torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1) for b in boxes]  # xywh -> xyxy
+    recall = proposal_ar(coco, proposals, image_ids)
+    assert recall["AR@100"] == recall["AR@1000"] == 1.0
+    shifted = [p + 4.0 for p in proposals]  # a few pixels off: no longer perfect at IoU 0.95
+    assert proposal_ar(coco, shifted, image_ids)["AR@100"] < 1.0
+
+
+def test_fast_rcnn_configs_need_matching_proposal_files(tiny_synth, tmp_path, capsys):
+    args = ["--quiet", "train", "--config", "fast_c_fpn", "--output", str(tmp_path / "run")]
+    assert main([*args, *_cli_args(tiny_synth)]) == 2
+    err = capsys.readouterr().err
+    assert "data.train_proposals: required by model.proposals=given" in err and err.count("\n") == 1
+    other = tmp_path / "other.p"  # proposals of another dataset: image ids 1000..1001
+    with ProposalWriter(other) as writer:
+        for image_id in (1000, 1001):
+            writer.add(image_id, torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([0.9]))
+    assert main([*args, *_cli_args(tiny_synth, f"data.train_proposals={other}",
+                                   f"data.val_proposals={other}")]) == 2
+    err = capsys.readouterr().err
+    assert "6 of the dataset's 6 images have no proposals (first: image id" in err and "other.p" in err
+
+
+def test_proposal_file_round_trip_and_corruption(tmp_path):
+    path = tmp_path / "p.bin"
+    g = torch.Generator().manual_seed(0)
+    written = {i: (torch.rand(n, 4, generator=g) * 100, torch.rand(n, generator=g)) for i, n in
+               [(7, 3), (3, 0), (11, 1000)]}
+    with ProposalWriter(path, {"split": "val"}) as writer:
+        for image_id, (boxes, scores) in written.items():
+            writer.add(image_id, boxes, scores)
+    read = ProposalFile(path)
+    assert sorted(read.image_ids()) == [3, 7, 11] and read.metadata["num_proposals"] == 1003
+    for image_id, (boxes, scores) in written.items():
+        got_boxes, got_scores = read[image_id]
+        assert torch.equal(got_boxes, boxes) and torch.equal(got_scores, scores)
+    assert path.stat().st_size < 1003 * 20 + 500  # 20 bytes a proposal, plus the index
+    truncated = tmp_path / "cut.bin"
+    truncated.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(DatasetError, match="cut.bin: truncated"):
+        ProposalFile(truncated)

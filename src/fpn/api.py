@@ -67,13 +67,18 @@ class Detector:
         self.class_names = list(model.cfg.class_names)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Detector:
-        """Load safely (safetensors: no code runs) from a run, checkpoint directory or file."""
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None
+                        ) -> Detector:
+        """Load safely (safetensors: no code runs) from a run, checkpoint directory or file.
+
+        ``overrides`` (``["model.rpn.post_nms_top_n_test=2000"]``) change the saved config's
+        test-time settings; fields that change the weights' shapes fail to load.
+        """
         from fpn.engine.checkpoint import load_weights
 
         weights, config = find_checkpoint(path)
-        model = FasterRCNN(load_config(config).model)
-        model.load_state_dict(load_weights(weights))
+        model = FasterRCNN(load_config(config, overrides).model)
+        model.load_parts(load_weights(weights), source=str(weights))
         return cls(model, device)
 
     def _as_tensor(self, image: ImageLike) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The ``fpn`` command line: synth | train | eval | predict | demo | convert | bench | export | presets.
+"""The ``fpn`` command line: synth | train | eval | proposals | predict | demo | convert | bench | export |
+presets.
 
 Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
 corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
@@ -38,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.val_images=...")
     p.add_argument("--output", type=Path, default=None, help="where to write metrics (default: beside)")
+
+    p = sub.add_parser("proposals", help="write the RPN proposals of a run for every image of a split")
+    p.add_argument("checkpoint", type=Path, help="a run of the RPN alone or of Faster R-CNN")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. model.rpn.post_nms_top_n_test=2000")
+    p.add_argument("--split", choices=["train", "val"], required=True)
+    p.add_argument("--output", type=Path, required=True, help="the proposal file to write")
 
     p = sub.add_parser("predict", help="detect objects in images or folders")
     p.add_argument("checkpoint", type=Path)
@@ -108,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
             out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
                               device=args.device, progress=progress)
             print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
+        case "proposals":
+            from fpn.jobs.proposals import run_proposals
+
+            result = run_proposals(args.checkpoint, args.split, args.output, args.overrides,
+                                   progress=progress)
+            print(f"wrote {result['path']}: proposals for {result['images']} {args.split} images"
+                  + (f" ({len(result['skipped'])} unreadable skipped)" if result["skipped"] else ""))
         case "demo":
             from fpn.jobs.demo import run_demo
 

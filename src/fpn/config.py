@@ -50,6 +50,9 @@ class NeckConfig:
     p6: bool = True  # P6 = stride-2 subsampling of P5, for the RPN
     # With kind == "single_scale" the heads read this bottom-up map directly (ablations a, b).
     single_level: Literal["c4", "c5"] = "c4"
+    # Fix the pyramid's weights (with backbone.freeze_at: 5, the shared features of Table 5's
+    # steps 3 and 4, in which only the RPN or the box head is fine-tuned).
+    frozen: bool = False
 
 
 @dataclass
@@ -166,6 +169,10 @@ class DataConfig:
     val_images: str = "data/synth/val/images"
     val_annotations: str = "data/synth/val/annotations.json"
     voc_root: str = ""
+    # Fixed proposals for Fast R-CNN (model.proposals=given), written by `fpn proposals`; at most
+    # model.rpn.post_nms_top_n_train (training) / post_nms_top_n_test (evaluation) are used per image.
+    train_proposals: str = ""
+    val_proposals: str = ""
     horizontal_flip: float = 0.5
     num_workers: int = 2
     # COCO annotations naming unknown image or category ids, and repeated image ids: "error"
@@ -195,6 +202,9 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when present, else cpu
     amp: Literal["off", "bf16", "fp16"] = "off"
     max_bad_samples: int = 100
+    # Runs or checkpoints of fpn whose weights initialise the model, loaded in order (later ones
+    # win): the parts the model has are loaded, shapes checked; parts absent from them stay fresh.
+    init: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -33,7 +33,10 @@ def draw_detections(
         if score < score_thresh:
             continue
         colour = PALETTE[label % len(PALETTE)]
-        name = class_names[label - 1] if class_names and 0 < label <= len(class_names) else str(label)
+        if class_names and 0 < label <= len(class_names):
+            name = class_names[label - 1]
+        else:
+            name = "object" if label == 0 else str(label)  # 0: a class-agnostic proposal
         draw.rectangle(box, outline=colour, width=2)
         text = f"{name} {score:.2f}"
         left, top, right, bottom = draw.textbbox((box[0], box[1]), text, font=font)

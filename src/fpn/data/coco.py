@@ -200,6 +200,10 @@ class CocoDetection(Dataset):
         if parts:
             log.warning("%s: %s", self.ann_file, "; ".join(parts))
 
+    def image_ids(self) -> list[Any]:
+        """The image ids, in dataset order (no image is decoded)."""
+        return [record.image_id for record in self.records]
+
     def __len__(self) -> int:
         return len(self.records)
 

@@ -68,6 +68,10 @@ class VOCDetection(Dataset):
         self.records = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml", class_to_label, keep_difficult)
                         for i in self.ids]
 
+    def image_ids(self) -> list[int]:
+        """The image ids (1..N in split order, as ``to_coco_dict`` numbers them)."""
+        return list(range(1, len(self) + 1))
+
     def __len__(self) -> int:
         return len(self.ids)
 

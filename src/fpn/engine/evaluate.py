@@ -141,7 +141,11 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
         if not images:
             continue
         images = [img.to(device) for img in images]
-        batch_out = model(images, return_proposals=with_proposals) if with_proposals else model(images)
+        given = {}  # Fast R-CNN on fixed proposals: they travel with the targets
+        if targets and all("proposals" in t for t in targets):
+            given["proposals"] = [t["proposals"].to(device) for t in targets]
+        batch_out = model(images, return_proposals=with_proposals, **given) if with_proposals else model(
+            images, **given)
         outputs += [{k: v.cpu() for k, v in out.items() if torch.is_tensor(v)} for out in batch_out]
         image_ids += [int(t["image_id"]) for t in targets]
     # under torchrun each rank saw a shard of the images: gather them all
@@ -184,11 +188,12 @@ def _result_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """The paper's columns, as percentages with one decimal."""
-    keys = [k for k in BOX_KEYS + AR_KEYS if k in metrics]
+    """The paper's columns, as percentages with one decimal (anchors per image as a count)."""
+    keys = [k for k in [*BOX_KEYS, *AR_KEYS, "anchors_per_image"] if k in metrics]
     if not keys:
         return "(no metrics)"
-    width = max(7, *(len(k) for k in keys))
-    header = " ".join(k.rjust(width) for k in keys)
-    values = " ".join(f"{100 * metrics[k]:.1f}".rjust(width) for k in keys)
+    cells = [f"{metrics[k]:.0f}" if k == "anchors_per_image" else f"{100 * metrics[k]:.1f}" for k in keys]
+    widths = [max(7, len(k), len(c)) for k, c in zip(keys, cells, strict=True)]
+    header = " ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))
+    values = " ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
     return f"{header}\n{values}"

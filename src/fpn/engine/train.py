@@ -301,6 +301,8 @@ class Trainer:
         metrics = MetricsLog(self.run_dir, self.dist.is_main)
         bar = tqdm(total=self.tcfg.max_iter, initial=self.state.step, desc="train", dynamic_ncols=True,
                    disable=not (self.progress and self.dist.is_main))
+        if self.tcfg.max_iter == 0 and self.dist.is_main:  # no step: the initialised model is the run
+            _save(self.run_dir, self.model, self.optimizer, self.scheduler, self.state, self.cfg)
         if self.evaluate_fn is not None and self.state.step >= self.tcfg.max_iter:  # a finished run
             self.evaluate(metrics)
         try:

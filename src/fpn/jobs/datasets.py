@@ -6,8 +6,9 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from fpn.config import Config, DataConfig
+from fpn.config import Config, ConfigError, DataConfig
 from fpn.data import CocoDetection, VOCDetection
+from fpn.data.proposals import WithProposals
 from fpn.data.unreadable import SkippingUnreadable, collate_readable
 from fpn.engine import distributed
 
@@ -26,6 +27,20 @@ def build_dataset(data: DataConfig, split: str) -> Dataset:
         case "voc":
             return VOCDetection(data.voc_root, split=split)
     raise ValueError(f"unknown data format {data.format!r}")
+
+
+def dataset_for(cfg: Config, split: str) -> Dataset:
+    """The dataset ``cfg`` trains or evaluates on: with its fixed proposals for Fast R-CNN."""
+    dataset = build_dataset(cfg.data, split)
+    if cfg.model.proposals != "given":
+        return dataset
+    field = f"data.{split}_proposals"
+    path = getattr(cfg.data, f"{split}_proposals")
+    if not path:
+        raise ConfigError(f"{field}: required by model.proposals=given (write one with "
+                          f"`fpn proposals RPN_RUN --split {split} --output FILE`)")
+    count = cfg.model.rpn.post_nms_top_n_train if split == "train" else cfg.model.rpn.post_nms_top_n_test
+    return WithProposals(dataset, path, count, field=field)
 
 
 def with_dataset_classes(cfg: Config, dataset) -> Config:

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from fpn.api import Detector, find_checkpoint
 from fpn.config import Config, load_config, merge, parse_overrides
 from fpn.engine import evaluate as ev
-from fpn.jobs.datasets import build_dataset, coco_ground_truth, label_to_category_id, val_loader
+from fpn.jobs.datasets import coco_ground_truth, dataset_for, label_to_category_id, val_loader
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,18 @@ def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress:
         max_bad_samples=cfg.train.max_bad_samples,
     )
     model.train(was_training)
+    if model.rpn is not None:  # Table 1 reports the anchors an image costs
+        metrics["anchors_per_image"] = mean_anchors_per_image(model, ev.as_coco(coco_ground_truth(dataset)))
     if metrics["skipped_images"]:
         log.warning("%d unreadable validation image(s) skipped; the metrics cover the %d readable ones: %s",
                     len(metrics["skipped_images"]), metrics["num_images"], metrics["skipped_images"][:5])
     return metrics
+
+
+def mean_anchors_per_image(model: nn.Module, coco) -> float:
+    """The RPN's anchors per image at test time, averaged over the images of a COCO ground truth."""
+    sizes = [(int(img["height"]), int(img["width"])) for img in coco.dataset["images"]]
+    return sum(model.num_anchors(hw) for hw in sizes) / max(1, len(sizes))
 
 
 def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, output: str | Path | None = None,
@@ -42,8 +50,8 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, outp
     """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``)."""
     _, config_file = find_checkpoint(checkpoint)
     cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
-    detector = Detector.from_checkpoint(checkpoint, cfg.train.device)
-    metrics = evaluate_model(detector.model, build_dataset(cfg.data, "val"), cfg, progress=progress)
+    detector = Detector.from_checkpoint(checkpoint, cfg.train.device, overrides=overrides)
+    metrics = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=progress)
     out = Path(output) if output else config_file.parent / "eval"
     ev.save_metrics(metrics, out)
     return metrics, out

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from fpn.api import Detector, load_image
@@ -15,6 +16,7 @@ from fpn.visualize import save_drawn, to_pil
 
 log = logging.getLogger(__name__)
 
+DRAWN_PROPOSALS = 20  # a run of the RPN alone: its best proposals are drawn (score = objectness)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -58,7 +60,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
             continue
         det = detector(image)
         records += _records(detector, path, det)
-        save_drawn(to_pil(image), det, out_dir / "drawn" / f"{Path(path).stem}.png",
+        save_drawn(to_pil(image), _drawable(det), out_dir / "drawn" / f"{Path(path).stem}.png",
                    detector.class_names, score_thresh)
     if len(failed) == len(paths):
         raise NothingPredictedError(f"none of the {len(paths)} input image(s) could be read "
@@ -67,6 +69,15 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     if failed:
         log.warning("%d of %d images could not be read: %s", len(failed), len(paths), failed[:5])
     return out_dir
+
+
+def _drawable(det: dict) -> dict:
+    """What to draw: the detections, or for the RPN alone its best ``DRAWN_PROPOSALS`` proposals."""
+    if "boxes" in det:
+        return det
+    top = slice(0, DRAWN_PROPOSALS)
+    return {"boxes": det["proposals"][top], "scores": det["objectness"][top],
+            "labels": torch.zeros(len(det["proposals"][top]), dtype=torch.int64)}
 
 
 def _records(detector: Detector, path: Path, det: dict) -> list[dict]:

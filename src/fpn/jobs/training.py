@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from fpn.api import find_checkpoint
 from fpn.config import Config, ModelConfig
 from fpn.engine import distributed
 from fpn.engine import evaluate as ev
+from fpn.engine.checkpoint import load_weights
 from fpn.engine.train import seed_everything, train
-from fpn.jobs.datasets import build_dataset, with_dataset_classes
+from fpn.jobs.datasets import dataset_for, with_dataset_classes
 from fpn.jobs.evaluation import evaluate_model
 from fpn.model.detector import FasterRCNN
+
+log = logging.getLogger(__name__)
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -24,6 +29,16 @@ def new_model(cfg: ModelConfig, seed: int) -> FasterRCNN:
     """A freshly initialised detector; the same seed gives the same weights."""
     seed_everything(seed)
     return FasterRCNN(cfg)
+
+
+def initialise(model: FasterRCNN, sources: list[str]) -> None:
+    """Load ``train.init``: fpn runs or checkpoints, in order, into the parts ``model`` has."""
+    for source in sources:
+        weights, _ = find_checkpoint(source)
+        report = model.load_parts(load_weights(weights), source=str(weights), allow_missing=True)
+        log.info("initialised from %s: loaded %s; not in this model: %s; kept fresh: %s", weights,
+                 ", ".join(report["loaded"]) or "-", ", ".join(report["skipped"]) or "-",
+                 ", ".join(report["fresh"]) or "-")
 
 
 class PeriodicEvaluation:
@@ -44,12 +59,13 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progres
               evaluate: bool = True) -> dict[str, Any]:
     """Train on ``cfg.data``, evaluate on its val split at the end (and every eval_period)."""
     out_dir = Path(out_dir)
-    train_set = build_dataset(cfg.data, "train")
+    train_set = dataset_for(cfg, "train")
     cfg = with_dataset_classes(cfg, train_set)
     evaluation = None
     if evaluate:
-        evaluation = PeriodicEvaluation(build_dataset(cfg.data, "val"), cfg, out_dir, progress)
+        evaluation = PeriodicEvaluation(dataset_for(cfg, "val"), cfg, out_dir, progress)
     model = new_model(cfg.model, cfg.train.seed)
+    initialise(model, cfg.train.init)
     result = train(model, train_set, cfg, out_dir, resume=resume, progress=progress, evaluate_fn=evaluation)
     if result["stopped"]:
         raise TrainingStopped(f"stopped at step {result['step']} after writing a checkpoint; "

@@ -18,7 +18,7 @@ from fpn.config import ModelConfig
 from fpn.model.backbone import ResNet
 from fpn.model.fuse import inference_copy, parameters_version
 from fpn.model.neck import build_neck
-from fpn.model.preprocess import ImageBatch, Preprocessor, rescale_boxes
+from fpn.model.preprocess import ImageBatch, Preprocessor, padded_size, rescale_boxes, resize_scale
 from fpn.model.roi_heads import RoIHeads
 from fpn.model.rpn import RegionProposalNetwork
 
@@ -41,11 +41,13 @@ class FasterRCNN(nn.Module):
         self.cfg = cfg
         self.fast_inference = fast_inference
         self.compile_inference = compile_inference
-        # The C4 baseline's res5 lives in the RoI head, not in the bottom-up pathway.
-        c4_head = cfg.neck.kind == "single_scale" and cfg.roi_heads.head == "res5" and cfg.box_head
+        # On C4 the bottom-up pathway stops at res4 (the C4 baseline's res5 lives in its RoI head).
+        on_c4 = cfg.neck.kind == "single_scale" and cfg.neck.single_level == "c4"
         self.preprocess = Preprocessor(cfg.input)
-        self.backbone = ResNet(cfg.backbone, last_stage=4 if c4_head else 5)
+        self.backbone = ResNet(cfg.backbone, last_stage=4 if on_c4 else 5)
         self.neck = build_neck(cfg.neck, self.backbone.out_channels)
+        if cfg.neck.frozen:  # shared features fixed (steps 3 and 4 of the paper's Table 5 schedule)
+            self.neck.requires_grad_(False)
         read_levels = (cfg.rpn.levels if cfg.proposals == "rpn" else []) + (
             cfg.roi_heads.levels if cfg.box_head else [])
         _check_levels("rpn.levels", cfg.rpn.levels if cfg.proposals == "rpn" else [], self.neck.levels)
@@ -62,6 +64,36 @@ class FasterRCNN(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def load_parts(self, state_dict: dict[str, Tensor], *, source: str, allow_missing: bool = False
+                   ) -> dict[str, list[str]]:
+        """Load another composition's weights: the parts this detector has, shapes checked.
+
+        Tensors of a part this detector lacks (``rpn.*`` with given proposals, ``roi_heads.*`` for
+        the RPN alone) are skipped; so Faster R-CNN weights serve the RPN alone or Fast R-CNN.
+        Tensors this detector has and ``state_dict`` lacks are an error unless ``allow_missing``
+        (initialising a training run: they keep their fresh initialisation).
+
+        Returns the top-level parts loaded, skipped (absent here) and kept fresh (absent there).
+        """
+        own = self.state_dict()
+        present = {name for name, child in self.named_children() if child is not None}
+        foreign = [k for k in state_dict if k not in own]
+        skipped = sorted({k.split(".")[0] for k in foreign if k.split(".")[0] not in present})
+        unknown = [k for k in foreign if k.split(".")[0] in present]
+        if unknown:
+            raise ValueError(f"{source}: tensor {unknown[0]!r} has no place in this model "
+                             f"({len(unknown)} such; a checkpoint of another architecture?)")
+        for key, value in state_dict.items():
+            if key in own and own[key].shape != value.shape:
+                raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects "
+                                 f"{tuple(own[key].shape)}")
+        missing = [k for k in own if k not in state_dict]
+        if missing and not allow_missing:
+            raise ValueError(f"{source}: no tensor for {missing[0]!r} ({len(missing)} missing)")
+        self.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+        return {"loaded": sorted({k.split(".")[0] for k in state_dict if k in own}), "skipped": skipped,
+                "fresh": sorted({k.split(".")[0] for k in missing})}
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
@@ -148,6 +180,15 @@ class FasterRCNN(nn.Module):
                 det["proposals"] = rescale_boxes(proposals[i], resized_hw, original_hw)
                 det["objectness"] = objectness[i]
         return detections
+
+    def num_anchors(self, image_hw: tuple[int, int]) -> int:
+        """The RPN's anchors on an image of ``image_hw`` at test time, alone in its batch (Table 1)."""
+        if self.rpn is None:
+            return 0
+        scale = resize_scale(image_hw, self.cfg.input.min_size_test, self.cfg.input.max_size)
+        resized = (int(image_hw[0] * scale), int(image_hw[1] * scale))  # as interpolate rounds
+        divisor = self.cfg.input.size_divisibility
+        return self.rpn.num_anchors((padded_size(resized[0], divisor), padded_size(resized[1], divisor)))
 
 
 def _check_levels(name: str, wanted: list[str], available: list[str]) -> None:

@@ -10,6 +10,8 @@ R = sum_i Hi·Wi·A anchors per image, P proposals per image.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -86,6 +88,16 @@ class RegionProposalNetwork(nn.Module):
         if len(counts) != 1:
             raise ValueError("the shared RPN head needs the same number of anchors on every level")
         self.head = RPNHead(in_channels, counts.pop(), cfg.conv_channels)
+
+    def num_anchors(self, padded_hw: tuple[int, int]) -> int:
+        """Anchors on an input of ``padded_hw`` (a multiple of the coarsest stride's divisor).
+
+        The count Table 1 reports per image: sum over levels of ceil(H / stride) x ceil(W / stride) x A.
+        """
+        height, width = padded_hw
+        return sum(math.ceil(height / self.anchor_generator.strides[level])
+                   * math.ceil(width / self.anchor_generator.strides[level])
+                   * self.anchor_generator.num_anchors_per_cell(level) for level in self.levels)
 
     def forward(
         self,
