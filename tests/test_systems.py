@@ -230,3 +230,43 @@ def test_proposal_file_round_trip_and_corruption(tmp_path):
     truncated.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(DatasetError, match="cut.bin: truncated"):
         ProposalFile(truncated)
+
+
+def test_the_four_step_alternating_schedule_shares_the_features(tiny_synth, tmp_path, capsys):
+    """Table 5: RPN; Fast R-CNN on its proposals; RPN on frozen shared features; Fast R-CNN again."""
+    from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+    def train(config, name, *extra):
+        assert main(["--quiet", "train", "--config", config, "--output", str(tmp_path / name), "--no-eval",
+                     *_cli_args(tiny_synth, *extra)]) == 0
+
+    def proposals(run, split):
+        path = tmp_path / f"{run}_{split}.p"
+        assert main(["--quiet", "proposals", str(tmp_path / run), "--split", split,
+                     "--output", str(path)]) == 0
+        return path
+
+    def weights(run):
+        return load_checkpoint(latest_checkpoint(tmp_path / run / "checkpoints"))[0]
+
+    frozen = ["model.backbone.freeze_at=5", "model.neck.frozen=true"]
+    train("rpn_c_fpn", "step1")
+    train("fast_c_fpn", "step2", f"data.train_proposals={proposals('step1', 'train')}",
+          f"data.val_proposals={proposals('step1', 'val')}")
+    train("rpn_c_fpn", "step3", f"train.init=[{tmp_path / 'step1'}, {tmp_path / 'step2'}]", *frozen)
+    train("fast_c_fpn", "step4", f"train.init=[{tmp_path / 'step2'}, {tmp_path / 'step3'}]", *frozen,
+          f"data.train_proposals={proposals('step3', 'train')}",
+          f"data.val_proposals={proposals('step3', 'val')}")
+    train("paper_r50_fpn", "shared", f"train.init=[{tmp_path / 'step3'}, {tmp_path / 'step4'}]",
+          "train.max_iter=0")
+    step1, step2, step3, step4, shared = (weights(r) for r in ("step1", "step2", "step3", "step4", "shared"))
+    features = [k for k in step2 if k.startswith(("backbone.", "neck."))]
+    assert features
+    assert all(torch.equal(step3[k], step2[k]) and torch.equal(step4[k], step2[k]) for k in features)
+    assert any(not torch.equal(step3[k], step1[k]) for k in step3 if k.startswith("rpn."))  # fine-tuned
+    for key, value in shared.items():
+        source = step3 if key.startswith("rpn.") else step4
+        assert torch.equal(value, source[key]), key
+    capsys.readouterr()
+    assert main(["--quiet", "eval", str(tmp_path / "shared"), "--output", str(tmp_path / "eval")]) == 0
+    assert {"AP", "AR@1000"} <= set(_metrics(tmp_path / "eval"))
