@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from fpn.config import load_config
+from fpn.config import ConfigError, load_config, merge, parse_overrides
 from fpn.data import pil_to_tensor, read_image
 from fpn.device import resolve_device
 from fpn.model.detector import FasterRCNN
@@ -71,13 +71,18 @@ class Detector:
                         ) -> Detector:
         """Load safely (safetensors: no code runs) from a run, checkpoint directory or file.
 
-        ``overrides`` (``["model.rpn.post_nms_top_n_test=2000"]``) change the saved config's
-        test-time settings; fields that change the weights' shapes fail to load.
+        ``overrides`` change the saved config before the model is built, as dotted
+        ``model.*=value`` items (e.g. ``["model.input.test_scales=[400, 600, 800]"]``); a field
+        that changes the shape of a weight makes the weights fail to load.
         """
         from fpn.engine.checkpoint import load_weights
 
         weights, config = find_checkpoint(path)
-        model = FasterRCNN(load_config(config, overrides).model)
+        values = parse_overrides(overrides or [])
+        if set(values) - {"model"}:
+            raise ConfigError(f"overrides {sorted(set(values) - {'model'})}: only model.* fields apply "
+                              "to a loaded detector")
+        model = FasterRCNN(merge(load_config(config), values, "overrides").model)
         model.load_parts(load_weights(weights), source=str(weights))
         return cls(model, device)
 

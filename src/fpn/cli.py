@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("predictions"))
     p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the model's config, repeatable, e.g. --set model.input.test_scales=[600,800]")
 
     p = sub.add_parser("demo", help="synthesise data, train a CPU-sized FPN, evaluate, draw")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             from fpn.jobs.prediction import run_predict
 
             out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
-                              device=args.device, progress=progress)
+                              device=args.device, progress=progress, overrides=args.overrides)
             print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
         case "proposals":
             from fpn.jobs.proposals import run_proposals

@@ -127,6 +127,10 @@ class InputConfig:
 
     min_size_train: list[int] = field(default_factory=lambda: [800])  # one drawn per image
     min_size_test: int = 800
+    # The featurized image pyramid at test time (docs/paper.md §7): shorter sides in pixels, one
+    # forward pass each, detections (or proposals) merged by NMS; empty = the single scale
+    # min_size_test. max_size still caps the longer side at every scale.
+    test_scales: list[int] = field(default_factory=list)
     max_size: int = 1333
     pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])

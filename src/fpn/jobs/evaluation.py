@@ -50,7 +50,9 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, outp
     """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``)."""
     _, config_file = find_checkpoint(checkpoint)
     cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
-    detector = Detector.from_checkpoint(checkpoint, cfg.train.device, overrides=overrides)
+    # the model.* overrides (e.g. model.input.test_scales) apply to the loaded model as well
+    model_overrides = [o for o in overrides or [] if o.strip().startswith("model.")]
+    detector = Detector.from_checkpoint(checkpoint, cfg.train.device, model_overrides)
     metrics = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=progress)
     out = Path(output) if output else config_file.parent / "eval"
     ev.save_metrics(metrics, out)

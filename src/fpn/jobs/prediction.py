@@ -41,12 +41,14 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 
 
 def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path, *,
-                score_thresh: float = 0.3, device: str = "auto", progress: bool = True) -> Path:
+                score_thresh: float = 0.3, device: str = "auto", progress: bool = True,
+                overrides: list[str] | None = None) -> Path:
     """Detections for images and folders -> ``predictions.json`` (COCO style) and drawn copies.
 
     Unreadable images are reported and skipped; if none could be read, ``NothingPredictedError``.
+    ``overrides`` (``model.*=value``) change the loaded model's config (``Detector.from_checkpoint``).
     """
-    detector = Detector.from_checkpoint(checkpoint, device)
+    detector = Detector.from_checkpoint(checkpoint, device, overrides)
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

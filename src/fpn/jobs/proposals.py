@@ -35,7 +35,8 @@ def run_proposals(checkpoint: str | Path, split: str, output: str | Path, overri
         raise ValueError(f"--split must be train or val, not {split!r}")
     _, config_file = find_checkpoint(checkpoint)
     cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
-    detector = Detector.from_checkpoint(checkpoint, cfg.train.device, overrides=overrides)
+    model_overrides = [o for o in overrides or [] if o.strip().startswith("model.")]
+    detector = Detector.from_checkpoint(checkpoint, cfg.train.device, model_overrides)
     if detector.model.rpn is None:
         raise ValueError(f"{checkpoint}: this run has no RPN (model.proposals=given); proposals come "
                          "from a run of the RPN alone or of Faster R-CNN")

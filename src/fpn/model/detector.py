@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from fpn.config import ModelConfig
 from fpn.model.backbone import ResNet
 from fpn.model.fuse import inference_copy, parameters_version
+from fpn.model.image_pyramid import check_test_scales, detect_on_image_pyramid
 from fpn.model.neck import build_neck
 from fpn.model.preprocess import ImageBatch, Preprocessor, padded_size, rescale_boxes, resize_scale
 from fpn.model.roi_heads import RoIHeads
@@ -38,6 +39,7 @@ class FasterRCNN(nn.Module):
         super().__init__()
         if not cfg.box_head and cfg.proposals == "given":
             raise ValueError("model.box_head=false with model.proposals=given leaves nothing to train")
+        check_test_scales(cfg.input.test_scales)
         self.cfg = cfg
         self.fast_inference = fast_inference
         self.compile_inference = compile_inference
@@ -137,10 +139,15 @@ class FasterRCNN(nn.Module):
             training: the losses of the parts present: {"loss_rpn_objectness", "loss_rpn_box"}
             from the RPN, {"loss_cls", "loss_box"} from the box head.
             eval: per image {"boxes" (D, 4), "scores" (D,), "labels" (D,)} in original pixels;
-            the RPN alone gives {"proposals" (P, 4), "objectness" (P,)} instead.
+            the RPN alone gives {"proposals" (P, 4), "objectness" (P,)} instead. With
+            ``model.input.test_scales`` set, eval mode runs on that image pyramid and merges the
+            scales (``fpn.model.image_pyramid``).
         """
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
+        if not self.training and self.cfg.input.test_scales:
+            return detect_on_image_pyramid(self, images, self.cfg.input.test_scales,
+                                           return_proposals=return_proposals, proposals=proposals)
         batch, targets = self.preprocess(images, targets, proposals=proposals)
         return self.heads(self.features(batch.tensor), batch, targets, return_proposals=return_proposals)
 

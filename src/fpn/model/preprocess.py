@@ -86,11 +86,12 @@ class Preprocessor(nn.Module):
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, *,
-        proposals: list[Tensor] | None = None,
+        proposals: list[Tensor] | None = None, min_size: int | None = None,
     ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
         """Normalise and resize every image (and its target boxes and given proposals), then pad.
 
-        In training the shorter side is drawn from ``min_size_train`` per image.
+        In training the shorter side is drawn from ``min_size_train`` per image; in eval it is
+        ``min_size_test``. ``min_size`` replaces either (one scale of an image pyramid).
         """
         if proposals is not None and len(proposals) != len(images):
             raise ValueError(f"{len(proposals)} proposal sets for {len(images)} images")
@@ -100,11 +101,13 @@ class Preprocessor(nn.Module):
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         resized, new_targets = [], [] if targets is not None else None
         for i, img in enumerate(images):
-            if self.training:
-                min_size = random.choice(self.cfg.min_size_train)
+            if min_size is not None:
+                shorter = min_size
+            elif self.training:
+                shorter = random.choice(self.cfg.min_size_train)
             else:
-                min_size = self.cfg.min_size_test
-            img = self.resize(self.normalize(img), min_size)
+                shorter = self.cfg.min_size_test
+            img = self.resize(self.normalize(img), shorter)
             resized.append(img)
             if targets is not None:
                 new_targets.append(_rescale_target(targets[i], original_sizes[i], tuple(img.shape[-2:])))
