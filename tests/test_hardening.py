@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+import torch
+
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 
@@ -85,3 +88,91 @@ def test_a_wrong_run_folder_says_what_was_looked_for(tmp_path, capsys):
     assert "not a run or checkpoint directory" in err and "checkpoints" in err and "model.safetensors" in err
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "no such run, checkpoint directory or weights file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Pascal VOC is also scored with VOC's own metric
+
+
+def _voc_tree(root):
+    """Two images: a dog and a difficult cat; a dog and a horse (boxes 1-based inclusive)."""
+    from PIL import Image
+
+    objects = {"a": [("dog", 0, (11, 21, 60, 70)), ("cat", 1, (70, 10, 90, 40))],
+               "b": [("dog", 0, (5, 5, 40, 50)), ("horse", 0, (50, 30, 95, 75))]}
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for name, objs in objects.items():
+        xml = "".join(f"<object><name>{c}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin>"
+                      f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                      for c, d, b in objs)
+        (root / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename><size><width>100</width><height>80</height></size>"
+            f"{xml}</annotation>")
+        Image.new("RGB", (100, 80), (90, 120, 150)).save(root / "JPEGImages" / f"{name}.jpg")
+    for split in ("train", "val"):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("a\nb\n")
+    return objects
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for a detector: returns given detections per image, in dataset order."""
+
+    def __init__(self, detections):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device to report
+        self.rpn, self.roi_heads, self.detections = None, object(), list(detections)
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def forward(self, images, return_proposals=False):
+        out = [self.detections.pop(0) for _ in images]
+        return [{**d, "proposals": d["boxes"], "objectness": d["scores"]} for d in out]
+
+
+def test_voc_map_through_the_evaluation(tmp_path):
+    from fpn.config import load_config
+    from fpn.data import VOC_CLASSES, VOCDetection
+    from fpn.jobs.datasets import with_dataset_classes
+    from fpn.jobs.evaluation import evaluate_model
+
+    objects = _voc_tree(tmp_path)
+    dataset = VOCDetection(tmp_path, "val")
+    cfg = with_dataset_classes(load_config(None, ["data.num_workers=0"]), dataset)
+    label = {name: VOC_CLASSES.index(name) + 1 for name in VOC_CLASSES}
+
+    def perfect(image, extra=()):
+        boxes = [[b[0] - 1, b[1] - 1, b[2], b[3]] for _, _, b in objects[image]] + [e[1] for e in extra]
+        labels = [label[c] for c, _, _ in objects[image]] + [label[e[0]] for e in extra]
+        return {"boxes": torch.tensor(boxes, dtype=torch.float32),
+                "scores": torch.linspace(0.9, 0.5, len(boxes)), "labels": torch.tensor(labels)}
+
+    metrics = evaluate_model(_Replay([perfect("a"), perfect("b")]), dataset, cfg, progress=False)
+    # every object found, the difficult cat too (VOC neither rewards nor punishes it)
+    assert metrics["mAP_voc07"] == pytest.approx(1.0) and metrics["mAP_voc12"] == pytest.approx(1.0)
+    per_class = metrics["voc_per_class"]
+    assert per_class["dog"]["positives"] == 2 and per_class["cat"]["positives"] == 0
+    assert per_class["cat"]["AP_voc12"] is None  # no positives: left out of the mean, stored as null
+    # a false horse ranked above the true one in image b: horse AP12 = 0.5 (precision 1/2 at recall 1)
+    wrong = perfect("b", extra=[("horse", [0.0, 0.0, 20.0, 20.0])])
+    wrong["scores"] = torch.tensor([0.9, 0.5, 0.95])
+    metrics = evaluate_model(_Replay([perfect("a"), wrong]), dataset, cfg, progress=False)
+    assert per_class["horse"]["AP_voc12"] == 1.0
+    assert metrics["voc_per_class"]["horse"]["AP_voc12"] == pytest.approx(0.5)
+    # 11-point: precision 0.5 at every recall level -> 0.5
+    assert metrics["voc_per_class"]["horse"]["AP_voc07"] == pytest.approx(0.5)
+    assert metrics["mAP_voc12"] == pytest.approx((1.0 + 0.5) / 2)  # dog and horse have positives
+
+
+def test_fpn_eval_on_pascal_voc_prints_the_voc_table(tmp_path, capsys):
+    _voc_tree(tmp_path / "voc")
+    run = tmp_path / "run"
+    overrides = [*TINY_MODEL, "data.format=voc", f"data.voc_root={tmp_path / 'voc'}", "data.num_workers=0",
+                 "train.batch_size=2", "train.max_iter=1", "train.warmup_iters=1", "train.device=cpu"]
+    assert main(["--quiet", "train", "--config", "demo", "--output", str(run), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "Pascal VOC AP at IoU 0.5" in out and "mAP" in out and "horse" in out
+    metrics = json.loads(next((run / "eval").glob("step_*/metrics.json")).read_text())
+    assert {"mAP_voc07", "mAP_voc12", "voc_per_class", "AP"} <= set(metrics)

@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
                                evaluate=not args.no_eval)
             if result["metrics"]:
                 print(ev.format_table(result["metrics"]))
+                if "voc_table" in result["metrics"]:
+                    print("Pascal VOC AP at IoU 0.5 (difficult objects ignored):\n"
+                          + result["metrics"]["voc_table"])
                 if skipped_note(result["metrics"]):
                     print(skipped_note(result["metrics"]))
             print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
@@ -187,6 +190,8 @@ def _eval(args: argparse.Namespace, progress: bool) -> None:
 
     metrics, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress)
     print(ev.format_table(metrics))
+    if "voc_table" in metrics:
+        print("Pascal VOC AP at IoU 0.5 (difficult objects ignored):\n" + metrics["voc_table"])
     if skipped_note(metrics):
         print(skipped_note(metrics))
     print(f"metrics in {out}")

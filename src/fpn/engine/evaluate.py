@@ -162,9 +162,14 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
         metrics.update(proposal_ar(coco, [o["proposals"] for o in outputs], image_ids,
                                    [o["objectness"] for o in outputs]))
     metrics["num_images"] = len(image_ids)
+    metrics["evaluated_image_ids"] = image_ids
     metrics["skipped_images"] = skipped_messages
     metrics["coco_results"] = results
     return metrics
+
+
+# Large or textual entries of a metrics dict that metrics.json leaves out.
+NOT_SAVED_AS_NUMBERS = {"coco_results", "evaluated_image_ids", "voc_table"}
 
 
 def save_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
@@ -172,7 +177,7 @@ def save_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
     results format: image_id, category_id, bbox, score, and segmentation for mask results)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    numbers = {k: v for k, v in metrics.items() if k != "coco_results"}
+    numbers = {k: v for k, v in metrics.items() if k not in NOT_SAVED_AS_NUMBERS}
     (out_dir / "metrics.json").write_text(json.dumps(numbers, indent=1))
     results = [_result_record(r) for r in metrics.get("coco_results", [])]
     (out_dir / "coco_results.json").write_text(json.dumps(results))

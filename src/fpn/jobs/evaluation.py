@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from fpn.api import Detector, find_checkpoint
+from fpn.box_format import xywh_to_xyxy
 from fpn.config import Config, load_config, merge, parse_overrides
 from fpn.engine import evaluate as ev
+from fpn.engine.voc_eval import format_voc_table, voc_map
 from fpn.jobs.datasets import coco_ground_truth, dataset_for, label_to_category_id, val_loader
 
 log = logging.getLogger(__name__)
@@ -31,12 +35,48 @@ def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress:
         max_bad_samples=cfg.train.max_bad_samples,
     )
     model.train(was_training)
+    if hasattr(dataset, "ground_truth") and model.roi_heads is not None:  # Pascal VOC's own metric
+        metrics.update(voc_metrics(metrics["coco_results"], metrics["evaluated_image_ids"], dataset, cfg))
     if model.rpn is not None:  # Table 1 reports the anchors an image costs
         metrics["anchors_per_image"] = mean_anchors_per_image(model, ev.as_coco(coco_ground_truth(dataset)))
     if metrics["skipped_images"]:
         log.warning("%d unreadable validation image(s) skipped; the metrics cover the %d readable ones: %s",
                     len(metrics["skipped_images"]), metrics["num_images"], metrics["skipped_images"][:5])
     return metrics
+
+
+def voc_metrics(coco_results: list[dict[str, Any]], image_ids: list[int], dataset, cfg: Config
+                ) -> dict[str, Any]:
+    """VOC mAP@0.5 (VOC2007 11-point and VOC2010+ area forms, difficult objects ignored), per class.
+
+    Scored over the images that were evaluated (unreadable ones skipped); NaN (a class without
+    positives) is stored as None so that ``metrics.json`` stays standard JSON.
+    """
+    category_to_label = {cid: label for label, cid in label_to_category_id(cfg).items()}
+    per_image: dict[int, list[dict[str, Any]]] = {}
+    for record in coco_results:
+        per_image.setdefault(record["image_id"], []).append(record)
+    evaluated = set(image_ids)
+    ground_truth = [gt for gt in dataset.ground_truth() if gt["image_id"] in evaluated]
+    detections = []
+    for image_id, records in per_image.items():
+        xywh = torch.tensor([r["bbox"] for r in records], dtype=torch.float64).reshape(-1, 4)
+        detections.append({"image_id": image_id, "boxes": xywh_to_xyxy(xywh),
+                           "scores": [r["score"] for r in records],
+                           "labels": [category_to_label[r["category_id"]] for r in records]})
+    result = voc_map(detections, ground_truth, list(cfg.model.class_names))
+    voc = {"mAP_voc07": result["mAP_voc07"], "mAP_voc12": result["mAP_voc12"]}
+    voc["voc_per_class"] = {name: {"AP_voc07": _finite(result["AP_voc07"][name]),
+                                   "AP_voc12": _finite(result["AP_voc12"][name]),
+                                   "positives": result["num_positives"][name],
+                                   "detections": result["num_detections"][name]}
+                            for name in cfg.model.class_names}
+    voc["voc_table"] = format_voc_table(result)
+    return voc
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def mean_anchors_per_image(model: nn.Module, coco) -> float:
