@@ -12,7 +12,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from fpn.data import VOCDetection
 from fpn.engine.voc_eval import ap_11_point, ap_area, format_voc_table, voc_map
 
 CLASSES = ["cat", "dog", "bird"]
@@ -203,3 +205,45 @@ def test_table_lists_every_class_and_the_means():
     assert cat == ["cat", "63.6", "60.0", "5", "8"]
     assert lines[3].split()[:3] == ["bird", "n/a", "n/a"]
     assert lines[-1].split() == ["mAP", "56.8", "55.0", "6", "12"]
+
+
+XML = """<annotation><filename>{name}.jpg</filename><size><width>50</width><height>40</height></size>
+{objects}</annotation>"""
+OBJECT = ("<object><name>{cls}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+          "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+
+
+def _voc_tree(root, images):
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    for name, objects in images.items():
+        body = "".join(OBJECT.format(cls=c, difficult=int(d), x1=x1, y1=y1, x2=x2, y2=y2)
+                       for c, d, x1, y1, x2, y2 in objects)
+        (root / "Annotations" / f"{name}.xml").write_text(XML.format(name=name, objects=body))
+        Image.new("RGB", (50, 40)).save(root / "JPEGImages" / f"{name}.jpg")
+    (root / "ImageSets/Main/val.txt").write_text("".join(f"{n}\n" for n in images))
+
+
+@pytest.mark.parametrize("keep_difficult", [False, True])
+def test_loader_ground_truth_keeps_difficult_objects(tmp_path, keep_difficult):
+    _voc_tree(tmp_path, {"a": [("dog", False, 1, 2, 20, 30), ("cat", True, 5, 5, 9, 9)],
+                         "b": [], "c": [("cat", False, 11, 11, 20, 20)]})
+    ds = VOCDetection(tmp_path, "val", keep_difficult=keep_difficult)
+    gt = ds.ground_truth()
+    assert [g["image_id"] for g in gt] == [1, 2, 3]  # the ids __getitem__ gives
+    assert [ds[i][1]["image_id"] for i in range(3)] == [1, 2, 3]
+    # 1-based inclusive XML -> 0-based edges: xmin, ymin - 1
+    torch.testing.assert_close(gt[0]["boxes"], torch.tensor([[0.0, 1.0, 20.0, 30.0], [4.0, 4.0, 9.0, 9.0]]))
+    assert gt[0]["labels"].tolist() == [12, 8]  # dog, cat in VOC_CLASSES
+    assert gt[0]["difficult"].tolist() == [False, True]
+    assert gt[1]["boxes"].shape == (0, 4) and gt[1]["difficult"].tolist() == []
+    assert gt[2]["difficult"].tolist() == [False]
+    # The loader's boxes and the metric agree on the devkit's IoU: a detection of the dog as the
+    # devkit would write it, [1, 2, 20, 30] 1-based, is [0, 1, 20, 30] here, an exact hit; the
+    # difficult cat's detection is ignored, so cat AP is that of image c alone.
+    dets = [{"image_id": 1, "boxes": [[0, 1, 20, 30], [4, 4, 9, 9]], "scores": [0.9, 0.8], "labels": [12, 8]},
+            {"image_id": 3, "boxes": [[10, 10, 20, 20]], "scores": [0.7], "labels": [8]}]
+    metrics = voc_map(dets, gt, ds.class_names)
+    assert metrics["AP_voc12"]["dog"] == 1.0 and metrics["AP_voc12"]["cat"] == 1.0
+    assert metrics["num_positives"]["cat"] == 1 and math.isnan(metrics["AP_voc12"]["person"])
+    assert metrics["mAP_voc12"] == 1.0

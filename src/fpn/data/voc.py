@@ -60,6 +60,7 @@ class VOCDetection(Dataset):
         self.transforms = transforms
         self.class_names = list(class_names or VOC_CLASSES)
         self.label_to_category_id = {i + 1: i + 1 for i in range(len(self.class_names))}
+        self.keep_difficult = keep_difficult
         class_to_label = {name: i + 1 for i, name in enumerate(self.class_names)}
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
@@ -81,6 +82,26 @@ class VOCDetection(Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+    def ground_truth(self) -> list[dict[str, Any]]:
+        """Every image's objects with their difficult flags, for ``fpn.engine.voc_eval.voc_map``.
+
+        Difficult objects are included whatever ``keep_difficult`` says (VOC's metric needs them to
+        ignore the detections that hit them); the XMLs are parsed again if the dataset dropped them.
+        No image is read. ``image_id`` is the dataset's own (index + 1, as in ``__getitem__``);
+        boxes are 0-based xyxy edges (float32, (G, 4)), labels int64 1..K, difficult bool.
+        """
+        if self.keep_difficult:
+            records = self.records
+        else:
+            class_to_label = {name: i + 1 for i, name in enumerate(self.class_names)}
+            records = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml", class_to_label, True)
+                       for i in self.ids]
+        return [{"image_id": index + 1,
+                 "boxes": torch.tensor(record["boxes"], dtype=torch.float32).reshape(-1, 4),
+                 "labels": torch.tensor(record["labels"], dtype=torch.int64),
+                 "difficult": torch.tensor(record["difficult"], dtype=torch.bool)}
+                for index, record in enumerate(records)]
 
     def to_coco_dict(self) -> dict[str, Any]:
         """The annotations in COCO form, so pycocotools can evaluate on VOC too."""
