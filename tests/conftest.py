@@ -31,3 +31,31 @@ def data_overrides(root) -> list[str]:
     return [f"data.train_images={root}/train/images", f"data.train_annotations={root}/train/annotations.json",
             f"data.val_images={root}/val/images", f"data.val_annotations={root}/val/annotations.json",
             "data.num_workers=0"]
+
+
+def assert_same_detections(want: dict, got: dict, box_tol: float, score_tol: float,
+                           cut_tol: float | None = None, cap: int = 100) -> None:
+    """``got`` holds ``want``'s detections up to float rounding, in any order.
+
+    An untrained detector scores many boxes almost alike (adjacent scores 1e-8 apart), so rounding
+    that differs between code paths or CPUs may swap neighbours in the ranking, and at the top-``cap``
+    cut may swap which of two near-equal scores stays. So: the same count; every detection of
+    ``want`` scored more than ``cut_tol`` (default ``score_tol``; give it about 10x the largest score
+    difference the two paths show) above a full list's last score has a counterpart of the same label
+    within ``box_tol`` px and ``score_tol``; and the sorted scores agree within ``score_tol``.
+    """
+    import torch
+
+    from fpn.detections import output_difference
+
+    assert len(got["boxes"]) == len(want["boxes"]) > 0
+    sure = torch.ones(len(want["scores"]), dtype=torch.bool)
+    if len(want["scores"]) >= cap:
+        sure = want["scores"] > want["scores"].min() + (score_tol if cut_tol is None else cut_tol)
+    assert int(sure.sum()) >= len(sure) // 2, "too many near-equal scores at the cut for a comparison"
+    clear = {k: want[k][sure] for k in ("boxes", "scores", "labels")}
+    box_diff, score_diff, unmatched = output_difference([clear], [got], match_px=box_tol)
+    assert unmatched == 0, f"{unmatched} of {int(sure.sum())} detections have no counterpart"
+    assert score_diff <= score_tol, f"score difference {score_diff:.2e}"
+    torch.testing.assert_close(got["scores"].sort().values, want["scores"].sort().values,
+                               atol=score_tol, rtol=0)

@@ -1,7 +1,7 @@
 """The assembled detector in every configuration the paper ablates (docs/paper.md §1-4).
 
 Each preset is shrunk (ResNet-18 at width 8, 128 px images) so that all of them train for a
-few dozen steps within seconds; the architecture switches are the presets' own.
+hundred steps within seconds; the architecture switches are the presets' own.
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ def test_variant_trains_and_predicts(preset):
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     model.train()
     totals = []
-    for _ in range(40):
+    # 100 steps, and the mean of the last 10 against the first 5: the loss of these tiny models is
+    # noisy (sampled RoIs, momentum) and rounding differs between CPUs. Over initialisation seeds
+    # 0..4 the worst ratio was 0.39 (ablation_d_bottom_up; 0.34 e_no_lateral, 0.27 paper_r50_fpn),
+    # against 0.80 with the former 40 steps and last 5, which failed for 4 of those 5 seeds.
+    for _ in range(100):
         losses = model(images, targets)
         assert set(losses) == {"loss_rpn_objectness", "loss_rpn_box", "loss_cls", "loss_box"}
         total = sum(losses.values())
@@ -61,7 +65,7 @@ def test_variant_trains_and_predicts(preset):
         optimizer.step()
         totals.append(total.item())
     assert all(torch.isfinite(torch.tensor(totals)))
-    first, last = sum(totals[:5]) / 5, sum(totals[-5:]) / 5
+    first, last = sum(totals[:5]) / 5, sum(totals[-10:]) / 10
     assert last < 0.7 * first, f"{preset}: loss {first:.3f} -> {last:.3f}"
 
     model.eval()

@@ -52,10 +52,17 @@ def tv_model():
     return model
 
 
-def match_boxes(ref_boxes, ref_scores, ref_labels, boxes, scores, labels, box_tol, score_tol):
-    """Indices of reference detections that have no counterpart (same label, close box and score)."""
+def match_boxes(ref_boxes, ref_scores, ref_labels, boxes, scores, labels, box_tol, score_tol, cap=100):
+    """Indices of reference detections that have no counterpart (same label, close box and score).
+
+    When the reference is cut at ``cap`` detections, those scored within ``score_tol`` of its last
+    one are left out: rounding may swap which of two near-equal scores makes the cut.
+    """
     unmatched = []
+    cut = float(ref_scores.min()) + score_tol if len(ref_scores) >= cap else -float("inf")
     for i in range(len(ref_boxes)):
+        if float(ref_scores[i]) <= cut:
+            continue
         close = ((boxes - ref_boxes[i]).abs().amax(dim=1) <= box_tol) & (labels == ref_labels[i])
         close &= (scores - ref_scores[i]).abs() <= score_tol
         if not bool(close.any()):
