@@ -27,7 +27,7 @@ from tqdm import tqdm
 from fpn.box_format import xyxy_to_xywh
 from fpn.data.unreadable import BadSampleCounter
 from fpn.engine import distributed
-from fpn.model.segment_proposals import paste_masks
+from fpn.model.segment_proposals import mask_windows
 
 BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
 AR_KEYS = ["AR@100", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
@@ -130,23 +130,28 @@ def _mean_recall(evaluator: COCOeval) -> Callable[[int, int], float]:
 
 
 def encode_mask_proposals(mask_probs: torch.Tensor, regions_xyxy: torch.Tensor, image_hw: tuple[int, int], *,
-                          threshold: float, chunk: int = 100) -> list[dict[str, Any]]:
-    """Compact segment proposals -> COCO RLE in the image's pixels, ``chunk`` masks pasted at a time.
+                          threshold: float) -> list[dict[str, Any]]:
+    """Compact segment proposals -> COCO RLE in the image's pixels, one mask at a time.
+
+    Each mask is pasted over its own square only (``mask_windows``) into one reused image-sized
+    buffer, encoded, and cleared, so memory stays at one image whatever the number of masks.
 
     Args:
         mask_probs: (K, M, M) mask probabilities; regions_xyxy: (K, 4) the squares they cover.
     Returns:
-        K RLE dicts {"size": [H, W], "counts": str}.
+        K RLE dicts {"size": [H, W], "counts": str}, in the order of the masks.
     """
     from pycocotools import mask as mask_utils
 
-    rles = []
-    for start in range(0, len(mask_probs), chunk):
-        masks = paste_masks(mask_probs[start:start + chunk], regions_xyxy[start:start + chunk], image_hw,
-                            threshold=threshold)  # (k, H, W) bool
-        encoded = mask_utils.encode(np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8)))
-        for rle in encoded:
-            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+    buffer = np.zeros(image_hw, dtype=np.uint8, order="F")  # pycocotools reads column-major
+    empty = mask_utils.encode(buffer)
+    rles = [{"size": [int(v) for v in empty["size"]], "counts": empty["counts"].decode("ascii")}
+            for _ in range(len(mask_probs))]
+    for k, rows, columns, window in mask_windows(mask_probs, regions_xyxy, image_hw, threshold=threshold):
+        buffer[rows, columns] = window.cpu().numpy()
+        rle = mask_utils.encode(buffer)
+        rles[k]["counts"] = rle["counts"].decode("ascii")
+        buffer[rows, columns] = 0
     return rles
 
 

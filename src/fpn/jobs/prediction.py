@@ -86,7 +86,7 @@ def _segment_records(detector: Detector, path: Path, image: torch.Tensor, drawn_
                      score_thresh: float) -> list[dict]:
     """Segment proposals of one image (docs/paper.md §5): every mask as COCO RLE with its box and
     score in ``predictions.json``; the ``DRAWN_MASKS`` best above ``score_thresh`` drawn as overlays."""
-    det = detector(image, paste_masks=False)  # compact: K x M x M, pasted below a chunk at a time
+    det = detector(image, paste_masks=False)  # compact: K x M x M, pasted below one at a time
     image_hw = tuple(image.shape[-2:])
     threshold = detector.model.cfg.segment_proposals.mask_threshold
     rles = encode_mask_proposals(det["mask_probs"], det["mask_regions"], image_hw, threshold=threshold)

@@ -20,6 +20,8 @@ C hidden channels, M mask side (``mask_size``), K kept or sampled positions, H x
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +42,6 @@ SAMPLING_SALT = 2
 # Codes of ``match_positions`` besides a matched object's index (>= 0).
 NEGATIVE = -1
 IGNORED = -2  # a centre in the padding or inside a crowd region: neither positive nor negative
-PASTE_CHUNK_ELEMENTS = 1 << 24  # masks pasted at once: at most this many image pixels in total
 
 
 @dataclass(frozen=True)
@@ -180,48 +181,57 @@ def crop_mask_targets(masks: Tensor, object_index: Tensor, regions_xyxy: Tensor,
                      aligned=True)[:, 0]
 
 
-def _bilinear_weights(starts: Tensor, ends: Tensor, length: int, mask_size: int) -> Tensor:
-    """(K, length, M): how much mask cell m weighs in image pixel i along one axis.
+def _bilinear_weights(start: float, end: float, first: int, stop: int, mask_size: int,
+                      device: torch.device) -> Tensor:
+    """(stop - first, M): how much mask cell m weighs in image pixel i, for i in [first, stop).
 
     Pixel i's centre i + ½ maps to mask coordinate (i + ½ - start) / (end - start) · M - ½,
     clamped to the mask's first and last cell centres (as ``grid_sample`` with border padding);
     pixels whose centre is outside [start, end) get no weight.
     """
-    centres = torch.arange(length, device=starts.device, dtype=torch.float32) + 0.5
-    starts, ends = starts.to(torch.float32)[:, None], ends.to(torch.float32)[:, None]
-    coordinate = ((centres[None] - starts) / (ends - starts) * mask_size - 0.5).clamp(0, mask_size - 1)
-    inside = (centres[None] >= starts) & (centres[None] < ends)  # (K, length)
-    cells = torch.arange(mask_size, device=starts.device, dtype=torch.float32)
-    weights = (1 - (coordinate[..., None] - cells).abs()).clamp(min=0)
-    return weights * inside[..., None]
+    centres = torch.arange(first, stop, device=device, dtype=torch.float32) + 0.5
+    coordinate = ((centres - start) / (end - start) * mask_size - 0.5).clamp(0, mask_size - 1)
+    inside = (centres >= start) & (centres < end)
+    cells = torch.arange(mask_size, device=device, dtype=torch.float32)
+    weights = (1 - (coordinate[:, None] - cells).abs()).clamp(min=0)
+    return weights * inside[:, None]
 
 
-def paste_masks(mask_probs: Tensor, regions_xyxy: Tensor, image_hw: tuple[int, int], *, threshold: float,
-                chunk_elements: int = PASTE_CHUNK_ELEMENTS) -> Tensor:
-    """M x M mask probabilities -> binary masks over the image (docs/paper.md §5, Inference).
+def mask_windows(mask_probs: Tensor, regions_xyxy: Tensor, image_hw: tuple[int, int], *, threshold: float
+                 ) -> Iterator[tuple[int, slice, slice, Tensor]]:
+    """Each M x M mask pasted into the image over its square (docs/paper.md §5, Inference).
 
-    Each mask is upsampled bilinearly onto the pixels whose centres lie in its square and
-    thresholded; pixels outside the square are 0. Bilinear interpolation is separable, so a mask
-    is rows (H, M) @ mask (M, M) @ columns (M, W), done for a chunk of masks at a time.
+    A mask is upsampled bilinearly onto the pixels whose centres lie in its square and
+    thresholded; every other pixel is 0. Bilinear interpolation is separable, so the pasted
+    window is rows (h, M) @ mask (M, M) @ columns (M, w): only the square's own pixels are
+    computed, never the whole image.
 
     Args:
         mask_probs: (K, M, M) in [0, 1].
         regions_xyxy: (K, 4) squares in the image's pixels (may extend past it).
         image_hw: (H, W) of the image.
-    Returns:
-        (K, H, W) bool.
+    Yields:
+        (k, rows, columns, (h, w) bool window) for every mask whose square meets the image.
     """
     height, width = image_hw
-    count, mask_size = mask_probs.shape[0], mask_probs.shape[-1]
-    masks = torch.zeros((count, height, width), dtype=torch.bool, device=mask_probs.device)
-    chunk = max(1, chunk_elements // max(1, height * width))
-    for start in range(0, count, chunk):
-        part = slice(start, start + chunk)
-        regions = regions_xyxy[part]
-        rows = _bilinear_weights(regions[:, 1], regions[:, 3], height, mask_size)  # (k, H, M)
-        columns = _bilinear_weights(regions[:, 0], regions[:, 2], width, mask_size)  # (k, W, M)
-        probs = rows @ mask_probs[part].to(torch.float32) @ columns.transpose(1, 2)  # (k, H, W)
-        masks[part] = probs >= threshold
+    mask_size = mask_probs.shape[-1]
+    for k, (x1, y1, x2, y2) in enumerate(regions_xyxy.tolist()):
+        top, bottom = max(0, math.floor(y1)), min(height, math.ceil(y2))
+        left, right = max(0, math.floor(x1)), min(width, math.ceil(x2))
+        if top >= bottom or left >= right:
+            continue
+        rows = _bilinear_weights(y1, y2, top, bottom, mask_size, mask_probs.device)  # (h, M)
+        columns = _bilinear_weights(x1, x2, left, right, mask_size, mask_probs.device)  # (w, M)
+        window = rows @ mask_probs[k].to(torch.float32) @ columns.T  # (h, w)
+        yield k, slice(top, bottom), slice(left, right), window >= threshold
+
+
+def paste_masks(mask_probs: Tensor, regions_xyxy: Tensor, image_hw: tuple[int, int], *, threshold: float
+                ) -> Tensor:
+    """M x M mask probabilities -> (K, H, W) bool masks over the image (``mask_windows``)."""
+    masks = torch.zeros((mask_probs.shape[0], *image_hw), dtype=torch.bool, device=mask_probs.device)
+    for k, rows, columns, window in mask_windows(mask_probs, regions_xyxy, image_hw, threshold=threshold):
+        masks[k, rows, columns] = window
     return masks
 
 
