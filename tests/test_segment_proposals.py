@@ -237,7 +237,17 @@ def _losses_at(model: FasterRCNN, images, targets) -> dict[str, float]:
         return {k: v.item() for k, v in model(images, [{**t, "sample_seed": 7} for t in targets]).items()}
 
 
-def test_a_tiny_overfit_drives_both_losses_down(tiny_synth):
+@pytest.fixture
+def one_thread():
+    """Small ops on a shared 2-core machine: 2 threads spin against the other jobs (50x slower
+    measured under load); one thread is as fast when idle and steady under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_tiny_overfit_drives_both_losses_down(tiny_synth, one_thread):
     dataset = CocoDetection(tiny_synth / "train" / "images", tiny_synth / "train" / "annotations.json",
                             load_masks=True)
     images, targets = zip(*[dataset[0], dataset[1]], strict=True)
