@@ -96,15 +96,17 @@ class Detector:
         raise TypeError(f"expected a path, a PIL image or a tensor, got {type(image).__name__}")
 
     @torch.inference_mode()
-    def __call__(self, images: ImageLike | Sequence[ImageLike], *, return_proposals: bool = False
-                 ) -> dict[str, Any] | list[dict[str, Any]]:
+    def __call__(self, images: ImageLike | Sequence[ImageLike], *, return_proposals: bool = False,
+                 paste_masks: bool = True) -> dict[str, Any] | list[dict[str, Any]]:
         """Detections per image: ``boxes`` (xyxy, original pixels), ``scores``, ``labels``, ``names``.
 
-        A run of the RPN alone gives ``proposals`` and ``objectness`` instead.
+        A run of the RPN alone gives ``proposals`` and ``objectness`` instead; segment proposals
+        give ``masks`` (K, H, W) bool, ``scores``, ``boxes``, ``mask_probs``, ``mask_regions``
+        (only the last two with ``paste_masks=False``; docs/paper.md §5).
         """
         single = not isinstance(images, list | tuple)
         batch = [self._as_tensor(img).to(self.device) for img in ([images] if single else images)]
-        outputs = self.model(batch, return_proposals=return_proposals)
+        outputs = self.model(batch, return_proposals=return_proposals, paste_masks=paste_masks)
         for out in outputs:
             if "labels" in out:
                 out["names"] = [self.label_name(int(label)) for label in out["labels"]]

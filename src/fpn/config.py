@@ -122,6 +122,39 @@ class RoIHeadConfig:
 
 
 @dataclass
+class SegmentProposalConfig:
+    """Segment proposals on the pyramid: DeepMask-style mask MLPs on every level (docs/paper.md §5).
+
+    Used when ``model.proposals: segments`` (with ``model.box_head: false``). A mask MLP is a
+    window x window conv to ``hidden_channels`` + ReLU, then sibling 1x1 convs: mask_size² mask
+    logits and one score logit per position; one set of weights per MLP, shared by all levels.
+    """
+
+    levels: list[str] = field(default_factory=lambda: ["p2", "p3", "p4", "p5", "p6"])
+    # "5x5": the 5x5 MLP only; "7x7": the 7x7 MLP only; "dual": both (Table 6).
+    mlps: Literal["5x5", "7x7", "dual"] = "dual"
+    # Object scale, max(width, height) in resized-image pixels, that the 5x5 MLP proposes on each level.
+    object_scales: dict[str, float] = field(
+        default_factory=lambda: {"p2": 32, "p3": 64, "p4": 128, "p5": 256, "p6": 512}
+    )
+    # The 7x7 MLP proposes the half-octave scales: object_scales times this factor (7 ≈ 5·√2).
+    half_octave_factor: float = 2**0.5
+    hidden_channels: int = 512
+    mask_size: int = 14  # 28: Table 6's "2x mask resolution"
+    # A mask covers a square of object scale · (1 + context_padding) centred on its position:
+    # 40, 80, 160, 320, 640 px on P2..P6 for the 5x5 MLP (√2 times that for the 7x7).
+    context_padding: float = 0.25
+    # A position of level k is positive for an object of its scale whose centre is at most
+    # positive_radius cells (positive_radius · 2^k px) away in x and in y.
+    positive_radius: float = 1.0
+    samples_per_image: int = 128
+    positive_fraction: float = 0.25  # positives : negatives = 1 : 3
+    mask_loss_weight: float = 10.0  # against 1 for the score loss
+    detections_per_image: int = 1000  # best-scoring positions kept at test time (no NMS)
+    mask_threshold: float = 0.5  # on the pasted, bilinearly upsampled mask probabilities
+
+
+@dataclass
 class InputConfig:
     """Resize, normalise and pad (docs/paper.md §1, §6); done outside the network, replaceable."""
 
@@ -149,14 +182,17 @@ class ModelConfig:
     - Fast R-CNN on fixed proposals (Table 2): ``proposals: given`` and ``box_head: true``; the
       proposals come with each training target (``"proposals"``) and as the ``proposals``
       argument in eval mode.
+    - Segment proposals (Table 6): ``proposals: segments`` and ``box_head: false``; the mask
+      MLPs of ``segment_proposals`` read the pyramid (docs/paper.md §5).
     """
 
-    proposals: Literal["rpn", "given"] = "rpn"
+    proposals: Literal["rpn", "given", "segments"] = "rpn"
     box_head: bool = True
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    segment_proposals: SegmentProposalConfig = field(default_factory=SegmentProposalConfig)
     input: InputConfig = field(default_factory=InputConfig)
     # What the labels 1..K mean: filled in from the training set, so a checkpoint describes itself.
     class_names: list[str] = field(default_factory=list)

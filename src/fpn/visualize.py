@@ -1,9 +1,11 @@
-"""Drawing detections on images, for ``fpn predict`` and the demo."""
+"""Drawing detections (boxes) and segment proposals (mask overlays) on images, for ``fpn predict``
+and the demo."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -51,4 +53,36 @@ def save_drawn(image: Image.Image, detections: dict[str, torch.Tensor], path: st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     draw_detections(image, detections, class_names, score_thresh).save(path)
+    return path
+
+
+def draw_masks(image: Image.Image, masks: torch.Tensor, scores: torch.Tensor, score_thresh: float = 0.3,
+               opacity: float = 0.5) -> Image.Image:
+    """A copy of ``image`` with each mask (K, H, W) bool above ``score_thresh`` overlaid in its own
+    colour (``opacity`` of the colour over the pixels) and its score written at its top-left."""
+    canvas = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
+    shown = []
+    for i, (mask, score) in enumerate(zip(masks.cpu().numpy().astype(bool), scores.tolist(), strict=True)):
+        if score < score_thresh or not mask.any():
+            continue
+        colour = np.array(PALETTE[i % len(PALETTE)], dtype=np.float32)
+        canvas[mask] = (1 - opacity) * canvas[mask] + opacity * colour
+        ys, xs = np.nonzero(mask)
+        shown.append((int(xs.min()), int(ys.min()), PALETTE[i % len(PALETTE)], score))
+    drawn = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(drawn)
+    font = ImageFont.load_default()
+    for x, y, colour, score in shown:
+        text = f"{score:.2f}"
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        draw.rectangle((x, y, x + right - left + 4, y + bottom - top + 2), fill=colour)
+        draw.text((x + 2, y), text, fill=(0, 0, 0), font=font)
+    return drawn
+
+
+def save_masks_drawn(image: Image.Image, masks: torch.Tensor, scores: torch.Tensor, path: str | Path,
+                     score_thresh: float = 0.3) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_masks(image, masks, scores, score_thresh).save(path)
     return path

@@ -3,6 +3,8 @@
 - Box AP: AP (IoU .5:.95), AP50, AP75, AP_s, AP_m, AP_l.
 - Proposal AR: class-agnostic recall of the RPN's proposals, averaged over IoU .5:.95, at 100
   and 1000 proposals per image, and by object size at 1000.
+- Mask AR of segment proposals (docs/paper.md §5, Table 6): the same recall with mask IoU
+  (pycocotools' segm protocol), at 10, 100 and 1000 proposals, and by object size at 1000.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import copy
 import io
 import json
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,13 @@ from tqdm import tqdm
 from fpn.box_format import xyxy_to_xywh
 from fpn.data.unreadable import BadSampleCounter
 from fpn.engine import distributed
+from fpn.model.segment_proposals import mask_windows
 
 BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
 AR_KEYS = ["AR@100", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
+MASK_AR_KEYS = ["mask_AR@10", "mask_AR@100", "mask_AR@1000", "mask_AR_s@1000", "mask_AR_m@1000",
+                "mask_AR_l@1000"]
+MASK_AR_MAX_DETS = [10, 100, 1000]
 RESULT_KEYS = ["image_id", "category_id", "bbox", "score"]  # COCO's results format for boxes
 
 
@@ -58,12 +65,12 @@ def detections_to_coco_results(outputs: Iterable[dict[str, torch.Tensor]], image
 
 
 def _run_cocoeval(coco: COCO, results: list[dict], use_cats: bool, max_dets: list[int],
-                  verbose: bool, image_ids: list[int] | None = None) -> COCOeval:
+                  verbose: bool, image_ids: list[int] | None = None, iou_type: str = "bbox") -> COCOeval:
     """COCOeval on ``results``; over ``image_ids`` only when given (e.g. the readable images)."""
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
         coco_dt = coco.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
-        evaluator = COCOeval(coco, coco_dt, "bbox")
+        evaluator = COCOeval(coco, coco_dt, iou_type)
         evaluator.params.useCats = int(use_cats)
         evaluator.params.maxDets = max_dets
         if image_ids is not None:
@@ -105,6 +112,13 @@ def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[tor
     if not results:
         return dict.fromkeys(AR_KEYS, 0.0)
     evaluator = _run_cocoeval(coco, results, False, [100, 1000], verbose, list(image_ids))
+    mean_recall = _mean_recall(evaluator)
+    return {"AR@100": mean_recall(0, 0), "AR@1000": mean_recall(0, 1), "AR_s@1000": mean_recall(1, 1),
+            "AR_m@1000": mean_recall(2, 1), "AR_l@1000": mean_recall(3, 1)}
+
+
+def _mean_recall(evaluator: COCOeval) -> Callable[[int, int], float]:
+    """recall(area index [all, s, m, l], maxDets index) averaged over the IoUs .5:.95."""
     recall = evaluator.eval["recall"]  # (T IoUs, K=1, A areas [all, s, m, l], M maxDets)
 
     def mean_recall(area: int, max_det: int) -> float:
@@ -112,8 +126,66 @@ def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[tor
         values = values[values > -1]
         return float(np.mean(values)) if values.size else 0.0
 
-    return {"AR@100": mean_recall(0, 0), "AR@1000": mean_recall(0, 1), "AR_s@1000": mean_recall(1, 1),
-            "AR_m@1000": mean_recall(2, 1), "AR_l@1000": mean_recall(3, 1)}
+    return mean_recall
+
+
+def encode_mask_proposals(mask_probs: torch.Tensor, regions_xyxy: torch.Tensor, image_hw: tuple[int, int], *,
+                          threshold: float) -> list[dict[str, Any]]:
+    """Compact segment proposals -> COCO RLE in the image's pixels, one mask at a time.
+
+    Each mask is pasted over its own square only (``mask_windows``) into one reused image-sized
+    buffer, encoded, and cleared, so memory stays at one image whatever the number of masks.
+
+    Args:
+        mask_probs: (K, M, M) mask probabilities; regions_xyxy: (K, 4) the squares they cover.
+    Returns:
+        K RLE dicts {"size": [H, W], "counts": str}, in the order of the masks.
+    """
+    from pycocotools import mask as mask_utils
+
+    buffer = np.zeros(image_hw, dtype=np.uint8, order="F")  # pycocotools reads column-major
+    empty = mask_utils.encode(buffer)
+    rles = [{"size": [int(v) for v in empty["size"]], "counts": empty["counts"].decode("ascii")}
+            for _ in range(len(mask_probs))]
+    for k, rows, columns, window in mask_windows(mask_probs, regions_xyxy, image_hw, threshold=threshold):
+        buffer[rows, columns] = window.cpu().numpy()
+        rle = mask_utils.encode(buffer)
+        rles[k]["counts"] = rle["counts"].decode("ascii")
+        buffer[rows, columns] = 0
+    return rles
+
+
+def mask_proposal_ar(coco_gt: COCO | str | Path | dict, masks_rle_per_image: list[list[dict[str, Any]]],
+                     scores_per_image: list[torch.Tensor], image_ids: list[int], verbose: bool = False
+                     ) -> dict[str, float]:
+    """Class-agnostic mask AR of segment proposals (docs/paper.md §5, Table 6).
+
+    pycocotools' segm evaluation with ``useCats=0`` and ``maxDets=[10, 100, 1000]``; crowd
+    regions are ignored as COCOeval ignores them. Returns mask_AR@10, @100, @1000 and
+    mask_AR_s/m/l@1000 (fractions in [0, 1]).
+    """
+    coco = as_coco(coco_gt)
+    results = mask_results(masks_rle_per_image, scores_per_image, image_ids,
+                           coco.getCatIds()[0] if coco.getCatIds() else 1)
+    if not results:
+        return dict.fromkeys(MASK_AR_KEYS, 0.0)
+    evaluator = _run_cocoeval(coco, results, False, MASK_AR_MAX_DETS, verbose, list(image_ids),
+                              iou_type="segm")
+    mean_recall = _mean_recall(evaluator)
+    return {"mask_AR@10": mean_recall(0, 0), "mask_AR@100": mean_recall(0, 1),
+            "mask_AR@1000": mean_recall(0, 2), "mask_AR_s@1000": mean_recall(1, 2),
+            "mask_AR_m@1000": mean_recall(2, 2), "mask_AR_l@1000": mean_recall(3, 2)}
+
+
+def mask_results(masks_rle_per_image: list[list[dict[str, Any]]], scores_per_image: list[torch.Tensor],
+                 image_ids: list[int], category_id: int) -> list[dict[str, Any]]:
+    """COCO result records (image_id, category_id, segmentation, score) of class-agnostic masks."""
+    results = []
+    for rles, scores, image_id in zip(masks_rle_per_image, scores_per_image, image_ids, strict=True):
+        for rle, score in zip(rles, scores.tolist(), strict=True):
+            results.append({"image_id": int(image_id), "category_id": category_id, "segmentation": rle,
+                            "score": float(score)})
+    return results
 
 
 @torch.inference_mode()
@@ -125,7 +197,10 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
 
     ``model(images, return_proposals=...)`` must return per image ``boxes``, ``scores``,
     ``labels`` (and ``proposals``, ``objectness``) in original-image pixels; a model without a
-    box head (the RPN alone) returns only the proposals, and only AR is scored. Under torchrun,
+    box head (the RPN alone) returns only the proposals, and only AR is scored. A model with
+    ``segment_proposals`` (docs/paper.md §5) is called with ``paste_masks=False``; its masks are
+    encoded as RLE image by image and scored by mask AR. ``seconds_per_image`` is the model's
+    own time per image (the forward passes, no data loading or scoring). Under torchrun,
     give each rank its own shard of the images: the outputs are gathered before scoring.
 
     A loader of ``fpn.jobs.datasets.val_loader`` also yields the messages of the unreadable
@@ -134,7 +209,8 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
     readable images only.
     """
     coco = as_coco(coco_gt)
-    outputs, image_ids = [], []
+    segment_head = getattr(model, "segment_proposals", None)
+    outputs, image_ids, forward_seconds = [], [], 0.0
     skipped = BadSampleCounter(max_bad_samples)  # the same limit as training (train.max_bad_samples)
     for images, targets, *bad in tqdm(data_loader, desc="eval", disable=not progress, dynamic_ncols=True):
         skipped.add(bad[0] if bad else [])
@@ -144,10 +220,24 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
         given = {}  # Fast R-CNN on fixed proposals: they travel with the targets
         if targets and all("proposals" in t for t in targets):
             given["proposals"] = [t["proposals"].to(device) for t in targets]
-        batch_out = model(images, return_proposals=with_proposals, **given) if with_proposals else model(
-            images, **given)
-        outputs += [{k: v.cpu() for k, v in out.items() if torch.is_tensor(v)} for out in batch_out]
+        start = time.perf_counter()
+        if segment_head is not None:
+            batch_out = model(images, paste_masks=False)
+        else:
+            batch_out = model(images, return_proposals=with_proposals, **given) if with_proposals else model(
+                images, **given)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        forward_seconds += time.perf_counter() - start
+        if segment_head is not None:  # RLE now, image by image: 1000 full masks per image would not fit
+            outputs += [{"segmentation": encode_mask_proposals(
+                out["mask_probs"].cpu(), out["mask_regions"].cpu(), tuple(image.shape[-2:]),
+                threshold=segment_head.cfg.mask_threshold), "scores": out["scores"].cpu()}
+                for out, image in zip(batch_out, images, strict=True)]
+        else:
+            outputs += [{k: v.cpu() for k, v in out.items() if torch.is_tensor(v)} for out in batch_out]
         image_ids += [int(t["image_id"]) for t in targets]
+    seconds_per_image = forward_seconds / max(1, len(outputs))  # this process's images
     # under torchrun each rank saw a shard of the images: gather them all
     shards = distributed.gather_objects((outputs, image_ids, skipped.messages))
     outputs = [out for shard_outputs, _, _ in shards for out in shard_outputs]
@@ -155,12 +245,17 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
     skipped_messages = [m for _, _, shard_skipped in shards for m in shard_skipped]
     metrics: dict[str, Any] = {}
     results: list[dict[str, Any]] = []
-    if all("boxes" in out for out in outputs):
+    if segment_head is not None:
+        rles, scores = [o["segmentation"] for o in outputs], [o["scores"] for o in outputs]
+        metrics.update(mask_proposal_ar(coco, rles, scores, image_ids))
+        results = mask_results(rles, scores, image_ids, coco.getCatIds()[0] if coco.getCatIds() else 1)
+    elif all("boxes" in out for out in outputs):
         results = detections_to_coco_results(outputs, image_ids, label_to_category_id)
         metrics.update(coco_box_ap(coco, results, image_ids=image_ids))
-    if with_proposals or not all("boxes" in out for out in outputs):
+    if segment_head is None and (with_proposals or not all("boxes" in out for out in outputs)):
         metrics.update(proposal_ar(coco, [o["proposals"] for o in outputs], image_ids,
                                    [o["objectness"] for o in outputs]))
+    metrics["seconds_per_image"] = seconds_per_image
     metrics["num_images"] = len(image_ids)
     metrics["evaluated_image_ids"] = image_ids
     metrics["skipped_images"] = skipped_messages
@@ -193,11 +288,14 @@ def _result_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """The paper's columns, as percentages with one decimal (anchors per image as a count)."""
-    keys = [k for k in [*BOX_KEYS, *AR_KEYS, "anchors_per_image"] if k in metrics]
+    """The paper's columns, as percentages with one decimal (anchors per image as a count, the
+    model's time per image in seconds)."""
+    keys = [k for k in [*BOX_KEYS, *AR_KEYS, *MASK_AR_KEYS, "anchors_per_image", "seconds_per_image"]
+            if k in metrics]
     if not keys:
         return "(no metrics)"
-    cells = [f"{metrics[k]:.0f}" if k == "anchors_per_image" else f"{100 * metrics[k]:.1f}" for k in keys]
+    formats = {"anchors_per_image": "{:.0f}", "seconds_per_image": "{:.3f}"}
+    cells = [formats[k].format(metrics[k]) if k in formats else f"{100 * metrics[k]:.1f}" for k in keys]
     widths = [max(7, len(k), len(c)) for k, c in zip(keys, cells, strict=True)]
     header = " ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))
     values = " ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))

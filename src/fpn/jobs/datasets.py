@@ -13,8 +13,9 @@ from fpn.data.unreadable import SkippingUnreadable, collate_readable
 from fpn.engine import distributed
 
 
-def build_dataset(data: DataConfig, split: str) -> Dataset:
-    """The train or val dataset the config names (COCO format or Pascal VOC)."""
+def build_dataset(data: DataConfig, split: str, *, load_masks: bool = False) -> Dataset:
+    """The train or val dataset the config names (COCO format or Pascal VOC); ``load_masks`` adds
+    the COCO instance masks (polygons or RLE) to the targets."""
     match data.format:
         case "coco":
             images = data.train_images if split == "train" else data.val_images
@@ -23,7 +24,8 @@ def build_dataset(data: DataConfig, split: str) -> Dataset:
                 if not Path(path).exists():
                     raise FileNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
                                             "`fpn synth DIR` makes the built-in benchmark)")
-            return CocoDetection(images, annotations, on_bad_annotations=data.on_bad_annotations)
+            return CocoDetection(images, annotations, load_masks=load_masks,
+                                 on_bad_annotations=data.on_bad_annotations)
         case "voc":
             return VOCDetection(data.voc_root, split=split)
     raise ValueError(f"unknown data format {data.format!r}")
@@ -31,7 +33,12 @@ def build_dataset(data: DataConfig, split: str) -> Dataset:
 
 def dataset_for(cfg: Config, split: str) -> Dataset:
     """The dataset ``cfg`` trains or evaluates on: with its fixed proposals for Fast R-CNN."""
-    dataset = build_dataset(cfg.data, split)
+    segments = cfg.model.proposals == "segments"  # docs/paper.md §5: trained on instance masks
+    if segments and cfg.data.format == "voc":
+        raise ConfigError("model.proposals=segments needs instance masks and VOC has none here: "
+                          "use COCO-format data (data.format=coco)")
+    # evaluation scores against the annotation file itself: only training decodes the masks
+    dataset = build_dataset(cfg.data, split, load_masks=segments and split == "train")
     if cfg.model.proposals != "given":
         return dataset
     field = f"data.{split}_proposals"

@@ -1,4 +1,5 @@
-"""Detections for image files and folders: ``predictions.json`` and copies with the boxes drawn."""
+"""Detections for image files and folders: ``predictions.json`` and copies with the boxes drawn
+(segment proposals: the masks as COCO RLE, and the best masks drawn as coloured overlays)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import logging
 from pathlib import Path
 
 import torch
+from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from fpn.api import Detector, load_image
 from fpn.box_format import xyxy_to_xywh
 from fpn.data import DatasetError
-from fpn.visualize import save_drawn, to_pil
+from fpn.engine.evaluate import encode_mask_proposals
+from fpn.model.segment_proposals import paste_masks
+from fpn.visualize import save_drawn, save_masks_drawn, to_pil
 
 log = logging.getLogger(__name__)
 
 DRAWN_PROPOSALS = 20  # a run of the RPN alone: its best proposals are drawn (score = objectness)
+DRAWN_MASKS = 10  # segment proposals: the best masks drawn as overlays (those above --score-thresh)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -60,6 +65,10 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
             log.warning("skipped: %s", err)
             failed.append(str(path))
             continue
+        if detector.model.segment_proposals is not None:
+            records += _segment_records(detector, path, image, out_dir / "drawn" / f"{Path(path).stem}.png",
+                                        score_thresh)
+            continue
         det = detector(image)
         records += _records(detector, path, det)
         save_drawn(to_pil(image), _drawable(det), out_dir / "drawn" / f"{Path(path).stem}.png",
@@ -71,6 +80,22 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     if failed:
         log.warning("%d of %d images could not be read: %s", len(failed), len(paths), failed[:5])
     return out_dir
+
+
+def _segment_records(detector: Detector, path: Path, image: torch.Tensor, drawn_path: Path,
+                     score_thresh: float) -> list[dict]:
+    """Segment proposals of one image (docs/paper.md §5): every mask as COCO RLE with its box and
+    score in ``predictions.json``; the ``DRAWN_MASKS`` best above ``score_thresh`` drawn as overlays."""
+    det = detector(image, paste_masks=False)  # compact: K x M x M, pasted below one at a time
+    image_hw = tuple(image.shape[-2:])
+    threshold = detector.model.cfg.segment_proposals.mask_threshold
+    rles = encode_mask_proposals(det["mask_probs"], det["mask_regions"], image_hw, threshold=threshold)
+    boxes = mask_utils.toBbox(rles).tolist() if rles else []
+    top = slice(0, DRAWN_MASKS)
+    masks = paste_masks(det["mask_probs"][top], det["mask_regions"][top], image_hw, threshold=threshold)
+    save_masks_drawn(to_pil(image), masks, det["scores"][top], drawn_path, score_thresh)
+    return [{"file_name": str(path), "segmentation": rle, "bbox": [round(v, 2) for v in box], "score": score}
+            for rle, box, score in zip(rles, boxes, det["scores"].tolist(), strict=True)]
 
 
 def _drawable(det: dict) -> dict:

@@ -1,7 +1,8 @@
 """The assembled detector: preprocess -> bottom-up -> top-down -> proposals -> RoI heads -> boxes.
 
-One class for the paper's systems (docs/paper.md §2-4), composed by ``ModelConfig``: a proposal
-source (the RPN, or proposals given with the images) and, optionally, the Fast R-CNN box head.
+One class for the paper's systems (docs/paper.md §2-5), composed by ``ModelConfig``: a proposal
+source (the RPN, proposals given with the images, or segment proposals, §5) and, optionally, the
+Fast R-CNN box head.
 Faster R-CNN with shared features is both: the RPN and Fast R-CNN read the same pyramid and
 train jointly. Training mode returns a dict of losses; eval mode returns, per image, boxes in
 original-image pixels, as torchvision's detectors do, so it can be swapped in for them.
@@ -22,6 +23,7 @@ from fpn.model.neck import build_neck
 from fpn.model.preprocess import ImageBatch, Preprocessor, padded_size, rescale_boxes, resize_scale
 from fpn.model.roi_heads import RoIHeads
 from fpn.model.rpn import RegionProposalNetwork
+from fpn.model.segment_proposals import SegmentProposalHead
 
 
 class FasterRCNN(nn.Module):
@@ -39,6 +41,13 @@ class FasterRCNN(nn.Module):
         super().__init__()
         if not cfg.box_head and cfg.proposals == "given":
             raise ValueError("model.box_head=false with model.proposals=given leaves nothing to train")
+        segments = cfg.proposals == "segments"
+        if segments and cfg.box_head:
+            raise ValueError("model.proposals=segments proposes masks without a box head: "
+                             "set model.box_head=false")
+        if segments and cfg.input.test_scales:
+            raise ValueError("model.input.test_scales (the image pyramid) is not supported with "
+                             "model.proposals=segments")
         check_test_scales(cfg.input.test_scales)
         self.cfg = cfg
         self.fast_inference = fast_inference
@@ -51,9 +60,11 @@ class FasterRCNN(nn.Module):
         if cfg.neck.frozen:  # shared features fixed (steps 3 and 4 of the paper's Table 5 schedule)
             self.neck.requires_grad_(False)
         read_levels = (cfg.rpn.levels if cfg.proposals == "rpn" else []) + (
-            cfg.roi_heads.levels if cfg.box_head else [])
+            cfg.roi_heads.levels if cfg.box_head else []) + (cfg.segment_proposals.levels if segments else [])
         _check_levels("rpn.levels", cfg.rpn.levels if cfg.proposals == "rpn" else [], self.neck.levels)
         _check_levels("roi_heads.levels", cfg.roi_heads.levels if cfg.box_head else [], self.neck.levels)
+        _check_levels("segment_proposals.levels", cfg.segment_proposals.levels if segments else [],
+                      self.neck.levels)
         channels = {self.neck.out_channels[level] for level in read_levels}
         if len(channels) != 1:
             raise ValueError("the shared heads need the same channel count on every level")
@@ -62,6 +73,11 @@ class FasterRCNN(nn.Module):
                     if cfg.proposals == "rpn" else None)
         self.roi_heads = (RoIHeads(cfg.roi_heads, in_channels, self.neck.strides, cfg.backbone)
                           if cfg.box_head else None)
+        if segments:  # registered only here, so the other compositions keep their state-dict keys
+            self.segment_proposals = SegmentProposalHead(cfg.segment_proposals, in_channels,
+                                                         self.neck.strides)
+        else:
+            self.segment_proposals = None
 
     @property
     def device(self) -> torch.device:
@@ -124,6 +140,7 @@ class FasterRCNN(nn.Module):
         *,
         proposals: list[Tensor] | None = None,
         return_proposals: bool = False,
+        paste_masks: bool = True,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training) or detections (eval).
 
@@ -135,13 +152,19 @@ class FasterRCNN(nn.Module):
             proposals: with ``model.proposals=given``, in eval mode: (P, 4) boxes per image in
                 the image's pixels.
             return_proposals: also return the ``proposals`` and their ``objectness`` per image.
+            paste_masks: segment proposals in eval mode: paste the masks into the image
+                (``masks``, ``boxes``); False returns only their compact form, which costs
+                K·M² numbers per image instead of K·H·W.
         Returns:
             training: the losses of the parts present: {"loss_rpn_objectness", "loss_rpn_box"}
             from the RPN, {"loss_cls", "loss_box"} from the box head.
             eval: per image {"boxes" (D, 4), "scores" (D,), "labels" (D,)} in original pixels;
             the RPN alone gives {"proposals" (P, 4), "objectness" (P,)} instead. With
             ``model.input.test_scales`` set, eval mode runs on that image pyramid and merges the
-            scales (``fpn.model.image_pyramid``).
+            scales (``fpn.model.image_pyramid``). Segment proposals (``model.proposals=segments``):
+            training {"loss_segment_score", "loss_segment_mask"}; eval per image {"scores" (K,),
+            "mask_probs" (K, M, M), "mask_regions" (K, 4), "masks" (K, H, W) bool, "boxes" (K, 4)}
+            (``fpn.model.segment_proposals``); their targets also carry ``masks`` (G, H, W).
         """
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
@@ -149,6 +172,9 @@ class FasterRCNN(nn.Module):
             return detect_on_image_pyramid(self, images, self.cfg.input.test_scales,
                                            return_proposals=return_proposals, proposals=proposals)
         batch, targets = self.preprocess(images, targets, proposals=proposals)
+        if self.segment_proposals is not None:  # docs/paper.md §5: the pyramid and the mask MLPs only
+            return self.segment_proposals(self.features(batch.tensor), batch.image_sizes,
+                                          batch.original_sizes, targets, paste=paste_masks)
         return self.heads(self.features(batch.tensor), batch, targets, return_proposals=return_proposals)
 
     def heads(

@@ -90,6 +90,9 @@ class Preprocessor(nn.Module):
     ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
         """Normalise and resize every image (and its target boxes and given proposals), then pad.
 
+        Target ``masks`` stay in the original pixels: the segment-proposal head maps its regions
+        back to them instead of resizing every full mask (docs/paper.md §5).
+
         In training the shorter side is drawn from ``min_size_train`` per image; in eval it is
         ``min_size_test``. ``min_size`` replaces either (one scale of an image pyramid).
         """
