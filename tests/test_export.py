@@ -60,3 +60,12 @@ def test_fpn_export_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--output", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fpn export: error:") and "nothing" in err and "\n" not in err
+
+
+def test_only_faster_rcnn_exports(tmp_path):
+    from fpn.export import ExportError, export_onnx
+
+    cfg = load_config(None, [*TINY_MODEL, "model.box_head=false"]).model
+    with pytest.raises(ExportError, match="model.box_head=False"):
+        export_onnx(FasterRCNN(cfg), tmp_path / "rpn.onnx")
+    assert not (tmp_path / "rpn.onnx").exists()

@@ -41,3 +41,9 @@ def test_int8_pyramid_is_opt_in_and_close_to_fp32(caplog):
         after = int8_model.features(batch.tensor)
     assert "int8 is off" in caplog.text and not int8_model.active
     assert torch.equal(after["p3"], model.features(batch.tensor)["p3"])  # fp32 features again
+
+
+def test_segment_proposal_models_are_refused():
+    cfg = load_config(None, [*TINY_MODEL, "model.proposals=segments", "model.box_head=false"]).model
+    with pytest.raises(ValueError, match="segment-proposal models"):
+        quantize_pyramid(FasterRCNN(cfg).eval(), [torch.rand(3, 96, 96)])

@@ -89,6 +89,9 @@ def export_onnx(model: FasterRCNN, path: str | Path, example_hw: tuple[int, int]
     except ImportError as error:
         raise ExportError(f"ONNX export needs the 'export' extra (pip install 'fpn[export]'): {error}"
                           ) from None
+    if model.rpn is None or model.roi_heads is None:
+        raise ExportError(f"fpn export writes Faster R-CNN (RPN and box head); this model has "
+                          f"model.proposals={model.cfg.proposals}, model.box_head={model.cfg.box_head}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ExportGraph(model.eval().cpu()).eval()
