@@ -1,4 +1,4 @@
-"""Anchors per pyramid level (FPN_SPEC §2): one scale per level, three aspect ratios.
+"""Anchors per pyramid level (docs/paper.md §2): one scale per level, three aspect ratios.
 
 Shape shorthand: L levels, A anchors per cell, Hi x Wi the size of level i.
 Flattening order is (level, y, x, anchor), the order torchvision and detectron2 use, so the
