@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fpn.api import Detector, find_checkpoint
-from fpn.benchmark import markdown_table
+from fpn.benchmark import markdown_table, publish_report
 from fpn.config import load_config
 from fpn.engine import evaluate as ev
 from fpn.export import OnnxDetector, export_onnx
@@ -57,9 +57,7 @@ def main() -> None:
         rows.append(evaluate("ONNX Runtime fp32", OnnxDetector(path)))
     report = (f"`{args.run}`, {len(val_set)} validation images, {torch.get_num_threads()} threads\n\n"
               + markdown_table(["variant", *KEYS, "ms per image (eval loop)"], rows))
-    print("\n" + report)
-    if args.output:
-        args.output.write_text(report + "\n")
+    publish_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from fpn.benchmark import markdown_table, publish_report
 from fpn.config import load_config
 from fpn.model.detector import FasterRCNN
 
@@ -88,19 +89,14 @@ def main() -> None:
         f"{os.cpu_count()} CPU cores; one random {IMAGE_HW[0]}x{IMAGE_HW[1]} image; ResNet-50, random "
         f"weights, 91 outputs; median of {args.repeats} after a warm-up",
         "",
-        "| system | network input(s) | s | ratio to FPN | detections | proposals |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, (_, sizes) in systems.items():
         median = statistics.median(times[name])
-        detections, proposals = counts[name]
-        lines.append(f"| {name} | {sizes} | {median:.2f} | {median / reference:.2f} | {detections} | "
-                     f"{proposals} |")
-    report = "\n".join(lines)
-    print("\n" + report)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report + "\n")
+        rows.append([name, sizes, f"{median:.2f}", f"{median / reference:.2f}", *map(str, counts[name])])
+    header = ["system", "network input(s)", "s", "ratio to FPN", "detections", "proposals"]
+    lines.append(markdown_table(header, rows))
+    publish_report("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

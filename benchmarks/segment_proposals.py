@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from fpn.benchmark import markdown_table, publish_report
 from fpn.config import load_config
 from fpn.engine.evaluate import encode_mask_proposals
 from fpn.model.detector import FasterRCNN
@@ -88,18 +89,15 @@ def main() -> None:
         f"{IMAGE_HW[0]}x{IMAGE_HW[1]}, padded to 800x1344); ResNet-50, random weights; median of "
         f"{args.repeats} after a warm-up",
         "",
-        "| system | s / image | ratio to Faster R-CNN | + paste 1000 masks and RLE, s |",
-        "|---|---|---|---|",
     ]
+    rows = []
     for name in systems:
         median = statistics.median(times[name])
         paste = f"{statistics.median(paste_times[name]):.2f}" if paste_times[name] else "-"
-        lines.append(f"| {name} | {median:.2f} | {median / reference:.2f} | {paste} |")
-    report = "\n".join(lines)
-    print("\n" + report)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report + "\n")
+        rows.append([name, f"{median:.2f}", f"{median / reference:.2f}", paste])
+    lines.append(markdown_table(["system", "s / image", "ratio to Faster R-CNN",
+                                 "+ paste 1000 masks and RLE, s"], rows))
+    publish_report("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

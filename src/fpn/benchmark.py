@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torchvision
@@ -126,6 +127,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def publish_report(report: str, output: Path | None) -> None:
+    """Print a Markdown report and, when ``output`` is given, write it there too."""
+    print("\n" + report)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(report + "\n")
 
 
 def compare(reference, ours, images: list[torch.Tensor], name: str, repeats: int,

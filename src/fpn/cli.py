@@ -145,10 +145,7 @@ def run(args: argparse.Namespace) -> int:
             from fpn import benchmark
 
             report = benchmark.run(repeats=args.repeats, quick=args.quick, threads=args.threads)
-            print("\n" + report)
-            if args.output:
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(report + "\n")
+            benchmark.publish_report(report, args.output)
         case "export":
             _export(args)
         case "presets":
