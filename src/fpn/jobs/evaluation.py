@@ -85,14 +85,21 @@ def mean_anchors_per_image(model: nn.Module, coco) -> float:
     return sum(model.num_anchors(hw) for hw in sizes) / max(1, len(sizes))
 
 
+def open_run(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[Config, Detector, Path]:
+    """A run's saved config with ``overrides`` applied, its detector, and the config file's path.
+
+    The ``model.*`` overrides (e.g. ``model.input.test_scales``) apply to the loaded model too.
+    """
+    _, config_file = find_checkpoint(checkpoint)
+    cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
+    model_overrides = [o for o in overrides or [] if o.strip().startswith("model.")]
+    return cfg, Detector.from_checkpoint(checkpoint, cfg.train.device, model_overrides), config_file
+
+
 def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, output: str | Path | None = None,
              progress: bool = True) -> tuple[dict[str, Any], Path]:
     """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``)."""
-    _, config_file = find_checkpoint(checkpoint)
-    cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
-    # the model.* overrides (e.g. model.input.test_scales) apply to the loaded model as well
-    model_overrides = [o for o in overrides or [] if o.strip().startswith("model.")]
-    detector = Detector.from_checkpoint(checkpoint, cfg.train.device, model_overrides)
+    cfg, detector, config_file = open_run(checkpoint, overrides)
     metrics = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=progress)
     out = Path(output) if output else config_file.parent / "eval"
     ev.save_metrics(metrics, out)

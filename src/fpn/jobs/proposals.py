@@ -13,11 +13,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from fpn.api import Detector, find_checkpoint
-from fpn.config import load_config, merge, parse_overrides
 from fpn.data.proposals import ProposalWriter
 from fpn.data.unreadable import BadSampleCounter
 from fpn.jobs.datasets import build_dataset, val_loader
+from fpn.jobs.evaluation import open_run
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +32,7 @@ def run_proposals(checkpoint: str | Path, split: str, output: str | Path, overri
     """
     if split not in ("train", "val"):
         raise ValueError(f"--split must be train or val, not {split!r}")
-    _, config_file = find_checkpoint(checkpoint)
-    cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
-    model_overrides = [o for o in overrides or [] if o.strip().startswith("model.")]
-    detector = Detector.from_checkpoint(checkpoint, cfg.train.device, model_overrides)
+    cfg, detector, _ = open_run(checkpoint, overrides)
     if detector.model.rpn is None:
         raise ValueError(f"{checkpoint}: this run has no RPN (model.proposals=given); proposals come "
                          "from a run of the RPN alone or of Faster R-CNN")
