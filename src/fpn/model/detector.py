@@ -59,13 +59,13 @@ class FasterRCNN(nn.Module):
         self.neck = build_neck(cfg.neck, self.backbone.out_channels)
         if cfg.neck.frozen:  # shared features fixed (steps 3 and 4 of the paper's Table 5 schedule)
             self.neck.requires_grad_(False)
-        read_levels = (cfg.rpn.levels if cfg.proposals == "rpn" else []) + (
-            cfg.roi_heads.levels if cfg.box_head else []) + (cfg.segment_proposals.levels if segments else [])
-        _check_levels("rpn.levels", cfg.rpn.levels if cfg.proposals == "rpn" else [], self.neck.levels)
-        _check_levels("roi_heads.levels", cfg.roi_heads.levels if cfg.box_head else [], self.neck.levels)
-        _check_levels("segment_proposals.levels", cfg.segment_proposals.levels if segments else [],
-                      self.neck.levels)
-        channels = {self.neck.out_channels[level] for level in read_levels}
+        levels_read = {name: levels for name, levels, present in (  # by the heads this model has
+            ("rpn.levels", cfg.rpn.levels, cfg.proposals == "rpn"),
+            ("roi_heads.levels", cfg.roi_heads.levels, cfg.box_head),
+            ("segment_proposals.levels", cfg.segment_proposals.levels, segments)) if present}
+        for name, levels in levels_read.items():
+            _check_levels(name, levels, self.neck.levels)
+        channels = {self.neck.out_channels[level] for levels in levels_read.values() for level in levels}
         if len(channels) != 1:
             raise ValueError("the shared heads need the same channel count on every level")
         in_channels = channels.pop()
