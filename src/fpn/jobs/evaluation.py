@@ -29,8 +29,9 @@ def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress:
     """
     was_training = model.training
     model.eval()
+    coco = ev.as_coco(coco_ground_truth(dataset))  # read once: scoring and the anchor count use it
     metrics = ev.evaluate_detector(
-        model, val_loader(dataset, workers=min(2, cfg.data.num_workers)), coco_ground_truth(dataset),
+        model, val_loader(dataset, workers=min(2, cfg.data.num_workers)), coco,
         label_to_category_id(cfg), with_proposals=True, device=model.device, progress=progress,
         max_bad_samples=cfg.train.max_bad_samples,
     )
@@ -38,7 +39,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress:
     if hasattr(dataset, "ground_truth") and model.roi_heads is not None:  # Pascal VOC's own metric
         metrics.update(voc_metrics(metrics["coco_results"], metrics["evaluated_image_ids"], dataset, cfg))
     if model.rpn is not None:  # Table 1 reports the anchors an image costs
-        metrics["anchors_per_image"] = mean_anchors_per_image(model, ev.as_coco(coco_ground_truth(dataset)))
+        metrics["anchors_per_image"] = mean_anchors_per_image(model, coco)
     if metrics["skipped_images"]:
         log.warning("%d unreadable validation image(s) skipped; the metrics cover the %d readable ones: %s",
                     len(metrics["skipped_images"]), metrics["num_images"], metrics["skipped_images"][:5])
