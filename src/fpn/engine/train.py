@@ -305,6 +305,7 @@ class Trainer:
             _save(self.run_dir, self.model, self.optimizer, self.scheduler, self.state, self.cfg)
         if self.evaluate_fn is not None and self.state.step >= self.tcfg.max_iter:  # a finished run
             self.evaluate(metrics)
+        self.model.train()  # evaluate() returns it to training mode too
         try:
             with _StopRequested() as stop:
                 while self.state.step < self.tcfg.max_iter and not stop.requested:
@@ -321,8 +322,8 @@ class Trainer:
                 "bad_samples": self.state.bad_samples, "stopped": self.state.step < self.tcfg.max_iter}
 
     def step(self, images: list[Tensor], targets: list[dict]) -> dict[str, float]:
-        """One SGD step on a batch; the loss terms, their total and the learning rate used."""
-        self.model.train()
+        """One SGD step on a batch (the model in training mode); the loss terms, their total and the
+        learning rate used."""
         images, targets = _to_device(images, targets, self.device)
         with autocast(self.device, self.tcfg.amp):
             losses = self.net(images, targets)
