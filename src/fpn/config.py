@@ -89,6 +89,9 @@ class RPNConfig:
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
     box_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    # Decoding clamps dw, dh at log(1000/16) from above (torchvision, detectron2); mmdetection also
+    # clamps them from below at -log(1000/16), so a box shrinks at most 62.5 times (docs/interop.md §4).
+    clamp_box_shrink: bool = False
     smooth_l1_beta: float = 1.0 / 9.0
     # Anchors covering a crowd region by more than this fraction are ignored, never negatives.
     crowd_ioa_thresh: float = 0.5
@@ -113,6 +116,7 @@ class RoIHeadConfig:
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
     box_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    clamp_box_shrink: bool = False  # as model.rpn.clamp_box_shrink (mmdetection: true)
     smooth_l1_beta: float = 1.0 / 9.0
     crowd_ioa_thresh: float = 0.5  # RoIs mostly inside a crowd region are ignored, not negatives
     score_thresh: float = 0.05

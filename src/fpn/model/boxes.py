@@ -54,12 +54,15 @@ def encode_boxes(target_boxes: Tensor, reference_boxes: Tensor, weights: list[fl
     return torch.stack((dx, dy, dw, dh), dim=1)
 
 
-def decode_boxes(deltas: Tensor, reference_boxes: Tensor, weights: list[float]) -> Tensor:
+def decode_boxes(deltas: Tensor, reference_boxes: Tensor, weights: list[float], *,
+                 clamp_shrink: bool = False) -> Tensor:
     """Apply ``deltas`` to ``reference_boxes``; the inverse of ``encode_boxes``.
 
     Args:
         deltas: (A, 4 * C) deltas, C >= 1 boxes per reference (class-specific regression).
         reference_boxes: (A, 4).
+        clamp_shrink: also clamp dw, dh from below at -DELTA_CLAMP, as mmdetection does
+            (docs/interop.md §4); by default only growth is clamped, as in torchvision.
     Returns:
         (A, C, 4) decoded boxes.
     """
@@ -72,8 +75,9 @@ def decode_boxes(deltas: Tensor, reference_boxes: Tensor, weights: list[float]) 
     ctr_y = reference_boxes[:, 1, None] + 0.5 * heights
     dx = deltas[..., 0] / wx
     dy = deltas[..., 1] / wy
-    dw = torch.clamp(deltas[..., 2] / ww, max=DELTA_CLAMP)
-    dh = torch.clamp(deltas[..., 3] / wh, max=DELTA_CLAMP)
+    low = -DELTA_CLAMP if clamp_shrink else None
+    dw = torch.clamp(deltas[..., 2] / ww, min=low, max=DELTA_CLAMP)
+    dh = torch.clamp(deltas[..., 3] / wh, min=low, max=DELTA_CLAMP)
     pred_ctr_x = dx * widths + ctr_x
     pred_ctr_y = dy * heights + ctr_y
     half_w = 0.5 * torch.exp(dw) * widths

@@ -236,7 +236,8 @@ class RoIHeads(nn.Module):
         """Decode, clip, drop background and low scores, per-class NMS, keep the best 100."""
         cfg = self.cfg
         num_classes = class_logits.shape[1]
-        boxes_all = box_ops.decode_boxes(box_deltas, torch.cat(proposals), cfg.box_weights)  # (R, K+1, 4)
+        boxes_all = box_ops.decode_boxes(box_deltas, torch.cat(proposals), cfg.box_weights,
+                                         clamp_shrink=cfg.clamp_box_shrink)  # (R, K+1, 4)
         scores_all = F.softmax(class_logits, dim=1)
         counts = [p.shape[0] for p in proposals]
         results = []

@@ -157,7 +157,8 @@ class RegionProposalNetwork(nn.Module):
         proposals, scores = [], []
         per_image = zip(logits, deltas, top_idx, image_sizes, strict=True)
         for image_logits, image_deltas, idx, image_hw in per_image:
-            boxes = box_ops.decode_boxes(image_deltas[idx], anchors[idx], self.cfg.box_weights)[:, 0]
+            boxes = box_ops.decode_boxes(image_deltas[idx], anchors[idx], self.cfg.box_weights,
+                                         clamp_shrink=self.cfg.clamp_box_shrink)[:, 0]
             boxes = box_ops.clip_boxes(boxes, image_hw)
             prob = torch.sigmoid(image_logits[idx])
             keep = box_ops.nonempty_mask(boxes, self.cfg.min_box_size)
