@@ -12,16 +12,18 @@ target tensor filled with a tensor of the same shape, or the conversion fails lo
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from fpn.config import ModelConfig
+from fpn.interop.tables import ConversionError, Rename, prefixed
 from fpn.model.backbone import ResNet
 from fpn.model.detector import FasterRCNN
 
-Rename = tuple[str, str | Callable[[re.Match], str]]
+__all__ = ["ConversionError", "from_torchvision", "load_torchvision_resnet", "torchvision_config",
+           "DETECTOR_RENAMES", "RESNET_RENAMES", "rename_keys", "load_exactly"]
 
 
 def _stage(match: re.Match) -> str:
@@ -38,17 +40,9 @@ RESNET_RENAMES: list[Rename] = [
 
 
 
-def _prefixed(renames: list[Rename], source: str, target: str) -> list[Rename]:
-    """The same renames, for keys under ``source`` moved under ``target``."""
-    def with_target(repl: str | Callable[[re.Match], str]) -> str | Callable[[re.Match], str]:
-        return target + repl if isinstance(repl, str) else (lambda m: target + repl(m))
-
-    return [("^" + re.escape(source) + pattern[1:], with_target(repl)) for pattern, repl in renames]
-
-
 # FPN levels: torchvision numbers its blocks 0..3 from the finest, P2.
 DETECTOR_RENAMES: list[Rename] = [
-    *_prefixed(RESNET_RENAMES, "backbone.body.", "backbone."),
+    *prefixed(RESNET_RENAMES, "backbone.body.", "backbone."),
     (r"^backbone\.fpn\.inner_blocks\.(\d)\.(0\.)?", lambda m: f"neck.lateral.p{int(m[1]) + 2}."),
     (r"^backbone\.fpn\.layer_blocks\.(\d)\.(0\.)?", lambda m: f"neck.output.p{int(m[1]) + 2}."),
     (r"^rpn\.head\.conv\.(0\.0\.)?", "rpn.head.conv."),  # pre-v2 checkpoints lack the ".0.0"
@@ -57,10 +51,6 @@ DETECTOR_RENAMES: list[Rename] = [
     (r"^roi_heads\.box_head\.(fc[67])\.", r"roi_heads.box_head.\1."),
     (r"^roi_heads\.box_predictor\.(cls_score|bbox_pred)\.", r"roi_heads.box_predictor.\1."),
 ]
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not fit the model it is being converted into."""
 
 
 def rename_keys(state_dict: Mapping[str, Tensor], renames: list[Rename], *, what: str
