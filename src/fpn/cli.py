@@ -60,9 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))
 
-    p = sub.add_parser("convert", help="torchvision Faster R-CNN weights (.pth) -> an fpn checkpoint")
-    p.add_argument("weights", type=Path, help="a .pth/.pt/.safetensors state dict (no pickled code is run)")
+    p = sub.add_parser("convert",
+                       help="torchvision, detectron2 or mmdetection Faster R-CNN weights -> an fpn run")
+    p.add_argument("weights", type=Path,
+                   help="a .pkl (detectron2 model zoo), .pth/.pt or .safetensors file "
+                        "(no pickled code is run)")
     p.add_argument("--output", type=Path, required=True, help="run directory to write")
+    p.add_argument("--from", dest="library", choices=["torchvision", "detectron2", "mmdetection"],
+                   default=None, help="the library that wrote the weights (default: recognised by key names)")
 
     p = sub.add_parser("bench", help="inference speed against torchvision on identical weights")
     p.add_argument("--repeats", type=int, default=3)
@@ -133,14 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
             run_demo(args.output, overrides=args.overrides, progress=progress)
         case "convert":
-            from fpn.config import Config, to_dict
-            from fpn.engine.checkpoint import load_foreign_weights, save_checkpoint
-            from fpn.interop.torchvision import from_torchvision
-
-            model = from_torchvision(load_foreign_weights(args.weights))
-            path = save_checkpoint(args.output / "checkpoints", 0, model.state_dict(), None,
-                                   to_dict(Config(model=model.cfg)))
-            print(f"wrote {path}; use {args.output} with fpn predict / fpn eval")
+            _convert(args)
         case "bench":
             from fpn import benchmark
 
@@ -156,6 +154,19 @@ def run(args: argparse.Namespace) -> int:
         case _:
             build_parser().print_help()
     return 0
+
+
+def _convert(args: argparse.Namespace) -> None:
+    """Write a run whose config reproduces the source library's model (docs/interop.md)."""
+    from fpn.config import Config, to_dict
+    from fpn.engine.checkpoint import save_checkpoint
+    from fpn.interop import convert_detector, describe, read_checkpoint
+
+    foreign = convert_detector(read_checkpoint(args.weights), library=args.library)
+    foreign.build()  # loads strictly: every tensor has its place
+    path = save_checkpoint(args.output / "checkpoints", 0, foreign.state_dict, None,
+                           to_dict(Config(model=foreign.cfg)))
+    print(f"{describe(foreign)}; wrote {path}: use {args.output} with fpn predict / fpn eval")
 
 
 def _export(args: argparse.Namespace) -> None:
