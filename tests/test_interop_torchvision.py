@@ -17,6 +17,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from fpn import from_torchvision, load_torchvision_resnet
 from fpn.config import BackboneConfig
+from fpn.interop import convert_detector
 from fpn.interop.torchvision import ConversionError
 from fpn.model.backbone import ResNet
 
@@ -170,3 +171,14 @@ def test_imagenet_resnet_weights_give_torchvision_features(depth):
     for stage, level in enumerate(["c2", "c3", "c4", "c5"], start=1):
         c = getattr(reference, f"layer{stage}")(c)
         torch.testing.assert_close(features[level], c, rtol=1e-4, atol=1e-4)
+
+
+def test_convert_detector_gives_torchvisions_91_slot_coco_layout(tv_model):
+    """COCO's ids are torchvision's labels: 90 classes, "N/A" in the id gaps keeps its slot."""
+    foreign = convert_detector({"model": tv_model.state_dict()})
+    assert foreign.library == "torchvision" and foreign.cfg.roi_heads.num_classes == 90
+    assert foreign.cfg.class_names[0] == "person" and foreign.cfg.class_names[11] == "N/A"  # id 12
+    assert foreign.cfg.category_ids == list(range(1, 91))
+    reference = from_torchvision(tv_model.state_dict()).state_dict()
+    assert foreign.state_dict.keys() == reference.keys()
+    assert all(torch.equal(foreign.state_dict[k], reference[k]) for k in reference)

@@ -34,6 +34,7 @@ from fpn.model.detector import FasterRCNN
 
 Library = Literal["fpn", "torchvision", "detectron2", "mmdetection", "torchvision_resnet"]
 DETECTOR_LIBRARIES = ("torchvision", "detectron2", "mmdetection")
+TORCHVISION = "torchvision Faster R-CNN"
 
 
 @dataclass
@@ -136,10 +137,12 @@ def convert_detector(checkpoint: Mapping[str, Any], *, library: str | None = Non
     match library:
         case "torchvision":
             inferred = cfg is None
-            cfg = cfg or torchvision_config(state)
-            converted, source_of = convert_keys(state, DETECTOR_RENAMES, what="torchvision Faster R-CNN",
+            converted, source_of = convert_keys(state, DETECTOR_RENAMES, what=TORCHVISION,
                                                 ignore=(r"num_batches_tracked$",))
-            check_exactly(cfg, converted, source_of, what="torchvision Faster R-CNN")
+            if inferred and "roi_heads.box_predictor.cls_score.weight" not in state:
+                raise ConversionError(f"{TORCHVISION}: no roi_heads.box_predictor.cls_score.weight")
+            cfg = cfg or torchvision_config(state)
+            check_exactly(cfg, converted, source_of, what=TORCHVISION)
             if inferred and cfg.roi_heads.num_classes == 90:  # COCO ids as labels, background slot 0
                 cfg.class_names = torchvision_coco_categories()[1:]
                 cfg.category_ids = list(range(1, 91))

@@ -106,9 +106,9 @@ def convert_detectron2(state_dict: Mapping[str, Tensor], cfg: ModelConfig | None
         state_dict: ``checkpoint["model"]`` of a model-zoo ``.pkl`` or a ``.pth``, as tensors.
         cfg: override the inferred config (it must describe the same architecture).
     """
-    cfg = cfg or detectron2_config(state_dict)
     converted, source_of = convert_keys(state_dict, RENAMES, what=WHAT, ignore=IGNORED,
                                         transforms=TRANSFORMS)
+    cfg = cfg or detectron2_config(state_dict)
     check_exactly(cfg, converted, source_of, what=WHAT)
     return cfg, converted
 

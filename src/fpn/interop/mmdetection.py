@@ -133,8 +133,8 @@ def convert_mmdetection(state_dict: Mapping[str, Tensor], meta: Mapping[str, Any
         meta: ``checkpoint["meta"]`` (for the ResNet style), if the checkpoint has one.
         cfg: override the inferred config (it must describe the same architecture).
     """
-    cfg = cfg or mmdetection_config(state_dict, meta)
     converted, source_of = convert_keys(state_dict, RENAMES, what=WHAT, ignore=IGNORED,
                                         transforms=TRANSFORMS)
+    cfg = cfg or mmdetection_config(state_dict, meta)
     check_exactly(cfg, converted, source_of, what=WHAT)
     return cfg, converted
