@@ -282,3 +282,26 @@ def test_converted_detector_runs_and_the_cli_writes_a_run_the_api_loads(d2_state
     assert detector.model.cfg.backbone.stride_in_1x1 and detector.class_names[0] == "person"
     torch.testing.assert_close(detector.model.roi_heads.box_predictor.cls_score.bias[0],
                                d2_state["roi_heads.box_predictor.cls_score.bias"][80])
+
+
+def test_an_r101_checkpoint_gets_depth_101():
+    shapes = detectron2_shapes(depth=101)
+    state = {key: torch.empty(shape) for key, shape in shapes.items()}  # values do not matter here
+    foreign = convert_detector({"model": state})
+    assert foreign.cfg.backbone.depth == 101 and "backbone.res4.22.conv3.weight" in foreign.state_dict
+
+
+def test_an_fpn_state_dict_passes_through_from_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    from fpn.model.detector import FasterRCNN
+
+    cfg = ModelConfig()
+    cfg.backbone.depth, cfg.roi_heads.num_classes = 18, 3
+    state = FasterRCNN(cfg).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    checkpoint = read_checkpoint(tmp_path / "model.safetensors")
+    assert identify(checkpoint) == "fpn"
+    foreign = convert_detector(checkpoint)
+    assert (foreign.cfg.backbone.depth, foreign.cfg.roi_heads.num_classes) == (18, 3)
+    assert all(torch.equal(foreign.state_dict[k], v) for k, v in state.items())

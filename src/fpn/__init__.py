@@ -4,6 +4,8 @@ Public entry points (imported lazily, so ``fpn --version`` does not load PyTorch
 
 - ``fpn.FasterRCNN(cfg.model)``: the detector of docs/paper.md §1-3 (and its other systems);
 - ``fpn.from_torchvision(state_dict)``: our detector from torchvision's Faster R-CNN weights;
+- ``fpn.read_checkpoint(path)`` / ``fpn.convert_detector(checkpoint)``: torchvision's,
+  detectron2's or mmdetection's Faster R-CNN as our config and weights (no pickled code runs);
 - ``fpn.load_config(path_or_preset, overrides)``: typed configs;
 - ``fpn.export_onnx(model, path)`` / ``fpn.OnnxDetector(path)``: one ONNX graph, any image size.
 """
@@ -16,6 +18,8 @@ _LAZY = {
     "FasterRCNN": "fpn.model.detector",
     "from_torchvision": "fpn.interop.torchvision",
     "load_torchvision_resnet": "fpn.interop.torchvision",
+    "read_checkpoint": "fpn.interop",
+    "convert_detector": "fpn.interop",
     "load_config": "fpn.config",
     "ModelConfig": "fpn.config",
     "Config": "fpn.config",

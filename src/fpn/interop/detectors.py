@@ -166,6 +166,8 @@ def convert_detector(checkpoint: Mapping[str, Any], *, library: str | None = Non
                                   "training run's backbone with it instead")
         case _:
             raise ConversionError(f"unknown library {library!r}; one of {list(DETECTOR_LIBRARIES)}")
+    # published mmdetection checkpoints may be float16 (publish_model.py --float16): ours are float32
+    converted = {k: v.float() if v.is_floating_point() else v for k, v in converted.items()}
     return ForeignDetector(library, cfg, converted)
 
 

@@ -1,4 +1,4 @@
-"""mmdetection 2.x / 3.x ``faster_rcnn_r50_fpn`` in our key names and config (docs/interop.md §10).
+"""mmdetection 2.x / 3.x ``faster_rcnn_r50_fpn`` in our key names and config (docs/interop.md §1-§8).
 
 The key table renames; the classifier's rows move (background last in mmdetection, first in
 ours) and ``fc_reg`` gets four background rows. What differs besides names is config:

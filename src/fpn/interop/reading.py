@@ -73,7 +73,7 @@ def _read_torch(path: Path) -> Any:
             what = named[1] if named else "a Python object"
             raise UnsafeCheckpointError(
                 f"{path}: refusing to load: the pickle would execute code ({what} is not a tensor or "
-                "plain container; save only the state_dict, e.g. {'state_dict': model.state_dict()})"
+                "plain container; keep only the weights, as mmdetection's publish_model.py does)"
             ) from None
         raise ConversionError(f"{path}: corrupt or truncated ({_first_line(err)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
