@@ -305,3 +305,22 @@ def test_an_fpn_state_dict_passes_through_from_safetensors(tmp_path):
     foreign = convert_detector(checkpoint)
     assert (foreign.cfg.backbone.depth, foreign.cfg.roi_heads.num_classes) == (18, 3)
     assert all(torch.equal(foreign.state_dict[k], v) for k, v in state.items())
+
+
+def test_cell_anchors_equal_detectron2s_formula(d2_state):
+    """detectron2's generate_cell_anchors: w = sqrt(size² / ratio), h = ratio · w, centred at 0."""
+    from fpn.model.anchors import cell_anchors
+
+    cfg = convert_detector(d2_state).cfg.rpn.anchors
+    for level, sizes in cfg.sizes.items():
+        expected = []
+        for size in sizes:  # size-major, then ratio; one size per level in FPN
+            for ratio in cfg.aspect_ratios:
+                w = (size**2 / ratio) ** 0.5
+                h = ratio * w
+                expected.append([-w / 2, -h / 2, w / 2, h / 2])
+        got = cell_anchors(sizes, cfg.aspect_ratios, cfg.round_cell_anchors)
+        torch.testing.assert_close(got, torch.tensor(expected), msg=level)
+    # 32 px at ratio 1:2 (h / w = 0.5): 45.25 x 22.63, not torchvision's rounded [-23, -11, 23, 11]
+    assert cell_anchors([32], [0.5], cfg.round_cell_anchors)[0].tolist() == pytest.approx(
+        [-22.627, -11.314, 22.627, 11.314], abs=1e-3)
