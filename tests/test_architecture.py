@@ -28,7 +28,7 @@ ALLOWED = {
     "fpn.export": NEUTRAL | {"fpn.model"},
     "fpn.benchmark": NEUTRAL | {"fpn.model", "fpn.interop", "fpn.export"},
     "fpn.api": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine"},
-    "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api"},
+    "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api", "fpn.interop"},
     "fpn.cli": NEUTRAL | {"fpn", "fpn.data", "fpn.engine", "fpn.api", "fpn.jobs", "fpn.export",
                           "fpn.benchmark", "fpn.interop"},
     "fpn.__main__": {"fpn.cli"},

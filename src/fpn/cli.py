@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("runs/train"), help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
+    p.add_argument("--init", action="append", default=[], type=Path, metavar="WEIGHTS",
+                   help="start from these weights (repeatable; appended to train.init): an fpn run, a "
+                        "torchvision/detectron2/mmdetection detector checkpoint, or a torchvision "
+                        "ImageNet ResNet (.pth) for the backbone")
 
     p = sub.add_parser("eval", help="box AP and proposal AR of a checkpoint (pycocotools)")
     p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
@@ -108,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             from fpn.jobs.training import run_train
 
             cfg = load_config(args.config, args.overrides)
+            cfg.train.init = [*cfg.train.init, *map(str, args.init)]
             result = run_train(cfg, args.output, resume=args.resume, progress=progress,
                                evaluate=not args.no_eval)
             if result["metrics"]:

@@ -246,9 +246,20 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when present, else cpu
     amp: Literal["off", "bf16", "fp16"] = "off"
     max_bad_samples: int = 100
-    # Runs or checkpoints of fpn whose weights initialise the model, loaded in order (later ones
-    # win): the parts the model has are loaded, shapes checked; parts absent from them stay fresh.
+    # Weights that initialise the model, loaded in order (later ones win): fpn runs or checkpoints,
+    # torchvision / detectron2 / mmdetection detector checkpoints, or a torchvision ImageNet ResNet
+    # (into the backbone). The parts the model has are loaded, shapes checked; parts absent from
+    # them stay fresh. Classifier and box-regressor rows are carried over for classes whose names
+    # match the training set's and re-initialised for the others (docs/finetuning.md).
     init: list[str] = field(default_factory=list)
+    # A tensor of train.init whose shape does not fit the model: false = a one-line error naming
+    # it; true = keep the model's fresh tensor and say so in the initialisation report.
+    init_skip_mismatched: bool = False
+    # Fine-tuning on little data: the first heads_only_iters steps train only the heads (RPN, box
+    # head, mask MLPs) with the backbone and pyramid fixed; then every unfrozen part trains.
+    heads_only_iters: int = 0
+    # The backbone's learning rate as a fraction of the heads' (0.1 is common when fine-tuning).
+    backbone_lr_factor: float = 1.0
 
 
 @dataclass

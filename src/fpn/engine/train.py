@@ -69,15 +69,46 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD; no weight decay on normalisation parameters and biases (as detectron2)."""
-    decay, no_decay = [], []
+    """SGD; no weight decay on normalisation parameters and biases (as detectron2).
+
+    With ``backbone_lr_factor`` != 1 the backbone's parameters get their own groups at that
+    fraction of the learning rate (after the heads' groups, so group 0 is always at the full rate).
+    """
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    separate = cfg.backbone_lr_factor != 1.0
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=scaled_lr(cfg), momentum=cfg.momentum)
+        key = (separate and id(param) in in_backbone, param.ndim > 1)  # (backbone, decayed)
+        groups.setdefault(key, []).append(param)
+    lr = scaled_lr(cfg)
+    param_groups = [{"params": groups.get((is_backbone, decayed), []),
+                     "weight_decay": cfg.weight_decay if decayed else 0.0,
+                     "lr": lr * (cfg.backbone_lr_factor if is_backbone else 1.0)}
+                    for is_backbone in ((False, True) if separate else (False,))
+                    for decayed in (True, False)]
+    return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum)
+
+
+class HeadsOnly:
+    """``train.heads_only_iters``: the backbone and pyramid stay fixed for the first steps.
+
+    Their trainable parameters stop requiring gradients (so no backward pass runs through them
+    and SGD leaves them, their momentum and their weight decay alone) until the step is reached.
+    The switch depends on the step only, so a resumed run makes the same choice.
+    """
+
+    def __init__(self, model: torch.nn.Module, iters: int):
+        body = [getattr(model, name, None) for name in ("backbone", "neck")]
+        self.params = [p for part in body if part is not None for p in part.parameters() if p.requires_grad]
+        self.iters = iters
+
+    def apply(self, step: int) -> None:
+        trainable = step >= self.iters
+        for param in self.params:
+            param.requires_grad_(trainable)
 
 
 # Two large primes that spread (seed, epoch, index) over distinct random streams.
@@ -275,8 +306,14 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.tcfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg=self.tcfg))
         self.scaler = make_grad_scaler(self.device, self.tcfg.amp)
+        self.heads_only = None
+        if self.tcfg.heads_only_iters:
+            self.heads_only = HeadsOnly(self.model, self.tcfg.heads_only_iters)
         self.net = self.model
         if self.dist.enabled:
+            if self.heads_only is not None:  # DDP fixes the set of trained parameters when it starts
+                raise ValueError("train.heads_only_iters is not supported under torchrun: train the heads in "
+                                 "a run of their own with model.backbone.freeze_at=5 model.neck.frozen=true")
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=device_ids)
         self.train_dataset = train_dataset
@@ -311,7 +348,7 @@ class Trainer:
                 while self.state.step < self.tcfg.max_iter and not stop.requested:
                     losses = self.step(*next(batches))
                     bar.update(1)
-                    bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{losses['lr']:.4f}")
+                    bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{losses['lr']:.3g}")
                     self.after_step(losses, metrics, stop.requested)
         finally:
             bar.close()
@@ -325,6 +362,8 @@ class Trainer:
         """One SGD step on a batch (the model in training mode); the loss terms, their total and the
         learning rate used."""
         images, targets = _to_device(images, targets, self.device)
+        if self.heads_only is not None:
+            self.heads_only.apply(self.state.step)
         with autocast(self.device, self.tcfg.amp):
             losses = self.net(images, targets)
         _check_finite(losses, self.state.step)

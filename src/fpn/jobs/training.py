@@ -8,12 +8,11 @@ from typing import Any
 
 from torch import nn
 
-from fpn.api import find_checkpoint
 from fpn.config import Config, ModelConfig
 from fpn.engine import distributed
 from fpn.engine import evaluate as ev
-from fpn.engine.checkpoint import load_weights
 from fpn.engine.train import seed_everything, train
+from fpn.jobs import initialisation
 from fpn.jobs.datasets import dataset_for, with_dataset_classes
 from fpn.jobs.evaluation import evaluate_model
 from fpn.model.detector import FasterRCNN
@@ -29,16 +28,6 @@ def new_model(cfg: ModelConfig, seed: int) -> FasterRCNN:
     """A freshly initialised detector; the same seed gives the same weights."""
     seed_everything(seed)
     return FasterRCNN(cfg)
-
-
-def initialise(model: FasterRCNN, sources: list[str]) -> None:
-    """Load ``train.init``: fpn runs or checkpoints, in order, into the parts ``model`` has."""
-    for source in sources:
-        weights, _ = find_checkpoint(source)
-        report = model.load_parts(load_weights(weights), source=str(weights), allow_missing=True)
-        log.info("initialised from %s: loaded %s; not in this model: %s; kept fresh: %s", weights,
-                 ", ".join(report["loaded"]) or "-", ", ".join(report["skipped"]) or "-",
-                 ", ".join(report["fresh"]) or "-")
 
 
 class PeriodicEvaluation:
@@ -61,11 +50,14 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progres
     out_dir = Path(out_dir)
     train_set = dataset_for(cfg, "train")
     cfg = with_dataset_classes(cfg, train_set)
+    cfg, sources, report = initialisation.prepare(cfg)
     evaluation = None
     if evaluate:
         evaluation = PeriodicEvaluation(dataset_for(cfg, "val"), cfg, out_dir, progress)
     model = new_model(cfg.model, cfg.train.seed)
-    initialise(model, cfg.train.init)
+    report += initialisation.initialise(model, sources, skip_mismatched=cfg.train.init_skip_mismatched)
+    for line in report:
+        log.info("%s", line)
     result = train(model, train_set, cfg, out_dir, resume=resume, progress=progress, evaluate_fn=evaluation)
     if result["stopped"]:
         raise TrainingStopped(f"stopped at step {result['step']} after writing a checkpoint; "

@@ -1,0 +1,268 @@
+"""``train.init``: start a training run from weights people already hold (docs/finetuning.md).
+
+A source is an fpn run or checkpoint, a detector checkpoint of torchvision, detectron2 or
+mmdetection (converted to our key names by ``fpn.interop``), or a torchvision ImageNet ResNet
+(loaded into the bottom-up pathway). Sources load in order, later ones winning.
+
+Three things happen, and the report says each:
+
+1. **Conventions follow the weights.** What a source's numbers mean (channel order, pixel scale,
+   mean and std of the input; stride placement in the bottlenecks; FrozenBN's eps) is copied
+   into the run's config before the model is built, so the run computes what the source did.
+2. **Class-specific rows follow the class names.** The classifier (``cls_score``: K + 1 rows,
+   background first) and the box regressor (``bbox_pred``: 4 rows per class) are rebuilt for the
+   training set's classes: background and every class whose name the source also has are copied
+   from the source; the others keep the model's fresh initialisation.
+3. **Everything else loads as it is**, shapes checked: a shape that does not fit is a one-line
+   error naming the tensor and both shapes, unless ``train.init_skip_mismatched`` (then that tensor
+   keeps its fresh initialisation, and the report names it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import Tensor
+
+from fpn.api import find_checkpoint
+from fpn.config import Config, ConfigError, ModelConfig, from_dict
+from fpn.engine.checkpoint import CheckpointError, load_weights
+from fpn.interop import ConversionError, convert_detector, identify, read_checkpoint
+from fpn.interop.torchvision import load_torchvision_resnet
+from fpn.model.detector import FasterRCNN
+
+log = logging.getLogger(__name__)
+
+# Config fields that say what the weights' numbers mean; a run initialised from weights uses theirs.
+WEIGHT_CONVENTIONS = (
+    "backbone.stride_in_1x1",
+    "backbone.frozen_bn_eps",
+    "input.channel_order",
+    "input.pixel_scale",
+    "input.pixel_mean",
+    "input.pixel_std",
+)
+
+# The class-specific tensors of the box head and how many rows each class owns.
+CLASS_ROWS = {
+    "roi_heads.box_predictor.cls_score.weight": 1,
+    "roi_heads.box_predictor.cls_score.bias": 1,
+    "roi_heads.box_predictor.bbox_pred.weight": 4,
+    "roi_heads.box_predictor.bbox_pred.bias": 4,
+}
+
+LIBRARY_NAMES = {
+    "fpn": "fpn run",
+    "torchvision": "torchvision Faster R-CNN",
+    "detectron2": "detectron2 Faster R-CNN",
+    "mmdetection": "mmdetection Faster R-CNN",
+    "torchvision_resnet": "torchvision ImageNet ResNet",
+}
+
+
+class InitError(ValueError):
+    """A ``train.init`` source cannot initialise this model; the message is one line."""
+
+
+@dataclass
+class InitSource:
+    """One ``train.init`` entry, read: weights in our key names and the config they were made for."""
+
+    path: str
+    library: str  # a key of LIBRARY_NAMES
+    state_dict: dict[str, Tensor]  # for torchvision_resnet: torchvision's own names (backbone only)
+    cfg: ModelConfig | None  # None when the source does not say (then its conventions are ours)
+
+    def describe(self) -> str:
+        what = LIBRARY_NAMES[self.library]
+        if self.cfg is not None and "roi_heads.box_predictor.cls_score.weight" in self.state_dict:
+            what += f", {self.state_dict['roi_heads.box_predictor.cls_score.weight'].shape[0] - 1} classes"
+        return f"{self.path} ({what})"
+
+
+def _fpn_source(path: Path) -> InitSource:
+    try:
+        weights, config_file = find_checkpoint(path)
+        state = load_weights(weights)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise InitError(str(err)) from None
+    config = yaml.safe_load(config_file.read_text()) or {}
+    try:
+        cfg = from_dict(ModelConfig, config.get("model", {}), f"{config_file}: model")
+    except ConfigError as err:
+        raise InitError(str(err)) from None
+    return InitSource(str(path), "fpn", state, cfg)
+
+
+def read_init_source(path: str | Path) -> InitSource:
+    """Read one ``train.init`` entry; any failure is an InitError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InitError(f"{path}: train.init names no such run, checkpoint or weights file")
+    if path.is_dir() or path.suffix == ".safetensors" and (path.parent / "config.yaml").is_file():
+        return _fpn_source(path)
+    try:
+        state = read_checkpoint(path)
+        library = identify(state)
+        if library == "fpn":  # bare weights: their config is unknown, so their conventions are ours
+            return InitSource(str(path), library, dict(state), None)
+        if library == "torchvision_resnet":
+            return InitSource(str(path), library, dict(state), ModelConfig())
+        foreign = convert_detector(state)
+    except ConversionError as err:
+        raise InitError(f"{path}: {err}") from None
+    return InitSource(str(path), foreign.library, foreign.state_dict, foreign.cfg)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _set(cfg: Any, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        cfg = getattr(cfg, part)
+    setattr(cfg, last, value)
+
+
+def adopt_conventions(cfg: Config, sources: list[InitSource]) -> tuple[Config, list[str]]:
+    """A copy of ``cfg`` with the weight conventions of the sources (later ones win), and what changed."""
+    cfg = copy.deepcopy(cfg)
+    changes = {}
+    for source in sources:
+        if source.cfg is None:
+            continue
+        for field in WEIGHT_CONVENTIONS:
+            theirs, ours = _get(source.cfg, field), _get(cfg.model, field)
+            if theirs != ours:
+                _set(cfg.model, field, theirs)
+                changes[field] = f"model.{field}: {ours} -> {theirs} (from {source.path})"
+    return cfg, list(changes.values())
+
+
+def _name_key(name: str) -> str:
+    """Compared without case, spaces, underscores or hyphens: 'Traffic_light' = 'traffic light'."""
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def match_classes(source_names: list[str], target_names: list[str]) -> dict[int, int]:
+    """{target label: source label} (labels 1..K; 0 is background) for classes of the same name."""
+    by_name: dict[str, int] = {}
+    for label, name in enumerate(source_names, start=1):
+        by_name.setdefault(_name_key(name), label)
+    return {label: by_name[_name_key(name)] for label, name in enumerate(target_names, start=1)
+            if _name_key(name) in by_name}
+
+
+def carry_over_class_rows(state: dict[str, Tensor], fresh: dict[str, Tensor],
+                          target_from_source: dict[int, int]) -> dict[str, Tensor]:
+    """The class-specific tensors for the target classes: background and matched classes' rows from
+    ``state``, the others from ``fresh`` (the model's own initialisation)."""
+    rebuilt = {}
+    for key, rows_per_class in CLASS_ROWS.items():
+        out = fresh[key].clone()
+        for target, source in {0: 0, **target_from_source}.items():
+            out[target * rows_per_class:(target + 1) * rows_per_class] = \
+                state[key][source * rows_per_class:(source + 1) * rows_per_class]
+        rebuilt[key] = out
+    return rebuilt
+
+
+def _class_rows(source: InitSource, model: FasterRCNN, report: list[str]) -> dict[str, Tensor]:
+    """Replace the source's class-specific tensors by ones shaped for the model's classes."""
+    own = model.state_dict()
+    state = dict(source.state_dict)
+    if not all(k in state for k in CLASS_ROWS) or not all(k in own for k in CLASS_ROWS):
+        return state
+    source_names = list(source.cfg.class_names) if source.cfg is not None else []
+    target_names = list(model.cfg.class_names)
+    source_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+    target_classes = own["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+    if source_names and target_names:
+        matched = match_classes(source_names, target_names)
+        if matched == {i: i for i in range(1, target_classes + 1)} and source_classes == target_classes:
+            return state  # the same classes in the same order
+        carried = [target_names[t - 1] for t in sorted(matched)]
+        fresh = [name for label, name in enumerate(target_names, start=1) if label not in matched]
+        report.append(f"  classes: {len(carried)} of {target_classes} carried over by name"
+                      + (f" ({_listing(carried)})" if carried else ""))
+        if fresh:
+            report.append(f"  re-initialised: the classifier and box-regressor rows of {len(fresh)} "
+                          f"class(es) the source does not have ({_listing(fresh)})")
+    elif source_classes == target_classes:
+        report.append("  classes: names unknown on one side; the classifier and box-regressor rows "
+                      f"of all {target_classes} classes loaded by position")
+        return state
+    else:
+        matched = {}
+        report.append(f"  re-initialised: roi_heads.box_predictor (cls_score, bbox_pred): "
+                      f"{source_classes} classes in the source, {target_classes} here, and no class names to "
+                      "match them by")
+    state.update(carry_over_class_rows(state, own, matched))
+    return state
+
+
+def _listing(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+
+
+def _fit_shapes(source: InitSource, state: dict[str, Tensor], model: FasterRCNN, skip_mismatched: bool,
+                report: list[str]) -> dict[str, Tensor]:
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched and not skip_mismatched:
+        key = mismatched[0]
+        raise InitError(f"{source.path}: {key} has shape {tuple(state[key].shape)}, this model's is "
+                        f"{tuple(own[key].shape)} ({len(mismatched)} tensor(s) do not fit; another "
+                        "architecture? train.init_skip_mismatched=true keeps fresh ones instead)")
+    if mismatched:
+        report.append(f"  re-initialised (shape does not fit, train.init_skip_mismatched): "
+                      f"{_listing(mismatched, 4)}")
+    return {k: v for k, v in state.items() if k not in mismatched}
+
+
+def _load_backbone(source: InitSource, model: FasterRCNN, report: list[str]) -> None:
+    if model.cfg.backbone.norm == "gn":
+        raise InitError(f"{source.path}: ImageNet BatchNorm statistics cannot initialise a GroupNorm "
+                        "backbone (model.backbone.norm: gn)")
+    try:
+        load_torchvision_resnet(model.backbone, source.state_dict)
+    except ConversionError as err:
+        raise InitError(f"{source.path}: {err}") from None
+    report.append("  loaded: backbone (ImageNet classifier dropped); kept fresh: the pyramid and the heads")
+
+
+def initialise(model: FasterRCNN, sources: list[InitSource], *, skip_mismatched: bool = False) -> list[str]:
+    """Load the sources into ``model`` in order; the report, one line per fact."""
+    report = []
+    for index, source in enumerate(sources, start=1):
+        report.append(f"init {index}/{len(sources)}: {source.describe()}")
+        if source.library == "torchvision_resnet":
+            _load_backbone(source, model, report)
+            continue
+        state = _fit_shapes(source, _class_rows(source, model, report), model, skip_mismatched, report)
+        try:
+            parts = model.load_parts(state, source=source.path, allow_missing=True)
+        except ValueError as err:
+            raise InitError(str(err)) from None
+        report.append(f"  loaded: {', '.join(parts['loaded']) or '-'}"
+                      + (f"; not in this model: {', '.join(parts['skipped'])}" if parts["skipped"] else "")
+                      + (f"; kept fresh: {', '.join(parts['fresh'])}" if parts["fresh"] else ""))
+    return report
+
+
+def prepare(cfg: Config) -> tuple[Config, list[InitSource], list[str]]:
+    """Read ``cfg.train.init`` and adopt its conventions: (config to build the model with, sources,
+    report lines about the config)."""
+    sources = [read_init_source(path) for path in cfg.train.init]
+    cfg, changes = adopt_conventions(cfg, sources)
+    return cfg, sources, [f"config from the weights: {change}" for change in changes]
+
