@@ -31,6 +31,8 @@ from fpn.model.segment_proposals import mask_windows
 
 BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
 AR_KEYS = ["AR@100", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
+# Proposals per image at which proposal_ar also reports recall (AR against the number of proposals).
+PROPOSAL_COUNTS = (10, 20, 50, 100, 200, 500, 1000)
 MASK_AR_KEYS = ["mask_AR@10", "mask_AR@100", "mask_AR@1000", "mask_AR_s@1000", "mask_AR_m@1000",
                 "mask_AR_l@1000"]
 MASK_AR_MAX_DETS = [10, 100, 1000]
@@ -97,7 +99,8 @@ def coco_box_ap(coco_gt: COCO | str | Path | dict, results: list[dict], verbose:
 def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[torch.Tensor],
                 image_ids: list[int], scores_per_image: list[torch.Tensor] | None = None,
                 verbose: bool = False) -> dict[str, float]:
-    """Class-agnostic average recall of proposals (xyxy, best first) at 100 and 1000 per image."""
+    """Class-agnostic average recall of proposals (xyxy, best first): AR@100, AR@1000 and
+    AR_s/m/l@1000 (Table 1), and AR@N for every N of PROPOSAL_COUNTS (the recall curve)."""
     coco = as_coco(coco_gt)
     any_category = coco.getCatIds()[0] if coco.getCatIds() else 1
     results = []
@@ -109,12 +112,15 @@ def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[tor
         for box, score in zip(xyxy_to_xywh(boxes).tolist(), scores, strict=True):
             results.append({"image_id": int(image_id), "category_id": any_category, "bbox": box,
                             "score": float(score)})
+    curve_keys = [f"AR@{n}" for n in PROPOSAL_COUNTS]
     if not results:
-        return dict.fromkeys(AR_KEYS, 0.0)
-    evaluator = _run_cocoeval(coco, results, False, [100, 1000], verbose, list(image_ids))
+        return dict.fromkeys([*AR_KEYS, *curve_keys], 0.0)
+    evaluator = _run_cocoeval(coco, results, False, list(PROPOSAL_COUNTS), verbose, list(image_ids))
     mean_recall = _mean_recall(evaluator)
-    return {"AR@100": mean_recall(0, 0), "AR@1000": mean_recall(0, 1), "AR_s@1000": mean_recall(1, 1),
-            "AR_m@1000": mean_recall(2, 1), "AR_l@1000": mean_recall(3, 1)}
+    at_1000 = PROPOSAL_COUNTS.index(1000)
+    return {**{key: mean_recall(0, i) for i, key in enumerate(curve_keys)},
+            "AR_s@1000": mean_recall(1, at_1000), "AR_m@1000": mean_recall(2, at_1000),
+            "AR_l@1000": mean_recall(3, at_1000)}
 
 
 def _mean_recall(evaluator: COCOeval) -> Callable[[int, int], float]:
