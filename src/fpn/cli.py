@@ -1,5 +1,5 @@
-"""The ``fpn`` command line: synth | train | eval | proposals | predict | demo | convert | bench | export |
-presets.
+"""The ``fpn`` command line: synth | train | eval | proposals | predict | demo | reproduce | convert | bench |
+export | presets.
 
 Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
 corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthesise data, train a CPU-sized FPN, evaluate, draw")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))
+
+    p = sub.add_parser("reproduce",
+                       help="the paper's Tables 1, 2, 3 and 6 in miniature: train, evaluate, report")
+    p.add_argument("--quick", action="store_true",
+                   help="a few steps per row, on a tiny set (about 2 minutes)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds for the rows the paper compares most (default: 3, or 2 with --quick)")
+    p.add_argument("--output", type=Path, default=Path("reports/reproduction"), help="where the report goes")
+    p.add_argument("--work", type=Path, default=Path("runs/reproduction"),
+                   help="data and training runs (a killed reproduction continues from here)")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("convert",
                        help="torchvision, detectron2 or mmdetection Faster R-CNN weights -> an fpn run")
@@ -142,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
             from fpn.jobs.demo import run_demo
 
             run_demo(args.output, overrides=args.overrides, progress=progress)
+        case "reproduce":
+            from fpn.jobs.reproduce import run_reproduction
+
+            run_reproduction(quick=args.quick, seeds=args.seeds, output=args.output, work=args.work,
+                             device=args.device)
         case "convert":
             _convert(args)
         case "bench":

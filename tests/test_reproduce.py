@@ -1,0 +1,100 @@
+"""``fpn reproduce``: every row shares its table's schedule, a killed run continues, the report is whole."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from fpn.jobs.reproduce import FULL, QUICK, ROWS, Reproduction, miniature, run_reproduction
+from fpn.jobs.reproduction_report import PAPER, claims, summarise
+
+
+def test_every_row_of_a_table_shares_one_schedule_and_one_transform(tmp_path):
+    reproduction = Reproduction(tmp_path, FULL, seeds=1)
+    for table in ("1", "2", "3", "6"):
+        configs = [reproduction.config(row, 0) for row in ROWS if row.table == table]
+        schedules = {json.dumps({k: v for k, v in vars(c.train).items()}, sort_keys=True) for c in configs}
+        assert len(schedules) == 1, f"table {table}: rows train differently"
+        assert {c.model.backbone.depth for c in configs} == {18}
+        assert {c.model.input.max_size for c in configs} == {256}
+    c4 = reproduction.config(ROWS[0], 0).model
+    assert c4.rpn.anchors.sizes == {"c4": [16, 32, 64, 128, 256]}  # the paper's 32..512, scaled 256/512
+    fpn = reproduction.config(ROWS[2], 0).model
+    assert fpn.rpn.anchors.sizes["p2"] == [16] and fpn.roi_heads.canonical_scale == 112
+
+
+def test_miniature_leaves_the_preset_alone():
+    from fpn.config import load_config
+
+    preset = load_config("paper_r50_fpn")
+    miniature(preset, FULL, 0.5)
+    assert preset.model.backbone.depth == 50 and preset.model.rpn.anchors.sizes["p2"] == [32]
+
+
+def test_seed_summary_and_claims_on_hand_made_rows():
+    def record(table, row, seed, **metrics):
+        return {"table": table, "row": row, "label": f"({row})", "seed": seed, "train_seconds": 60.0,
+                "metrics": metrics}
+
+    rows = [record("3", "c", 0, AP=0.30, AP_s=0.20, AP_m=0.3, AP_l=0.4),
+            record("3", "c", 1, AP=0.34, AP_s=0.22, AP_m=0.3, AP_l=0.4),
+            record("3", "a", 0, AP=0.31, AP_s=0.10, AP_m=0.3, AP_l=0.45),
+            record("3", "a", 1, AP=0.29, AP_s=0.12, AP_m=0.3, AP_l=0.45)]
+    summary = summarise(rows)
+    assert summary["3"]["c"]["AP"] == pytest.approx((0.32, 0.02))  # mean, half the range
+    assert summary["3"]["c"]["seeds"] == 2
+    lines = claims(summary, {})
+    assert any("AP above (a)? yes, within the seeds' spread (32.0 vs 30.0, +2.0 points)" in line
+               for line in lines), lines
+    assert any("AP_s above (a)? yes, beyond the seeds' spread" in line for line in lines), lines
+    assert any("largest on small objects? yes (AP_s +10.0, AP_m +0.0, AP_l -5.0)" in line for line in lines)
+
+
+def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_path):
+    lines = []
+
+    def killed_after_three_rows(line):
+        lines.append(line)
+        if sum(line.startswith("[") for line in lines) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
+                         progress=killed_after_three_rows)
+    finished = sorted((tmp_path / "work" / "quick" / "runs").glob("*/row.json"))
+    assert len(finished) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+
+    lines.clear()
+    run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
+                     progress=lines.append)
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # not trained again
+    expected = sum(QUICK.seeds if row.compared else 1 for row in ROWS)
+    progress = [line for line in lines if line.startswith("[")]
+    assert len(progress) == expected - 3 and progress[0].startswith(f"[4/{expected}]")
+    assert all("min left" in line for line in progress)
+
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert len(results["rows"]) == expected
+    by_row = {(r["table"], r["row"], r["seed"]): r["metrics"] for r in results["rows"]}
+    # anchors per 64-px image, counted by hand:
+    # FPN 3 x (16² + 8² + 4² + 2² + 1²); C4 15 x 4²; P2 only 15 x 16²
+    assert by_row[("1", "c", 0)]["anchors_per_image"] == 3 * 341
+    assert by_row[("1", "a", 1)]["anchors_per_image"] == 15 * 16
+    assert by_row[("1", "f", 0)]["anchors_per_image"] == 15 * 256
+    for (table, _, _), metrics in by_row.items():
+        wanted = {"1": "AR@1000", "2": "AP", "3": "AP", "6": "mask_AR@1000"}[table]
+        assert 0.0 <= metrics[wanted] <= 1.0 and metrics["seconds_per_image"] > 0
+    assert set(results["pyramid"]["rows"]) == {"C5, one scale", "C5, image pyramid [48, 64, 96]",
+                                               "FPN, one scale"}
+
+    readme = (tmp_path / "report" / "README.md").read_text()
+    for title in ("Table 1", "Table 2", "Table 3", "Table 6", "image pyramid", "claims, checked"):
+        assert title in readme
+    assert f"| {PAPER['1']['c'][1]:.1f} |" in readme  # the paper's FPN AR@1000 beside ours
+    for figure in ("ar_vs_proposals.png", "by_object_size.png", "time_vs_accuracy.png"):
+        with Image.open(tmp_path / "report" / figure) as image:
+            assert image.width > 300 and image.height > 200
+        assert f"]({figure})" in readme
