@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 
 import pytest
@@ -110,6 +111,30 @@ def test_overlapping_class_rows_are_carried_over_value_by_value(torchvision_coco
         torch.testing.assert_close(widget, fresh[key][2 * rows:3 * rows], rtol=0, atol=0)
     # every other tensor came over unchanged (the backbone's first conv as a witness)
     torch.testing.assert_close(ours["backbone.stem.conv.weight"], tv["backbone.body.conv1.weight"])
+
+
+def test_a_detectron2_pkl_brings_its_conventions_and_its_person_row(tiny_synth, tmp_path, capsys):
+    from test_interop_detectron2 import detectron2_shapes, random_state
+
+    d2 = random_state(detectron2_shapes(), seed=4)  # COCO's 80 classes, background last
+    path = tmp_path / "model_final_b275ba.pkl"
+    path.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in d2.items()},
+                                   "__author__": "Detectron2 Model Zoo"}))
+    root = _renamed_classes(tiny_synth, tmp_path, ["person", "widget", "dog"])
+    code = main(["train", "--config", "paper_r50_fpn", "--output", str(tmp_path / "run"), "--init", str(path),
+                 "--no-eval", *data_overrides(root), "train.max_iter=0", "train.device=cpu"])
+    assert code == 0, capsys.readouterr().err
+    cfg = load_config(tmp_path / "run" / "config.yaml", [])
+    assert cfg.model.input.channel_order == "BGR" and cfg.model.input.pixel_scale == 255
+    assert cfg.model.input.pixel_mean == pytest.approx([103.53, 116.28, 123.675])
+    assert cfg.model.backbone.stride_in_1x1
+    ours = _weights(tmp_path / "run")
+    score, deltas = "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight"
+    torch.testing.assert_close(ours[score][0], d2[score][80], rtol=0, atol=0)  # background: last there
+    torch.testing.assert_close(ours[score][1], d2[score][0], rtol=0, atol=0)  # person: COCO's first
+    torch.testing.assert_close(ours[score][3], d2[score][16], rtol=0, atol=0)  # dog: COCO's 17th
+    torch.testing.assert_close(ours[deltas][4:8], d2[deltas][0:4], rtol=0, atol=0)
+    torch.testing.assert_close(ours[deltas][12:16], d2[deltas][64:68], rtol=0, atol=0)
 
 
 def test_a_disjoint_dataset_reinitialises_the_class_rows_and_trains(torchvision_coco, tiny_synth, tmp_path,
