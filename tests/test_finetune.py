@@ -91,7 +91,7 @@ def test_overlapping_class_rows_are_carried_over_value_by_value(torchvision_coco
     report = caplog.text
     assert "torchvision Faster R-CNN, 90 classes" in report
     assert "2 of 3 carried over by name (person, dog)" in report
-    assert "re-initialised: the classifier and box-regressor rows of 1 class(es)" in report
+    assert "re-initialised: roi_heads.box_predictor (cls_score, bbox_pred) rows of 1 class(es)" in report
     assert "(widget)" in report
 
     # Before the one training step: a run of zero steps holds exactly what initialisation made.

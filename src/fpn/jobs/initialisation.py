@@ -57,6 +57,8 @@ CLASS_ROWS = {
     "roi_heads.box_predictor.bbox_pred.bias": 4,
 }
 
+PREDICTOR = "roi_heads.box_predictor (cls_score, bbox_pred)"
+
 LIBRARY_NAMES = {
     "fpn": "fpn run",
     "torchvision": "torchvision Faster R-CNN",
@@ -188,24 +190,23 @@ def _class_rows(source: InitSource, model: FasterRCNN, report: list[str]) -> dic
     target_classes = own["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
     if source_names and target_names:
         matched = match_classes(source_names, target_names)
-        if matched == {i: i for i in range(1, target_classes + 1)} and source_classes == target_classes:
-            return state  # the same classes in the same order
         carried = [target_names[t - 1] for t in sorted(matched)]
         fresh = [name for label, name in enumerate(target_names, start=1) if label not in matched]
         report.append(f"  classes: {len(carried)} of {target_classes} carried over by name"
                       + (f" ({_listing(carried)})" if carried else ""))
         if fresh:
-            report.append(f"  re-initialised: the classifier and box-regressor rows of {len(fresh)} "
-                          f"class(es) the source does not have ({_listing(fresh)})")
+            report.append(f"  re-initialised: {PREDICTOR} rows of {len(fresh)} class(es) the source does "
+                          f"not have ({_listing(fresh)})")
+        if matched == {i: i for i in range(1, target_classes + 1)} and source_classes == target_classes:
+            return state  # the same classes in the same order
     elif source_classes == target_classes:
-        report.append("  classes: names unknown on one side; the classifier and box-regressor rows "
-                      f"of all {target_classes} classes loaded by position")
+        report.append(f"  classes: names unknown on one side; {PREDICTOR} rows of all {target_classes} "
+                      "classes loaded by position")
         return state
     else:
         matched = {}
-        report.append(f"  re-initialised: roi_heads.box_predictor (cls_score, bbox_pred): "
-                      f"{source_classes} classes in the source, {target_classes} here, and no class names to "
-                      "match them by")
+        report.append(f"  re-initialised: {PREDICTOR}: {source_classes} classes in the source, "
+                      f"{target_classes} here, and no class names to match them by")
     state.update(carry_over_class_rows(state, own, matched))
     return state
 
