@@ -264,3 +264,33 @@ def test_heads_only_steps_keep_the_backbone_and_pyramid_fixed(tiny_synth, tmp_pa
     assert changed(steps[2], "rpn.") and changed(steps[2], "roi_heads.")
     assert changed(steps[3], "backbone.res2.") and changed(steps[3], "neck.")
     assert not changed(steps[3], "backbone.stem.")  # freeze_at 1 still holds after the switch
+
+
+def test_without_class_names_rows_load_by_position_or_start_fresh(tiny_synth, tmp_path, caplog):
+    source = _tiny(tiny_synth, "train.max_iter=0")
+    run_train(source, tmp_path / "source", progress=False, evaluate=False)
+    bare = tmp_path / "bare" / "weights.safetensors"  # no config.yaml beside it: class names unknown
+    bare.parent.mkdir()
+    shutil.copy(latest_checkpoint(tmp_path / "source" / "checkpoints") / "model.safetensors", bare)
+    weights = _weights(tmp_path / "source")
+
+    with caplog.at_level(logging.INFO, logger="fpn"):
+        run_train(_tiny(tiny_synth, "train.max_iter=0", "train.seed=5", f"train.init=[{bare}]"),
+                  tmp_path / "same_count", progress=False, evaluate=False)
+    assert "names unknown on one side" in caplog.text and "all 5 classes loaded by position" in caplog.text
+    for key in CLASS_KEYS:
+        torch.testing.assert_close(_weights(tmp_path / "same_count")[key], weights[key], rtol=0, atol=0)
+
+    caplog.clear()
+    fewer = _renamed_classes(tiny_synth, tmp_path, ["circle", "square", "triangle"])
+    with caplog.at_level(logging.INFO, logger="fpn"):
+        run_train(_tiny(fewer, "train.max_iter=0", "train.seed=5", f"train.init=[{bare}]"),
+                  tmp_path / "fewer", progress=False, evaluate=False)
+    assert "5 classes in the source, 3 here, and no class names to match them by" in caplog.text
+    ours = _weights(tmp_path / "fewer")
+    fresh = new_model(load_config(tmp_path / "fewer" / "config.yaml", []).model, 5).state_dict()
+    torch.testing.assert_close(ours["roi_heads.box_predictor.cls_score.weight"][0],
+                               weights["roi_heads.box_predictor.cls_score.weight"][0], rtol=0, atol=0)
+    torch.testing.assert_close(ours["roi_heads.box_predictor.cls_score.weight"][1:],
+                               fresh["roi_heads.box_predictor.cls_score.weight"][1:], rtol=0, atol=0)
+    torch.testing.assert_close(ours["rpn.head.conv.weight"], weights["rpn.head.conv.weight"])
