@@ -149,6 +149,7 @@ def test_health_schema_and_page(server):
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["classes"] == ["circle", "square", "triangle"]
     assert health["levels"] == ["p2", "p3", "p4", "p5"]
+    assert (health["canonical_scale"], health["canonical_level"]) == (32, 4)  # the page shows this Eq. 1
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/detect", "/health"} <= set(schema["paths"])
     assert {"400", "413", "415", "503"} <= set(schema["paths"]["/detect"]["post"]["responses"])
@@ -376,6 +377,7 @@ def test_the_page_draws_the_boxes_in_headless_chromium(server, tmp_path):
             drawn = page.evaluate("window.fpnDrawn")
             shown = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
             legend = page.inner_text("#legend")
+            assert page.inner_text("#canonical") == "32"  # the served model's Eq. 1, from /health
             set_slider(page, 1.0)  # nothing scores 1: no box
             bare = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
             box = page.locator("#canvas").bounding_box()

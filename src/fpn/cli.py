@@ -85,14 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         "/openapi.json (docs at /docs). Requests queue for one model and are micro-batched.")
     p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="default 8080")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes; each loads its own copy of the model, so memory multiplies "
                    "(default 1: one model, requests queued to it)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per worker (default: torch's choice, one per core; with several "
                    "workers give each cores/workers)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change the model's config, repeatable, e.g. --set model.roi_heads.score_thresh=0.3")
     p.add_argument("--timeout", type=float, default=30.0,
