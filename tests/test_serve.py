@@ -39,14 +39,14 @@ SERVER_ARGS = ["--set", "model.roi_heads.score_thresh=0", "--max-upload-mb", "2"
                "--timeout", "20", "--max-batch", "4", "--max-queue", "32"]
 
 
-def make_run(root: Path) -> Path:
+def make_run(root: Path, extra: tuple[str, ...] = ()) -> Path:
     """An untrained run of the tiny detector (random weights, seeded)."""
     from fpn.config import Config, load_config, to_dict
     from fpn.engine.checkpoint import save_checkpoint
     from fpn.model.detector import FasterRCNN
 
     torch.manual_seed(0)
-    model = FasterRCNN(load_config("demo", RUN_MODEL).model)
+    model = FasterRCNN(load_config("demo", [*RUN_MODEL, *extra]).model)
     save_checkpoint(root / "checkpoints", 0, model.state_dict(), None, to_dict(Config(model=model.cfg)))
     return root
 
@@ -420,9 +420,24 @@ def test_serve_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["serve", str(tmp_path / "no_run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no_run" in err and "Traceback" not in err
+    rpn_alone = make_run(tmp_path / "rpn", ("model.box_head=false",))
+    assert main(["serve", str(rpn_alone)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a detector with a box head" in err
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed
     assert main(["serve", str(tmp_path)]) == 2
     assert "pip install 'fpn[serve]'" in capsys.readouterr().err
+
+
+def test_several_workers_each_serve(run_dir, tmp_path):
+    """``--workers 2``: uvicorn's worker processes build the app from the options in the environment."""
+    srv = Server(run_dir, ["--workers", "2", "--threads", "1"], tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        assert all(detect(srv.url, photo_bytes(seed=i)).status_code == 200 for i in range(4))
+        assert "Started parent process" in srv.log.read_text()
+    finally:
+        srv.stop()
 
 
 # ---- the queue in-process: a stand-in detector that records its batches ----------------------
