@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -139,12 +139,18 @@ def build_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
         if image.content_type and not image.content_type.startswith(IMAGE_PART_TYPES):
             raise UploadRejected(415, f"the 'image' part has content type {image.content_type!r}; "
                                       "expected image/*")
-        async with decode_slots:
+        try:  # at most ``decode_slots`` images are decoded at once; the others wait, within the deadline
+            await asyncio.wait_for(decode_slots.acquire(), max(deadline - time.perf_counter(), 0.001))
+        except asyncio.TimeoutError:
+            raise HTTPException(503, "timed out waiting to decode the image; retry later") from None
+        try:
             tensor = await run_in_threadpool(decode_image, await image.read(), max_pixels=max_pixels)
+        finally:
+            decode_slots.release()
         try:
             det = await batcher.detect(tensor, max(deadline - time.perf_counter(), 0.001))
         except (Busy, TimedOut) as err:
-            raise UploadRejected(503, str(err)) from None
+            raise HTTPException(503, str(err)) from None
         return _response(det, tensor.shape[-1], tensor.shape[-2], category_ids, min_score,
                          time.perf_counter() - start)
 

@@ -78,7 +78,7 @@ class Batcher:
             raise Busy(f"busy: {self.max_queue} images are already queued; retry later") from None
         try:
             return await asyncio.wait_for(future, timeout)  # cancels the future on timeout
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on, not before
             raise TimedOut(f"timed out: no result within {timeout:g} s (queued and running); "
                            "retry later") from None
 
