@@ -29,8 +29,9 @@ ALLOWED = {
     "fpn.benchmark": NEUTRAL | {"fpn.model", "fpn.interop", "fpn.export"},
     "fpn.api": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine"},
     "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api", "fpn.interop"},
+    "fpn.serve": NEUTRAL | {"fpn", "fpn.data", "fpn.api"},
     "fpn.cli": NEUTRAL | {"fpn", "fpn.data", "fpn.engine", "fpn.api", "fpn.jobs", "fpn.export",
-                          "fpn.benchmark", "fpn.interop"},
+                          "fpn.benchmark", "fpn.interop", "fpn.serve"},
     "fpn.__main__": {"fpn.cli"},
     "fpn": set(),
 }

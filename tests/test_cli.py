@@ -32,7 +32,7 @@ def test_synth_train_eval_predict(tmp_path, capsys):
     assert main(["--quiet", "predict", str(run), str(data / "val" / "images"), "--output", str(preds)]) == 0
     assert len(list((preds / "drawn").glob("*.png"))) == 2
     records = json.loads((preds / "predictions.json").read_text())
-    assert all({"file_name", "bbox", "score", "category_name"} <= set(r) for r in records)
+    assert all({"file_name", "bbox", "score", "category_name", "level"} <= set(r) for r in records)
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys, tiny_synth):

@@ -73,7 +73,7 @@ def test_variant_trains_and_predicts(preset):
     with torch.no_grad():
         outputs = model(images, return_proposals=True)
     for image, out in zip(images, outputs, strict=True):
-        assert set(out) == {"boxes", "scores", "labels", "proposals", "objectness"}
+        assert set(out) == {"boxes", "scores", "labels", "levels", "proposals", "objectness"}
         assert len(out["boxes"]) > 0
         h, w = image.shape[-2:]
         assert bool((out["boxes"][:, 2] <= w).all() and (out["boxes"][:, 3] <= h).all())

@@ -80,7 +80,7 @@ def test_a_model_built_under_inference_mode_runs_the_fast_path():
         model = FasterRCNN(load_config(None, ["model.backbone.depth=18", "model.backbone.width=8",
                                               "model.neck.channels=16", "model.roi_heads.fc_dim=32"]).model)
         out = model.eval()([torch.rand(3, 64, 64)])
-    assert set(out[0]) == {"boxes", "scores", "labels"}
+    assert set(out[0]) == {"boxes", "scores", "labels", "levels"}
 
 
 def test_compiled_inference_path_gives_the_same_detections_at_new_sizes():

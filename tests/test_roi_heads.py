@@ -80,3 +80,47 @@ def test_roi_pool_is_selectable_for_the_ablation():
         name = f"p{level}"
         rois = torch.cat([torch.zeros(1, 1), boxes[i : i + 1]], dim=1)
         torch.testing.assert_close(pooled[i], roi_pool(features[name], rois, (7, 7), 1 / strides[name])[0])
+
+def test_each_detection_carries_the_level_its_roi_was_pooled_from():
+    """``levels`` of a detection is Eq. 1 of its *proposal*, not of its regressed box."""
+    cfg = RoIHeadConfig(levels=["p2", "p3", "p4", "p5"], num_classes=2, fc_dim=16, score_thresh=0.0)
+    heads = RoIHeads(cfg, in_channels=4, strides={"p2": 4, "p3": 8, "p4": 16, "p5": 32}).eval()
+    features = {f"p{k}": torch.randn(1, 4, 1024 // 2**k, 1024 // 2**k) for k in range(2, 6)}
+    proposals = [torch.tensor([
+        [0.0, 0.0, 448.0, 448.0],  # sqrt(wh) 448 = 224 * 2 -> 5
+        [500.0, 0.0, 724.0, 224.0],  # 224 -> k0 = 4
+        [0.0, 500.0, 112.0, 612.0],  # 112 -> 3
+        [600.0, 600.0, 656.0, 656.0],  # 56 -> 2
+        [900.0, 900.0, 920.0, 920.0],  # 20: floor(4 + log2(20 / 224)) = 0 -> clamped to 2
+    ])]
+    with torch.no_grad():
+        heads.box_predictor.bbox_pred.weight.zero_()  # zero deltas: each box is its proposal
+        # class 1 scores highest on every RoI; class 2 also passes the threshold of 0 (K = 2 per RoI)
+        heads.box_predictor.cls_score.bias.copy_(torch.tensor([0.0, 3.0, 1.0]))
+        det = heads(features, proposals, [(1024, 1024)], None)[0][0]
+    assert det["levels"].dtype == torch.int64 and len(det["levels"]) == 10
+    want = {tuple(box): level for box, level in zip(proposals[0].tolist(), [5, 4, 3, 2, 2], strict=True)}
+    for box, level in zip(det["boxes"].tolist(), det["levels"].tolist(), strict=True):
+        assert want[tuple(box)] == level
+
+
+def test_levels_follow_the_source_roi_through_regression_and_nms():
+    """With random deltas every detection moves off its proposal; its level is still its proposal's."""
+    from fpn.model import boxes as box_ops
+
+    torch.manual_seed(0)
+    cfg = RoIHeadConfig(levels=["p2", "p3", "p4"], num_classes=3, fc_dim=16, score_thresh=0.0)
+    heads = RoIHeads(cfg, in_channels=4, strides={"p2": 4, "p3": 8, "p4": 16}).eval()
+    features = {f"p{k}": torch.randn(1, 4, 512 // 2**k, 512 // 2**k) for k in (2, 3, 4)}
+    xy = torch.rand(30, 2) * 100
+    proposals = [torch.cat([xy, xy + 16 * 2 ** (torch.rand(30, 2) * 4.5)], dim=1)]  # sides 16..362
+    with torch.no_grad():
+        heads.box_predictor.bbox_pred.weight.normal_(std=0.1)
+        det = heads(features, proposals, [(512, 512)], None)[0][0]
+        logits, deltas = heads.box_predictor(heads.box_head(heads.pooler(features, proposals)))
+    decoded = box_ops.clip_boxes(box_ops.decode_boxes(deltas, proposals[0], cfg.box_weights), (512, 512))
+    source_levels = map_rois_to_levels(proposals[0], 2, 4)
+    assert len(set(source_levels.tolist())) == 3, "the proposals exercise every level"
+    for box, label, level in zip(det["boxes"], det["labels"].tolist(), det["levels"].tolist(), strict=True):
+        roi = torch.nonzero((decoded[:, label] == box).all(dim=1)).squeeze(1)
+        assert len(roi) == 1 and source_levels[roi].item() == level

@@ -1,5 +1,5 @@
 """The ``fpn`` command line: synth | train | eval | proposals | predict | demo | reproduce | convert | bench |
-export | presets.
+export | serve | presets.
 
 Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
 corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
@@ -98,6 +98,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image for the ONNX Runtime vs PyTorch check (default: a random one)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
 
+    p = sub.add_parser(
+        "serve", help="detection as a local web service and page (needs: pip install 'fpn[serve]')",
+        description="Serve a detector over HTTP: POST /detect (multipart field 'image') returns JSON "
+        "detections; GET /health; GET / is a page to drop an image on; the OpenAPI schema is at "
+        "/openapi.json (docs at /docs). Requests queue for one model and are micro-batched.")
+    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080, help="default 8080")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes; each loads its own copy of the model, so memory multiplies "
+                   "(default 1: one model, requests queued to it)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker (default: torch's choice, one per core; with several "
+                   "workers give each cores/workers)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the model's config, repeatable, e.g. --set model.roi_heads.score_thresh=0.3")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds a request may wait and run before a 503 (default 30)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MiB)")
+    p.add_argument("--max-megapixels", type=float, default=40.0,
+                   help="largest image, checked from its header before decoding (default 40)")
+    p.add_argument("--max-batch", type=int, default=4, help="images run in one forward at most (default 4)")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="images that may wait; more get a 503 'busy' (default 16)")
+
     sub.add_parser("presets", help="list the config presets")
     return parser
 
@@ -167,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
             benchmark.publish_report(report, args.output)
         case "export":
             _export(args)
+        case "serve":
+            _serve(args)
         case "presets":
             from fpn.config import preset_descriptions
 
@@ -211,6 +239,22 @@ def _export(args: argparse.Namespace) -> None:
         if check["detections"] == 0:
             print("note: nothing was detected, so the check compared little; pass --verify-image "
                   "with a real photo")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"fpn serve needs the serve extra: pip install 'fpn[serve]' ({err})") from None
+    from fpn.serve.app import ServeSettings
+    from fpn.serve.server import ServeOptions, serve
+
+    limits = ServeSettings(max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
+                           timeout=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue)
+    serve(ServeOptions(str(args.checkpoint), host=args.host, port=args.port, workers=args.workers,
+                       device=args.device, threads=args.threads, overrides=args.overrides, limits=limits))
 
 
 def _eval(args: argparse.Namespace, progress: bool) -> None:

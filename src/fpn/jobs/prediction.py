@@ -108,14 +108,16 @@ def _drawable(det: dict) -> dict:
 
 
 def _records(detector: Detector, path: Path, det: dict) -> list[dict]:
-    """COCO-style records of one image's detections (``bbox`` xywh), with the category names."""
+    """COCO-style records of one image's detections (``bbox`` xywh), with the category names and the
+    pyramid level of each detection's RoI (``level``, the k of P_k; Eq. 1)."""
     if "boxes" not in det:  # the RPN alone: proposals, class-agnostic
         return [{"file_name": str(path), "bbox": box, "score": score}
                 for box, score in zip(xyxy_to_xywh(det["proposals"]).tolist(), det["objectness"].tolist(),
                                       strict=True)]
     category_ids = detector.model.cfg.category_ids
+    levels = det["levels"].tolist() if "levels" in det else [None] * len(det["boxes"])
     return [{"file_name": str(path), "bbox": box, "score": score,
              "category_id": category_ids[label - 1] if category_ids else label,
-             "category_name": detector.label_name(label)}
-            for box, score, label in zip(xyxy_to_xywh(det["boxes"]).tolist(), det["scores"].tolist(),
-                                         det["labels"].tolist(), strict=True)]
+             "category_name": detector.label_name(label), "level": level}
+            for box, score, label, level in zip(xyxy_to_xywh(det["boxes"]).tolist(), det["scores"].tolist(),
+                                                det["labels"].tolist(), levels, strict=True)]

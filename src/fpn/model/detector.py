@@ -158,7 +158,8 @@ class FasterRCNN(nn.Module):
         Returns:
             training: the losses of the parts present: {"loss_rpn_objectness", "loss_rpn_box"}
             from the RPN, {"loss_cls", "loss_box"} from the box head.
-            eval: per image {"boxes" (D, 4), "scores" (D,), "labels" (D,)} in original pixels;
+            eval: per image {"boxes" (D, 4), "scores" (D,), "labels" (D,)} in original pixels, and
+            "levels" (D,), the k of the P_k each detection's RoI was pooled from (Eq. 1);
             the RPN alone gives {"proposals" (P, 4), "objectness" (P,)} instead. With
             ``model.input.test_scales`` set, eval mode runs on that image pyramid and merges the
             scales (``fpn.model.image_pyramid``). Segment proposals (``model.proposals=segments``):

@@ -58,6 +58,8 @@ def merge_scales(per_scale: list[Outputs], cfg: ModelConfig) -> Outputs:
             keep = batched_nms(boxes, scores, labels, cfg.roi_heads.nms_thresh)
             keep = keep[: cfg.roi_heads.detections_per_image]
             out.update(boxes=boxes[keep], scores=scores[keep], labels=labels[keep])
+            if "levels" in outputs[0]:  # the pyramid level of each RoI, at its own image scale
+                out["levels"] = torch.cat([o["levels"] for o in outputs])[keep]
         if "proposals" in outputs[0]:
             boxes = torch.cat([o["proposals"] for o in outputs])
             objectness = torch.cat([o["objectness"] for o in outputs])

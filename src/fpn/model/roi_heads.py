@@ -72,9 +72,7 @@ class MultiLevelRoIPooler(nn.Module):
             for i, b in enumerate(boxes_per_image)
         ])
         rois = torch.cat([batch_index, boxes], dim=1)  # (R, 5): image index, x1, y1, x2, y2
-        levels = map_rois_to_levels(boxes, min(self.level_of), max(self.level_of),
-                                    canonical_scale=self.canonical_scale,
-                                    canonical_level=self.canonical_level)
+        levels = self.levels(boxes)
         first = features[next(iter(self.strides))]
         size = self.output_size
         pooled = first.new_zeros((rois.shape[0], first.shape[1], size, size))
@@ -82,6 +80,11 @@ class MultiLevelRoIPooler(nn.Module):
             idx = torch.nonzero(levels == k).squeeze(1)
             pooled[idx] = self._pool(features[name], rois[idx], 1.0 / self.strides[name])
         return pooled
+
+    def levels(self, boxes_xyxy: Tensor) -> Tensor:
+        """(R,) the k of the P_k each (R, 4) box is pooled from (Eq. 1, clamped to the pooler's levels)."""
+        return map_rois_to_levels(boxes_xyxy, min(self.level_of), max(self.level_of),
+                                  canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
 
     def _pool(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
         size = (self.output_size, self.output_size)
@@ -233,7 +236,11 @@ class RoIHeads(nn.Module):
 
     def detections(self, class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
                    image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Decode, clip, drop background and low scores, per-class NMS, keep the best 100."""
+        """Decode, clip, drop background and low scores, per-class NMS, keep the best 100.
+
+        Besides ``boxes``, ``scores``, ``labels``, each detection carries ``levels``: the k of the
+        P_k its RoI (the proposal it was regressed from) was pooled from (Eq. 1, docs/paper.md §3).
+        """
         cfg = self.cfg
         num_classes = class_logits.shape[1]
         boxes_all = box_ops.decode_boxes(box_deltas, torch.cat(proposals), cfg.box_weights,
@@ -241,15 +248,18 @@ class RoIHeads(nn.Module):
         scores_all = F.softmax(class_logits, dim=1)
         counts = [p.shape[0] for p in proposals]
         results = []
-        for boxes, scores, image_hw in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes,
-                                           strict=True):
+        for boxes, scores, rois, image_hw in zip(boxes_all.split(counts), scores_all.split(counts), proposals,
+                                                 image_sizes, strict=True):
             boxes = box_ops.clip_boxes(boxes, image_hw)[:, 1:].reshape(-1, 4)  # drop background
             labels = torch.arange(1, num_classes, device=scores.device).repeat(scores.shape[0])
+            # (Ri,) -> (Ri*K,): the RoI level of every (RoI, class) pair, in the order of ``boxes``
+            levels = self.pooler.levels(rois).repeat_interleave(num_classes - 1)
             scores = scores[:, 1:].reshape(-1)
             keep = torch.nonzero(scores > cfg.score_thresh).squeeze(1)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            boxes, scores, labels, levels = boxes[keep], scores[keep], labels[keep], levels[keep]
             keep = box_ops.nonempty_mask(boxes, cfg.min_box_size)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            boxes, scores, labels, levels = boxes[keep], scores[keep], labels[keep], levels[keep]
             keep = box_ops.batched_nms(boxes, scores, labels, cfg.nms_thresh)[: cfg.detections_per_image]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep],
+                            "levels": levels[keep]})
         return results
