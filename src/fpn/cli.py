@@ -84,9 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="library", choices=["torchvision", "detectron2", "mmdetection"],
                    default=None, help="the library that wrote the weights (default: recognised by key names)")
 
-    p = sub.add_parser("bench", help="inference speed against torchvision on identical weights")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="only the 512x512 input and small scaling tables")
+    p = sub.add_parser("bench", help="inference (or training) speed against torchvision on identical weights")
+    p.add_argument("--train", action="store_true",
+                   help="training steps instead: R50-FPN at 512 and 800 px, and the demo preset")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per row (default: 3, 5 with --train)")
+    p.add_argument("--quick", action="store_true",
+                   help="only the 512x512 input and small scaling tables (with --train: no 800 px row)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
 
@@ -187,9 +191,11 @@ def run(args: argparse.Namespace) -> int:
         case "convert":
             _convert(args)
         case "bench":
-            from fpn import benchmark
+            from fpn import benchmark, benchmark_train
 
-            report = benchmark.run(repeats=args.repeats, quick=args.quick, threads=args.threads)
+            run = benchmark_train.run if args.train else benchmark.run
+            repeats = args.repeats or (5 if args.train else 3)
+            report = run(repeats=repeats, quick=args.quick, threads=args.threads)
             benchmark.publish_report(report, args.output)
         case "export":
             _export(args)

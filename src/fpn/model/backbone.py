@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -46,7 +47,42 @@ def conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int, norm: NormFacto
     )
 
 
-class BasicBlock(nn.Module):
+def conv_then_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor, fold: bool) -> Tensor:
+    """``norm(conv(x))``; with ``fold``, a FrozenBatchNorm2d is folded into the convolution.
+
+    The frozen statistics are constants, so norm(W*x) = (s·W)*x + t with s = gamma/sqrt(var + eps),
+    t = beta - mean·s (``fpn.model.fuse`` does the same once for inference). Here s·W is formed
+    at every call, inside the autograd graph: the gradient still reaches ``conv.weight`` (scaled
+    by s, as through the norm), and the activations are no longer multiplied and shifted on
+    their own, forward and backward. Equal to the unfolded pair to float rounding.
+    """
+    if not (fold and isinstance(norm, FrozenBatchNorm2d)):
+        return norm(conv(x))
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # (C_out,), as FrozenBatchNorm2d
+    shift = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    weight = conv.weight * scale[:, None, None, None]  # (C_out, C_in, k, k)
+    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class FoldsFrozenNorm(nn.Module):
+    """A module whose convolutions are followed by norms; in training mode ``fold_frozen_norm``
+    folds the frozen ones (eval mode keeps the plain pair: ``fpn.model.fuse`` folds for it)."""
+
+    fold_frozen_norm = True  # FasterRCNN.fast_training sets it on every such module
+
+    @property
+    def _fold(self) -> bool:
+        return self.fold_frozen_norm and self.training
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        if self.shortcut is None:
+            return x
+        return conv_then_norm(self.shortcut[0], self.shortcut[1], x, self._fold)
+
+
+class BasicBlock(FoldsFrozenNorm):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
 
     expansion = 1
@@ -61,14 +97,15 @@ class BasicBlock(nn.Module):
         self.shortcut = conv_norm(in_ch, out_ch, 1, stride, norm) if stride != 1 or in_ch != out_ch else None
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.relu(self.norm1(self.conv1(x)), inplace=True)
-        out = self.norm2(self.conv2(out))
+        fold = self._fold
+        identity = self._shortcut(x)
+        out = F.relu(conv_then_norm(self.conv1, self.norm1, x, fold), inplace=True)
+        out = conv_then_norm(self.conv2, self.norm2, out, fold)
         out += identity
         return F.relu(out, inplace=True)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(FoldsFrozenNorm):
     """1x1 -> 3x3 -> 1x1 with a residual connection (ResNet-50/101).
 
     ``stride_in_1x1`` puts the stride on the first 1x1 conv (MSRA / detectron2 weights) instead
@@ -90,15 +127,16 @@ class Bottleneck(nn.Module):
         self.shortcut = conv_norm(in_ch, out_ch, 1, stride, norm) if stride != 1 or in_ch != out_ch else None
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.relu(self.norm1(self.conv1(x)), inplace=True)
-        out = F.relu(self.norm2(self.conv2(out)), inplace=True)
-        out = self.norm3(self.conv3(out))
+        fold = self._fold
+        identity = self._shortcut(x)
+        out = F.relu(conv_then_norm(self.conv1, self.norm1, x, fold), inplace=True)
+        out = F.relu(conv_then_norm(self.conv2, self.norm2, out, fold), inplace=True)
+        out = conv_then_norm(self.conv3, self.norm3, out, fold)
         out += identity
         return F.relu(out, inplace=True)
 
 
-class Stem(nn.Module):
+class Stem(FoldsFrozenNorm):
     """conv1: 7x7 stride 2, norm, ReLU, 3x3 max-pool stride 2 (stride 4 in all)."""
 
     def __init__(self, out_ch: int, norm: NormFactory):
@@ -107,7 +145,8 @@ class Stem(nn.Module):
         self.norm = norm(out_ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(F.relu(self.norm(self.conv(x)), inplace=True), kernel_size=3, stride=2, padding=1)
+        out = conv_then_norm(self.conv, self.norm, x, self._fold)
+        return F.max_pool2d(F.relu(out, inplace=True), kernel_size=3, stride=2, padding=1)
 
 
 def make_stage(

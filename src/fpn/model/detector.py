@@ -16,12 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from fpn.config import ModelConfig
-from fpn.model.backbone import ResNet
+from fpn.model.backbone import FoldsFrozenNorm, ResNet
 from fpn.model.fuse import inference_copy, parameters_version
 from fpn.model.image_pyramid import check_test_scales, detect_on_image_pyramid
 from fpn.model.neck import build_neck
 from fpn.model.preprocess import ImageBatch, Preprocessor, padded_size, rescale_boxes, resize_scale
-from fpn.model.roi_heads import RoIHeads
+from fpn.model.roi_heads import MultiLevelRoIPooler, RoIHeads
 from fpn.model.rpn import RegionProposalNetwork
 from fpn.model.segment_proposals import SegmentProposalHead
 
@@ -35,9 +35,17 @@ class FasterRCNN(nn.Module):
     to run the training-mode modules instead. ``compile_inference = True`` also passes that
     copy through ``torch.compile`` (dynamic shapes): a one-off compilation of about half a
     minute on a CPU, then a faster bottom-up pathway (``fpn bench`` measures it).
+
+    In training mode (``fast_training``, the default) the frozen normalisation is folded into
+    the convolutions at every step, gradients flowing through the fold, and the images enter
+    in channels-last memory, which the CPU's convolutions, forward and backward, run faster
+    on, and RoIAlign runs as a sparse matrix product whose backward pass is multithreaded
+    (``fpn.model.roi_align``; ``fpn bench --train`` measures all three). The same function to
+    float rounding; ``fast_training = False`` runs the plain modules.
     """
 
-    def __init__(self, cfg: ModelConfig, fast_inference: bool = True, compile_inference: bool = False):
+    def __init__(self, cfg: ModelConfig, fast_inference: bool = True, compile_inference: bool = False,
+                 fast_training: bool = True):
         super().__init__()
         if not cfg.box_head and cfg.proposals == "given":
             raise ValueError("model.box_head=false with model.proposals=given leaves nothing to train")
@@ -78,6 +86,20 @@ class FasterRCNN(nn.Module):
                                                          self.neck.strides)
         else:
             self.segment_proposals = None
+        self.fast_training = fast_training
+
+    @property
+    def fast_training(self) -> bool:
+        return self._fast_training
+
+    @fast_training.setter
+    def fast_training(self, value: bool) -> None:
+        self._fast_training = value
+        for module in self.modules():
+            if isinstance(module, FoldsFrozenNorm):
+                module.fold_frozen_norm = value
+            if isinstance(module, MultiLevelRoIPooler):
+                module.sparse_roi_align = value
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +137,8 @@ class FasterRCNN(nn.Module):
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
+        if self.training and self.fast_training:
+            return self.neck(self.backbone(images.contiguous(memory_format=torch.channels_last)))
         if self.training or not self.fast_inference:
             return self.neck(self.backbone(images))
         backbone = self._inference_backbone()
