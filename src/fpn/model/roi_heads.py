@@ -48,9 +48,10 @@ def map_rois_to_levels(
 class MultiLevelRoIPooler(nn.Module):
     """Pool each RoI from the level the level mapper picks (RoIAlign, or RoIPool for ablation).
 
-    In training mode, with ``sparse_roi_align`` (the default) and a fixed sampling ratio,
-    RoIAlign runs as a sparse matrix product (``fpn.model.roi_align``): the same numbers to
-    float rounding, and a backward pass many times faster on CPUs than torchvision's.
+    In training mode on a CPU, with ``sparse_roi_align`` (the default) and a fixed sampling
+    ratio, RoIAlign runs as a sparse matrix product (``fpn.model.roi_align``): the same numbers
+    to float rounding, and a backward pass many times faster than torchvision's serial CPU one
+    (on a GPU torchvision's own kernels run).
 
     Args:
         strides: the levels to pool from and their strides, e.g. ``{"p2": 4, ..., "p5": 32}``.
@@ -97,7 +98,7 @@ class MultiLevelRoIPooler(nn.Module):
         size = (self.output_size, self.output_size)
         if self.kind == "roi_pool":
             return roi_pool(feature, rois, size, spatial_scale)
-        if self.training and self.sparse_roi_align and self.sampling_ratio > 0:
+        if self.training and self.sparse_roi_align and self.sampling_ratio > 0 and feature.is_cpu:
             return roi_align_sparse(feature, rois, self.output_size, spatial_scale, self.sampling_ratio,
                                     self.aligned)
         return roi_align(feature, rois, size, spatial_scale, self.sampling_ratio, self.aligned)
