@@ -59,3 +59,18 @@ def assert_same_detections(want: dict, got: dict, box_tol: float, score_tol: flo
     assert score_diff <= score_tol, f"score difference {score_diff:.2e}"
     torch.testing.assert_close(got["scores"].sort().values, want["scores"].sort().values,
                                atol=score_tol, rtol=0)
+
+
+def randomise_norm_statistics(module) -> None:
+    """Seeded, non-trivial scales, shifts and running statistics for every (Frozen)BatchNorm2d: a
+    fold or a fused path that ignores one of them then gives different numbers."""
+    import torch
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, FrozenBatchNorm2d | torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.normal_(0, 0.1, generator=g)
+            m.running_mean.normal_(0, 0.1, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)

@@ -27,11 +27,13 @@ ALLOWED = {
     "fpn.engine": NEUTRAL | {"fpn.model", "fpn.data"},
     "fpn.export": NEUTRAL | {"fpn.model"},
     "fpn.benchmark": NEUTRAL | {"fpn.model", "fpn.interop", "fpn.export"},
+    # training-step speed against torchvision: builds models, batches and the trainer's optimizer
+    "fpn.benchmark_train": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.interop", "fpn.benchmark"},
     "fpn.api": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine"},
     "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api", "fpn.interop"},
     "fpn.serve": NEUTRAL | {"fpn", "fpn.data", "fpn.api"},
     "fpn.cli": NEUTRAL | {"fpn", "fpn.data", "fpn.engine", "fpn.api", "fpn.jobs", "fpn.export",
-                          "fpn.benchmark", "fpn.interop", "fpn.serve"},
+                          "fpn.benchmark", "fpn.benchmark_train", "fpn.interop", "fpn.serve"},
     "fpn.__main__": {"fpn.cli"},
     "fpn": set(),
 }

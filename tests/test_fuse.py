@@ -6,28 +6,18 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from conftest import assert_same_detections
+from conftest import assert_same_detections, randomise_norm_statistics
 from fpn.config import BackboneConfig, load_config
 from fpn.model.backbone import ResNet
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import fold_norm_into_conv, inference_copy
 
 
-def _randomise_statistics(module):
-    g = torch.Generator().manual_seed(0)
-    for m in module.modules():
-        if isinstance(m, FrozenBatchNorm2d | torch.nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.normal_(0, 0.1, generator=g)
-            m.running_mean.normal_(0, 0.1, generator=g)
-            m.running_var.uniform_(0.5, 2.0, generator=g)
-
-
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
 @torch.no_grad()
 def test_folded_backbone_computes_the_same_features(norm):
     backbone = ResNet(BackboneConfig(depth=50, width=16, norm=norm, freeze_at=0)).eval()
-    _randomise_statistics(backbone)
+    randomise_norm_statistics(backbone)
     fused = inference_copy(backbone)
     assert not any(isinstance(m, FrozenBatchNorm2d | torch.nn.BatchNorm2d) for m in fused.modules())
     x = torch.randn(2, 3, 96, 128)
@@ -56,7 +46,7 @@ def test_eval_mode_uses_the_fast_path_and_follows_weight_changes():
                              "model.roi_heads.fc_dim=32", "model.input.min_size_test=128",
                              "model.input.max_size=128", "model.roi_heads.score_thresh=0.0"]).model
     model = FasterRCNN(cfg).eval()
-    _randomise_statistics(model.backbone)
+    randomise_norm_statistics(model.backbone)
     images = [torch.rand(3, 100, 120)]
     with torch.no_grad():
         fast = model(images)
@@ -92,7 +82,7 @@ def test_compiled_inference_path_gives_the_same_detections_at_new_sizes():
     overrides = [*TINY_MODEL, "model.backbone.norm=frozen_bn", "model.roi_heads.score_thresh=0.0"]
     cfg = load_config(None, overrides)
     model = FasterRCNN(cfg.model).eval()
-    _randomise_statistics(model.backbone)
+    randomise_norm_statistics(model.backbone)
     images = [[torch.rand(3, 96, 120)], [torch.rand(3, 70, 96)]]
     with torch.inference_mode():
         eager = [model(batch)[0] for batch in images]

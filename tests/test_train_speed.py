@@ -6,26 +6,17 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from conftest import randomise_norm_statistics
 from fpn.config import load_config
 from fpn.model.backbone import Bottleneck, conv_then_norm
 from fpn.model.detector import FasterRCNN
-
-
-def _randomise_statistics(module):
-    g = torch.Generator().manual_seed(0)
-    for m in module.modules():
-        if isinstance(m, FrozenBatchNorm2d | torch.nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.normal_(0, 0.1, generator=g)
-            m.running_mean.normal_(0, 0.1, generator=g)
-            m.running_var.uniform_(0.5, 2.0, generator=g)
 
 
 def _conv_and_frozen_norm(conv_bias: bool):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=conv_bias)
     norm = FrozenBatchNorm2d(6, eps=1e-5)
-    _randomise_statistics(norm)
+    randomise_norm_statistics(norm)
     return conv, norm
 
 
@@ -76,7 +67,7 @@ def _tiny_detector(norm: str, fast: bool) -> FasterRCNN:
                              "model.input.min_size_train=[128]", "model.input.max_size=128",
                              "model.roi_heads.num_classes=3"]).model
     model = FasterRCNN(cfg, fast_training=fast).train()
-    _randomise_statistics(model.backbone)
+    randomise_norm_statistics(model.backbone)
     return model.double()  # float64: rounding (amplified by trainable BN on 4x4 maps) out of the way
 
 
