@@ -198,7 +198,7 @@ def test_stride_placement_changes_the_output_and_matches_a_hand_built_bottleneck
     out = F.relu(_frozen_bn(F.conv2d(out, b.conv2.weight, padding=1), b.norm2))
     out = _frozen_bn(F.conv2d(out, b.conv3.weight), b.norm3)
     reference = F.relu(out + _frozen_bn(F.conv2d(x, b.shortcut[0].weight, stride=2), b.shortcut[1]))
-    torch.testing.assert_close(in_1x1(x), reference)
+    torch.testing.assert_close(in_1x1(x), reference, rtol=1e-4, atol=1e-4)  # float32 rounding only
     flipped = in_3x3(x)
     assert flipped.shape == reference.shape
     assert (flipped - reference).abs().max() > 0.1  # same shapes, different outputs

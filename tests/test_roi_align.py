@@ -50,10 +50,11 @@ def test_float32_channels_last_matches_torchvision():
     rois = _rois(100, 2, 8 * 40, dtype=torch.float32)
     want = roi_align(features, rois, 7, 0.125, 2, False)
     got = roi_align_sparse(features, rois, 7, 0.125, 2, False)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # float32 sums in another order: measured up to 1.3e-5 on values up to 19; a wrong weight errs by 0.1s
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     (want_grad,) = torch.autograd.grad(want.sum(), features)
     (got_grad,) = torch.autograd.grad(got.sum(), features)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
 
 
 def test_adaptive_sampling_ratio_is_refused():
@@ -66,13 +67,15 @@ def test_pooler_takes_the_sparse_path_in_training_only(monkeypatch):
     monkeypatch.setattr("fpn.model.roi_heads.roi_align_sparse",
                         lambda *args, **kwargs: calls.append(1) or roi_align_sparse(*args, **kwargs))
     pooler = MultiLevelRoIPooler({"p2": 4, "p3": 8})
-    features = {"p2": torch.randn(1, 4, 16, 16), "p3": torch.randn(1, 4, 8, 8)}
+    g = torch.Generator().manual_seed(0)
+    features = {"p2": torch.randn(1, 4, 16, 16, generator=g), "p3": torch.randn(1, 4, 8, 8, generator=g)}
     boxes = [torch.tensor([[0.0, 0.0, 20.0, 20.0], [5.0, 5.0, 60.0, 60.0]])]
     trained = pooler.train()(features, boxes)
     assert len(calls) == 2  # one call per level
     evaluated = pooler.eval()(features, boxes)
     assert len(calls) == 2
-    torch.testing.assert_close(trained, evaluated, rtol=1e-5, atol=1e-6)
+    # float32 sums in another order: differences of about 1e-6 on values of about 1
+    torch.testing.assert_close(trained, evaluated, rtol=1e-4, atol=2e-5)
     pooler.train().sparse_roi_align = False
     pooler(features, boxes)
     assert len(calls) == 2
