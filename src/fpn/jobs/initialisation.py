@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import Tensor
 
 from fpn.api import find_checkpoint
-from fpn.config import Config, ConfigError, ModelConfig, from_dict
+from fpn.config import Config, ConfigError, ModelConfig, load_config
 from fpn.engine.checkpoint import CheckpointError, load_weights
 from fpn.interop import ConversionError, convert_detector, identify, read_checkpoint
 from fpn.interop.torchvision import load_torchvision_resnet
@@ -94,9 +93,8 @@ def _fpn_source(path: Path) -> InitSource:
         state = load_weights(weights)
     except (FileNotFoundError, CheckpointError) as err:
         raise InitError(str(err)) from None
-    config = yaml.safe_load(config_file.read_text()) or {}
     try:
-        cfg = from_dict(ModelConfig, config.get("model", {}), f"{config_file}: model")
+        cfg = load_config(config_file).model  # the run's saved config, read as fpn eval reads it
     except ConfigError as err:
         raise InitError(str(err)) from None
     return InitSource(str(path), "fpn", state, cfg)
