@@ -12,7 +12,7 @@ from fpn.jobs.reproduction_report import PAPER, claims, summarise
 
 
 def test_every_row_of_a_table_shares_one_schedule_and_one_transform(tmp_path):
-    reproduction = Reproduction(tmp_path, FULL, seeds=1)
+    reproduction = Reproduction(tmp_path, FULL, seeds={"1": 1, "3": 1})
     for table in ("1", "2", "3", "6"):
         configs = [reproduction.config(row, 0) for row in ROWS if row.table == table]
         schedules = {json.dumps({k: v for k, v in vars(c.train).items()}, sort_keys=True) for c in configs}
@@ -23,6 +23,18 @@ def test_every_row_of_a_table_shares_one_schedule_and_one_transform(tmp_path):
     assert c4.rpn.anchors.sizes == {"c4": [16, 32, 64, 128, 256]}  # the paper's 32..512, scaled 256/512
     fpn = reproduction.config(ROWS[2], 0).model
     assert fpn.rpn.anchors.sizes["p2"] == [16] and fpn.roi_heads.canonical_scale == 112
+
+
+def test_every_rpn_keeps_as_many_candidates_per_image_before_nms(tmp_path):
+    # pre_nms_top_n is per level: a one-level RPN (C4, C5, P2 only) gets the five levels' total
+    reproduction = Reproduction(tmp_path, FULL, seeds={"1": 1, "3": 1})
+    for split in ("train", "test"):
+        per_image = {row.name: getattr(cfg.rpn, f"pre_nms_top_n_{split}") * len(cfg.rpn.levels)
+                     for row in ROWS if row.table in "13"
+                     for cfg in [reproduction.config(row, 0).model]}
+        assert len(set(per_image.values())) == 1, per_image
+    p2_only = reproduction.config(next(r for r in ROWS if r.name == "table1_f"), 0).model.rpn
+    assert p2_only.levels == ["p2"] and p2_only.pre_nms_top_n_test == 5000
 
 
 def test_miniature_leaves_the_preset_alone():
@@ -71,7 +83,7 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
     run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
                      progress=lines.append)
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # not trained again
-    expected = sum(QUICK.seeds if row.compared else 1 for row in ROWS)
+    expected = sum(QUICK.seeds.get(row.table, 1) if row.compared else 1 for row in ROWS)
     progress = [line for line in lines if line.startswith("[")]
     assert len(progress) == expected - 3 and progress[0].startswith(f"[4/{expected}]")
     assert all("min left" in line for line in progress)
@@ -98,3 +110,18 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
         with Image.open(tmp_path / "report" / figure) as image:
             assert image.width > 300 and image.height > 200
         assert f"]({figure})" in readme
+
+    # A row whose recorded config is not the one the code now makes is trained again, with the
+    # image pyramid that was evaluated from the old runs; the other rows are kept.
+    stale = tmp_path / "work" / "quick" / "runs" / "table6_dual_seed0"
+    (stale / "reproduce_config.json").write_text("{}")
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "quick" / "runs").glob("*/row.json")
+            if stale not in p.parents}
+    lines.clear()
+    run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
+                     progress=lines.append)
+    assert any(f"{stale} was trained with another config" in line for line in lines), lines
+    assert [line for line in lines if line.startswith("[")] == [
+        line for line in lines if line.startswith(f"[{expected}/{expected}] table 6 5x5 and 7x7 MLPs")]
+    assert any(line.startswith("image pyramid:") for line in lines)
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in kept.items())

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a few steps per row, on a tiny set (about 2 minutes)")
     p.add_argument("--seeds", type=int, default=None,
-                   help="seeds for the rows the paper compares most (default: 3, or 2 with --quick)")
+                   help="seeds for the rows the paper compares most "
+                        "(default: 3 in Table 1 and 2 in Table 3; 2 with --quick)")
     p.add_argument("--output", type=Path, default=Path("reports/reproduction"), help="where the report goes")
     p.add_argument("--work", type=Path, default=Path("runs/reproduction"),
                    help="data and training runs (a killed reproduction continues from here)")
