@@ -62,6 +62,25 @@ def test_rpn_alone_trains_only_the_rpn_and_gives_the_full_models_proposals():
     assert sum(len(a) for a in anchors) == 769 * 3  # the generator agrees
 
 
+def test_rpn_alone_skips_proposal_selection_in_training_with_the_same_losses(monkeypatch):
+    from fpn.model import boxes as box_ops
+
+    full, rpn_only = _model().train(), _model("model.box_head=false").train()
+    rpn_only.load_state_dict(full.state_dict(), strict=False)
+    images, targets = _images()
+    torch.manual_seed(1)
+    want = full(images, [dict(t) for t in targets])  # selects proposals for its box head
+
+    def no_nms(*args, **kwargs):
+        raise AssertionError("an RPN trained alone ran NMS")
+
+    monkeypatch.setattr(box_ops, "batched_nms", no_nms)
+    torch.manual_seed(1)
+    got = rpn_only(images, [dict(t) for t in targets])
+    for name in ("loss_rpn_objectness", "loss_rpn_box"):
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+
+
 def test_given_proposals_reproduce_faster_rcnn_on_the_same_weights():
     """Fast R-CNN fed the RPN's own proposals is Faster R-CNN's second stage exactly."""
     full = _model().eval()

@@ -213,8 +213,9 @@ class FasterRCNN(nn.Module):
         """Everything after the pyramid: proposals, the box head, and boxes in original pixels."""
         losses: dict[str, Tensor] = {}
         if self.rpn is not None:
+            alone_in_training = self.training and self.roi_heads is None  # Table 1: only the losses
             proposals, objectness, rpn_losses = self.rpn(features, batch.image_sizes, batch.padded_hw,
-                                                         targets)
+                                                         targets, select=not alone_in_training)
             losses.update(rpn_losses)
         else:
             proposals = batch.proposals if targets is None else [t["proposals"] for t in targets]

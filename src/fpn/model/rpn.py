@@ -106,6 +106,8 @@ class RegionProposalNetwork(nn.Module):
         padded_hw: tuple[int, int],
         targets: list[dict[str, Tensor]] | None = None,
         generator: torch.Generator | None = None,
+        *,
+        select: bool = True,
     ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         """Proposals (P, 4) and their objectness probabilities (P,) per image, and losses.
 
@@ -114,6 +116,8 @@ class RegionProposalNetwork(nn.Module):
             image_sizes: (h, w) of each resized image before padding (boxes are clipped to it).
             padded_hw: (H, W) of the padded batch.
             targets: per image ``boxes`` (G, 4) and optionally ``crowd_boxes``; training only.
+            select: False skips proposal selection (empty lists come back): an RPN trained alone
+                (Table 1) needs only its losses, and top-k + NMS over every image is not free.
         """
         level_maps = [features[level] for level in self.levels]
         logits_per_level, deltas_per_level = self.head(level_maps)
@@ -125,9 +129,11 @@ class RegionProposalNetwork(nn.Module):
         logits, deltas = flatten_predictions(logits_per_level, deltas_per_level)
         num_per_level = [a.shape[0] for a in anchors_per_level]
         anchors = torch.cat(anchors_per_level, dim=0)  # (R, 4)
-        proposals, scores = self.select_proposals(
-            anchors, logits.detach(), deltas.detach(), num_per_level, image_sizes
-        )
+        proposals, scores = [], []
+        if select:
+            proposals, scores = self.select_proposals(
+                anchors, logits.detach(), deltas.detach(), num_per_level, image_sizes
+            )
         losses: dict[str, Tensor] = {}
         if self.training:
             if targets is None:
