@@ -22,3 +22,22 @@ def test_hflip_hand_computed_and_involutive():
     assert torch.equal(back, image) and torch.equal(t2["boxes"], target["boxes"])
     _, empty = hflip(image, {"boxes": torch.zeros(0, 4)})
     assert empty["boxes"].shape == (0, 4)
+
+
+def test_an_image_already_at_its_test_size_is_not_resampled_and_equals_bilinear():
+    import torch.nn.functional as F
+
+    from fpn.config import InputConfig
+    from fpn.model.preprocess import Preprocessor
+
+    pre = Preprocessor(InputConfig(min_size_train=[96], min_size_test=96, max_size=200))
+    g = torch.Generator().manual_seed(0)
+    at_size, smaller = torch.rand(3, 96, 150, generator=g), torch.rand(3, 64, 100, generator=g)
+    batch, _ = pre([at_size, smaller])
+    assert batch.image_sizes == [(96, 150), (96, 150)]
+    for image, got in zip((at_size, smaller), batch.tensor, strict=True):
+        normalised = pre.normalize(image)
+        scale = 96 / image.shape[1]
+        want = F.interpolate(normalised[None], scale_factor=scale, mode="bilinear",
+                             recompute_scale_factor=True, align_corners=False)[0]
+        assert torch.equal(got[:, :96, :150], want)  # bit for bit, skipped or not
