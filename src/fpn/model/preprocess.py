@@ -71,7 +71,8 @@ class Preprocessor(nn.Module):
 
     def resize(self, image: Tensor, min_size: int) -> Tensor:
         scale = resize_scale(tuple(image.shape[-2:]), min_size, self.cfg.max_size)
-        if isinstance(scale, float) and scale == 1.0 and not torch.jit.is_tracing():
+        graph = torch.jit.is_tracing() or torch.compiler.is_compiling()  # keep the op in a graph
+        if isinstance(scale, float) and scale == 1.0 and not graph:
             return image  # bilinear at scale 1 samples every pixel at its own centre: the identity
         return F.interpolate(image[None], scale_factor=scale, mode="bilinear",
                              recompute_scale_factor=True, align_corners=False)[0]
