@@ -145,6 +145,7 @@ class Reproduction:
     device: str = "auto"
     progress: Callable[[str], None] = print
     started: float = field(default_factory=time.perf_counter)
+    trained: int = 0  # training runs made by this invocation
 
     @property
     def data_dir(self) -> Path:
@@ -234,6 +235,7 @@ class Reproduction:
         record = {"table": row.table, "row": row.key, "label": row.label, "preset": row.preset, "seed": seed,
                   "train_seconds": train_seconds, "seconds": time.perf_counter() - start, "metrics": numbers}
         (run_dir / "row.json").write_text(json.dumps(record, indent=1))
+        self.trained += 1
         self.progress(self._progress_line(row, seed, index, todo, record))
 
     def _progress_line(self, row: Row, seed: int, index: int, todo: list[tuple[Row, int]],
@@ -331,15 +333,16 @@ def run_reproduction(*, quick: bool = False, seeds: int | None = None,
     # the work of every row and of the image pyramid, summed, and this invocation's time beside it.
     this_invocation = time.perf_counter() - start
     compute = sum(r["seconds"] for r in result["rows"]) + result["pyramid"].get("seconds", 0.0)
+    last = (f"the last invocation trained {reproduction.trained} of them in {this_invocation / 60:.0f} min"
+            if reproduction.trained else "the last invocation only wrote this report")
     path = write_report(result, output, command=command, wall_seconds=compute,
                         machine=machine(), budget={"train_images": budget.train_images,
                                                    "val_images": budget.val_images,
                                                    "image_size": budget.image_size, "iters": budget.iters,
-                                                   "seeds": seeds_per_table,
+                                                   "seeds": seeds_per_table, "base_lr": budget.base_lr,
                                                    "batch_size": budget.batch_size},
                         notes=f"The time is the sum over the {len(result['rows'])} training runs (each with "
                               "its evaluation) and the image pyramid's evaluation, including work an "
-                              "earlier, interrupted invocation finished; the last invocation took "
-                              f"{this_invocation / 60:.0f} min.")
+                              f"earlier, interrupted invocation finished; {last}.")
     progress(f"wrote {path}")
     return path
