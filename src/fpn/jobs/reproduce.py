@@ -9,7 +9,9 @@ the single-scale C5 detector of Table 3 run on several image scales, against FPN
 
 The rows the paper compares most (FPN against C4 and C5, Tables 1 and 3) are trained with
 several seeds. A row is finished when its ``row.json`` exists; a killed run continues with the
-rows it had not finished (and a row's training resumes from its last checkpoint).
+rows it had not finished (and a row's training resumes from its last checkpoint). Each run
+records the config it was made with (``reproduce_config.json``); a run whose config the code no
+longer makes is trained again, with what was derived from it.
 """
 
 from __future__ import annotations
