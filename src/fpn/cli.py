@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce",
                        help="the paper's Tables 1, 2, 3 and 6 in miniature: train, evaluate, report")
     p.add_argument("--quick", action="store_true",
-                   help="a few steps per row, on a tiny set (about 2 minutes)")
+                   help="a step per row, on a tiny set (under a minute on a quiet 2-core machine)")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds for the rows the paper compares most "
                         "(default: 3 in Table 1 and 2 in Table 3; 2 with --quick)")
