@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fpn.config import BackboneConfig
+from fpn.model.fuse import folded_conv_parameters
 
 STAGE_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
 BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
@@ -51,19 +51,15 @@ def conv_then_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor, fold: bool) -> T
     """``norm(conv(x))``; with ``fold``, a FrozenBatchNorm2d is folded into the convolution.
 
     The frozen statistics are constants, so norm(W*x) = (s·W)*x + t with s = gamma/sqrt(var + eps),
-    t = beta - mean·s (``fpn.model.fuse`` does the same once for inference). Here s·W is formed
-    at every call, inside the autograd graph: the gradient still reaches ``conv.weight`` (scaled
-    by s, as through the norm), and the activations are no longer multiplied and shifted on
-    their own, forward and backward. Equal to the unfolded pair to float rounding.
+    t = beta - mean·s (``fpn.model.fuse.folded_conv_parameters``, with which inference folds
+    once). Here s·W is formed at every call, inside the autograd graph: the gradient still
+    reaches ``conv.weight`` (scaled by s, as through the norm), and the activations are no longer
+    multiplied and shifted on their own, forward and backward. Equal to the unfolded pair to float rounding.
     """
     if not (fold and isinstance(norm, FrozenBatchNorm2d)):
         return norm(conv(x))
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # (C_out,), as FrozenBatchNorm2d
-    shift = norm.bias - norm.running_mean * scale
-    if conv.bias is not None:
-        shift = shift + conv.bias * scale
-    weight = conv.weight * scale[:, None, None, None]  # (C_out, C_in, k, k)
-    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+    weight, bias = folded_conv_parameters(conv, norm)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class FoldsFrozenNorm(nn.Module):

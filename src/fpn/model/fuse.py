@@ -12,22 +12,33 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
 
+def folded_conv_parameters(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """The weight (C_out, C_in, k, k) and bias (C_out,) of the one convolution equal to
+    ``norm(conv(x))`` for a frozen or eval-mode BatchNorm: s·W and s·(b - mean) + beta.
+
+    Differentiable in the convolution's and the norm's parameters: training folds at every step
+    through it (``fpn.model.backbone.conv_then_norm``), inference once (``fold_norm_into_conv``).
+    """
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # (C_out,), as FrozenBatchNorm2d
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    return conv.weight * scale[:, None, None, None], (conv_bias - norm.running_mean) * scale + norm.bias
+
+
 @torch.no_grad()
 def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
     """A new convolution equal to ``norm(conv(x))`` for a frozen or eval-mode BatchNorm."""
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # (C_out,)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, device=conv.weight.device,
                       dtype=conv.weight.dtype)
-    fused.weight.copy_(conv.weight * scale[:, None, None, None])
-    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    fused.bias.copy_((conv_bias - norm.running_mean) * scale + norm.bias)
+    weight, bias = folded_conv_parameters(conv, norm)
+    fused.weight.copy_(weight)
+    fused.bias.copy_(bias)
     fused.requires_grad_(False)
     return fused
 
