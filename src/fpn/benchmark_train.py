@@ -196,14 +196,17 @@ def against_torchvision(size: tuple[int, int], batch: int, repeats: int) -> tupl
 def against_plain_modules(cfg_name: str, batch: int, repeats: int, model_fn: Callable[[], FasterRCNN],
                           data: Batch) -> tuple[list[str], list[list[str]]]:
     """fpn with its training speed paths against fpn without them: same weights, same batch."""
-    fast, plain = model_fn(), model_fn()
-    plain.load_state_dict(fast.state_dict())
-    plain.fast_training = False
+
+    def twins() -> tuple[FasterRCNN, FasterRCNN]:
+        fast, plain = model_fn(), model_fn()
+        plain.load_state_dict(fast.state_dict())
+        plain.fast_training = False
+        return fast, plain
+
+    fast, plain = twins()
     first_fast = train_step(fast, optimizer_for(fast, batch), data)
     first_plain = train_step(plain, optimizer_for(plain, batch), data)
-    fast, plain = model_fn(), model_fn()
-    plain.load_state_dict(fast.state_dict())
-    plain.fast_training = False
+    fast, plain = twins()  # fresh weights and optimizers for the timed steps
     opt_fast, opt_plain = optimizer_for(fast, batch), optimizer_for(plain, batch)
     timed = interleaved({"fast": lambda: train_step(fast, opt_fast, data),
                          "plain": lambda: train_step(plain, opt_plain, data)}, repeats)

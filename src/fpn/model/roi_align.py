@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 
-def _axis(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+def _axis(coords: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """Sample coordinates along one axis -> the two neighbour indices and their weights (..., 2).
 
     As torchvision's ``bilinear_interpolate``: beyond [-1, size] the point contributes nothing;
@@ -38,7 +38,7 @@ def _axis(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
     coords = torch.where(at_end, low.to(coords.dtype), coords)
     frac = coords - low.to(coords.dtype)
     weights = torch.stack([1 - frac, frac], dim=-1) * inside[..., None]
-    return torch.stack([low, high], dim=-1), weights, inside
+    return torch.stack([low, high], dim=-1), weights
 
 
 def bilinear_weights(rois: Tensor, feature_hw: tuple[int, int], output_size: int, spatial_scale: float,
@@ -59,8 +59,8 @@ def bilinear_weights(rois: Tensor, feature_hw: tuple[int, int], output_size: int
     grid = (steps[:, None] + within[None, :]).reshape(-1)  # (S·g,) in bins
     ys = y1[:, None] + grid[None, :] * (roi_h / size)[:, None]  # (R, S·g)
     xs = x1[:, None] + grid[None, :] * (roi_w / size)[:, None]
-    y_index, y_weight, _ = _axis(ys, height)  # (R, S·g, 2)
-    x_index, x_weight, _ = _axis(xs, width)
+    y_index, y_weight = _axis(ys, height)  # (R, S·g, 2)
+    x_index, x_weight = _axis(xs, width)
     r = rois.shape[0]
     # (R, S, g, 2) on y and (R, S, g, 2) on x -> (R, Sy, Sx, gy, gx, 2y, 2x)
     y_index = y_index.reshape(r, size, 1, g, 1, 2, 1)
