@@ -10,21 +10,7 @@ import time
 
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from fpn.benchmark_train import (
-    demo_model,
-    fpn_twin,
-    optimizer_for,
-    random_batch,
-    synthetic_batch,
-    torchvision_trainable,
-)
-
-
-def setting(name: str):
-    if name == "demo":
-        return demo_model(), synthetic_batch(4), 4
-    size = (512, 512)
-    return fpn_twin(torchvision_trainable(size), size), random_batch(size, 2, 90), 2
+from fpn.benchmark_train import optimizer_for, setting
 
 
 def phases(model, optimizer, batch) -> dict[str, float]:
@@ -53,7 +39,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--plain", action="store_true", help="training speed paths off")
     args = parser.parse_args()
-    model, batch, size = setting(args.setting)
+    build, batch, size = setting(args.setting)
+    model = build()
     model.fast_training = not args.plain
     optimizer = optimizer_for(model, size)
     phases(model, optimizer, batch)  # warm-up

@@ -13,16 +13,7 @@ import argparse
 import torch
 
 from fpn.benchmark import markdown_table
-from fpn.benchmark_train import (
-    demo_model,
-    fpn_twin,
-    interleaved,
-    optimizer_for,
-    random_batch,
-    synthetic_batch,
-    torchvision_trainable,
-    train_step,
-)
+from fpn.benchmark_train import interleaved, optimizer_for, setting, train_step
 from fpn.model.backbone import FoldsFrozenNorm
 from fpn.model.detector import FasterRCNN
 from fpn.model.roi_heads import MultiLevelRoIPooler
@@ -52,11 +43,7 @@ def main() -> None:
     parser.add_argument("--setting", choices=["r50_512", "demo"], default="r50_512")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if args.setting == "demo":
-        build, batch, size = demo_model, synthetic_batch(4), 4
-    else:
-        reference = torchvision_trainable((512, 512))
-        build, batch, size = (lambda: fpn_twin(reference, (512, 512))), random_batch((512, 512), 2, 90), 2
+    build, batch, size = setting(args.setting)
     names = ["plain", "fold", "channels-last", "sparse RoIAlign", "all"]
     models = {name: variant(build(), name) for name in names}
     optimizers = {name: optimizer_for(m, size) for name, m in models.items()}

@@ -224,6 +224,16 @@ def demo_model() -> FasterRCNN:
     return FasterRCNN(cfg).train()
 
 
+def setting(name: str) -> tuple[Callable[[], FasterRCNN], Batch, int]:
+    """A model builder, a batch and its size for a benchmark script's ``--setting``: "demo" (the
+    demo preset on synthetic images) or "r50_512" (R50-FPN with torchvision's weights, 512 px)."""
+    if name == "demo":
+        return demo_model, synthetic_batch(4), 4
+    size = (512, 512)
+    reference = torchvision_trainable(size)
+    return (lambda: fpn_twin(reference, size)), random_batch(size, 2, 90), 2
+
+
 def run(repeats: int = 5, quick: bool = False, threads: int | None = None) -> str:
     """The whole training benchmark; returns the report as Markdown."""
     if threads:
