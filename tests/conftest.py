@@ -74,3 +74,15 @@ def randomise_norm_statistics(module) -> None:
             m.bias.data.normal_(0, 0.1, generator=g)
             m.running_mean.normal_(0, 0.1, generator=g)
             m.running_var.uniform_(0.5, 2.0, generator=g)
+
+
+def frozen_norm(*, weight: float, bias: float, mean: float, var: float):
+    """A one-channel FrozenBatchNorm2d (eps 0) with the given affine and statistics, for folds by hand."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    norm = FrozenBatchNorm2d(1, eps=0.0)
+    norm.weight.fill_(weight)
+    norm.bias.fill_(bias)
+    norm.running_mean.fill_(mean)
+    norm.running_var.fill_(var)
+    return norm

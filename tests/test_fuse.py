@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from conftest import assert_same_detections, randomise_norm_statistics
+from conftest import assert_same_detections, frozen_norm, randomise_norm_statistics
 from fpn.config import BackboneConfig, load_config
 from fpn.model.backbone import ResNet
 from fpn.model.detector import FasterRCNN
@@ -30,11 +30,7 @@ def test_fold_formula_by_hand():
     conv = torch.nn.Conv2d(1, 1, 1, bias=True)
     conv.weight.data.fill_(2.0)
     conv.bias.data.fill_(1.0)
-    norm = FrozenBatchNorm2d(1, eps=0.0)
-    norm.weight.fill_(3.0)
-    norm.bias.fill_(0.5)
-    norm.running_mean.fill_(4.0)
-    norm.running_var.fill_(9.0)
+    norm = frozen_norm(weight=3.0, bias=0.5, mean=4.0, var=9.0)
     fused = fold_norm_into_conv(conv, norm)
     # y = 3 * ((2x + 1) - 4) / 3 + 0.5 = 2x - 2.5
     assert fused.weight.item() == pytest.approx(2.0) and fused.bias.item() == pytest.approx(-2.5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from conftest import randomise_norm_statistics
+from conftest import frozen_norm, randomise_norm_statistics
 from fpn.config import load_config
 from fpn.model.backbone import Bottleneck, conv_then_norm
 from fpn.model.detector import FasterRCNN
@@ -41,11 +41,7 @@ def test_folded_frozen_norm_gives_the_same_outputs_and_gradients(conv_bias):
 def test_fold_by_hand():
     conv = torch.nn.Conv2d(1, 1, 1, bias=False)
     conv.weight.data.fill_(2.0)
-    norm = FrozenBatchNorm2d(1, eps=0.0)
-    norm.weight.fill_(3.0)
-    norm.bias.fill_(0.5)
-    norm.running_mean.fill_(4.0)
-    norm.running_var.fill_(9.0)
+    norm = frozen_norm(weight=3.0, bias=0.5, mean=4.0, var=9.0)
     x = torch.tensor([[[[5.0]]]], requires_grad=True)
     out = conv_then_norm(conv, norm, x, fold=True)
     out.backward()
