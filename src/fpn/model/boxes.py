@@ -146,7 +146,8 @@ def match_anchors(
     best_gt = torch.empty(num_anchors, dtype=torch.int64, device=anchors.device)
     best_iou_per_gt = anchors.new_zeros(gt_boxes.shape[0])
     step = max(1, chunk_size // gt_boxes.shape[0])
-    for start in range(0, num_anchors, step):
+    chunks = range(0, num_anchors, step)
+    for start in chunks:
         iou = box_iou(gt_boxes, anchors[start : start + step])  # (G, chunk)
         best_iou[start : start + step], best_gt[start : start + step] = iou.max(dim=0)
         best_iou_per_gt = torch.maximum(best_iou_per_gt, iou.max(dim=1).values)
@@ -155,8 +156,9 @@ def match_anchors(
     matches[best_iou < low] = BELOW_LOW
     matches[(best_iou >= low) & (best_iou < high)] = BETWEEN
     if allow_low_quality:
-        for start in range(0, num_anchors, step):
-            iou = box_iou(gt_boxes, anchors[start : start + step])  # (G, chunk)
+        for start in chunks:
+            if len(chunks) > 1:  # one chunk: the matrix of the first pass is still at hand
+                iou = box_iou(gt_boxes, anchors[start : start + step])  # (G, chunk)
             # A box that overlaps no anchor at all claims none (rather than every anchor).
             is_best = ((iou == best_iou_per_gt[:, None]) & (iou > 0)).any(dim=0)  # (chunk,)
             idx = torch.nonzero(is_best).squeeze(1) + start
