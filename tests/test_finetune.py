@@ -113,13 +113,18 @@ def test_overlapping_class_rows_are_carried_over_value_by_value(torchvision_coco
     torch.testing.assert_close(ours["backbone.stem.conv.weight"], tv["backbone.body.conv1.weight"])
 
 
-def test_a_detectron2_pkl_brings_its_conventions_and_its_person_row(tiny_synth, tmp_path, capsys):
+def _detectron2_pkl(tmp_path):
     from test_interop_detectron2 import detectron2_shapes, random_state
 
     d2 = random_state(detectron2_shapes(), seed=4)  # COCO's 80 classes, background last
     path = tmp_path / "model_final_b275ba.pkl"
     path.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in d2.items()},
                                    "__author__": "Detectron2 Model Zoo"}))
+    return d2, path
+
+
+def test_a_detectron2_pkl_brings_its_conventions_and_its_person_row(tiny_synth, tmp_path, capsys):
+    d2, path = _detectron2_pkl(tmp_path)
     root = _renamed_classes(tiny_synth, tmp_path, ["person", "widget", "dog"])
     code = main(["train", "--config", "paper_r50_fpn", "--output", str(tmp_path / "run"), "--init", str(path),
                  "--no-eval", *data_overrides(root), "train.max_iter=0", "train.device=cpu"])
@@ -135,6 +140,31 @@ def test_a_detectron2_pkl_brings_its_conventions_and_its_person_row(tiny_synth, 
     torch.testing.assert_close(ours[score][3], d2[score][16], rtol=0, atol=0)  # dog: COCO's 17th
     torch.testing.assert_close(ours[deltas][4:8], d2[deltas][0:4], rtol=0, atol=0)
     torch.testing.assert_close(ours[deltas][12:16], d2[deltas][64:68], rtol=0, atol=0)
+
+
+def test_a_resumed_run_keeps_its_init_conventions_when_the_init_file_is_gone(tiny_synth, tmp_path, capsys):
+    """The checkpoint's weights replace the initial ones, so resuming does not read train.init
+    again; the conventions it brought (detectron2: BGR, 0-255, caffe means) come from the
+    checkpoint's config, also when --init is left out on resume."""
+    _, path = _detectron2_pkl(tmp_path)
+    run = tmp_path / "run"
+    command = ["train", "--config", "paper_r50_fpn", "--output", str(run), "--no-eval"]
+    overrides = [*data_overrides(tiny_synth), "model.input.min_size_train=[96]", "model.input.max_size=96",
+                 "train.batch_size=2", "train.base_batch_size=2", "model.roi_heads.batch_size_per_image=32",
+                 "train.device=cpu"]
+    assert main([*command, "--init", str(path), *overrides, "train.max_iter=1"]) == 0, capsys.readouterr().err
+    first = _weights(run)
+    path.unlink()
+    for options, steps in ((["--resume", "--init", str(path)], 2), (["--resume"], 3)):
+        code = main([*command, *options, *overrides, f"train.max_iter={steps}"])
+        assert code == 0, capsys.readouterr().err
+        assert latest_checkpoint(run / "checkpoints").name == f"step_{steps:07d}"
+        cfg = load_config(run / "config.yaml", [])
+        assert cfg.model.input.channel_order == "BGR" and cfg.model.input.pixel_scale == 255
+        assert cfg.model.input.pixel_mean == pytest.approx([103.53, 116.28, 123.675])
+        assert cfg.model.backbone.stride_in_1x1
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert not torch.equal(_weights(run)[key], first[key])  # it trained on from the checkpoint
 
 
 def test_a_disjoint_dataset_reinitialises_the_class_rows_and_trains(torchvision_coco, tiny_synth, tmp_path,

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fpn.api import find_checkpoint
 from fpn.config import Config, ConfigError, ModelConfig, load_config
-from fpn.engine.checkpoint import CheckpointError, load_weights
+from fpn.engine.checkpoint import CheckpointError, load_checkpoint_config, load_weights
 from fpn.interop import ConversionError, convert_detector, identify, read_checkpoint
 from fpn.interop.torchvision import load_torchvision_resnet
 from fpn.model.detector import FasterRCNN
@@ -256,6 +256,30 @@ def initialise(model: FasterRCNN, sources: list[InitSource], *, skip_mismatched:
                       + (f"; not in this model: {', '.join(parts['skipped'])}" if parts["skipped"] else "")
                       + (f"; kept fresh: {', '.join(parts['fresh'])}" if parts["fresh"] else ""))
     return report
+
+
+def conventions_of_run(cfg: Config, checkpoint: Path) -> tuple[Config, list[str]]:
+    """For a resumed run: a copy of ``cfg`` with the weight conventions its checkpoint was trained
+    with, and what changed.
+
+    The checkpoint's weights replace any initial ones, so ``train.init`` is not read again (its
+    files may be gone); the conventions it set come from the checkpoint's own config. A checkpoint
+    without a config (written by hand) leaves ``cfg`` as it is.
+    """
+    saved = load_checkpoint_config(checkpoint)
+    cfg = copy.deepcopy(cfg)
+    changes = []
+    if saved is None:
+        return cfg, changes
+    for field in WEIGHT_CONVENTIONS:
+        theirs: Any = saved.get("model", {})
+        for part in field.split("."):
+            theirs = theirs.get(part) if isinstance(theirs, dict) else None
+        ours = _get(cfg.model, field)
+        if theirs is not None and theirs != ours:
+            _set(cfg.model, field, type(ours)(theirs) if isinstance(ours, (tuple, list)) else theirs)
+            changes.append(f"model.{field}: {ours} -> {_get(cfg.model, field)} (from {checkpoint})")
+    return cfg, changes
 
 
 def prepare(cfg: Config) -> tuple[Config, list[InitSource], list[str]]:

@@ -11,6 +11,7 @@ from torch import nn
 from fpn.config import Config, ModelConfig
 from fpn.engine import distributed
 from fpn.engine import evaluate as ev
+from fpn.engine.checkpoint import latest_checkpoint
 from fpn.engine.train import seed_everything, train
 from fpn.jobs import initialisation
 from fpn.jobs.datasets import dataset_for, with_dataset_classes
@@ -50,7 +51,12 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progres
     out_dir = Path(out_dir)
     train_set = dataset_for(cfg, "train")
     cfg = with_dataset_classes(cfg, train_set)
-    cfg, sources, report = initialisation.prepare(cfg)
+    checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
+    if checkpoint is not None:  # its weights replace the initial ones: train.init is not read again
+        cfg, changes = initialisation.conventions_of_run(cfg, checkpoint)
+        sources, report = [], [f"config from the checkpoint: {change}" for change in changes]
+    else:
+        cfg, sources, report = initialisation.prepare(cfg)
     evaluation = None
     if evaluate:
         evaluation = PeriodicEvaluation(dataset_for(cfg, "val"), cfg, out_dir, progress)
