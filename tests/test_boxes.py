@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torchvision.ops import box_iou as torchvision_box_iou
 
 from fpn.model.boxes import (
     BELOW_LOW,
     BETWEEN,
+    box_iou,
     clip_boxes,
     decode_boxes,
     encode_boxes,
@@ -145,3 +148,19 @@ def test_iou_is_symmetric_and_bounded(a, b):
             assert iou[m, j] >= 0.7
         elif m == BELOW_LOW:
             assert bool((iou[:, j] < 0.3).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_iou_is_bit_identical_to_torchvisions(dtype):
+    g = torch.Generator().manual_seed(0)
+    corners = torch.rand(300, 2, generator=g, dtype=dtype) * 300 - 20
+    sides = torch.rand(300, 2, generator=g, dtype=dtype) * 120
+    sides[::7] = 0  # degenerate: zero width or height
+    boxes = torch.cat([corners, corners + sides], dim=1)
+    boxes[::11, 2] = boxes[::11, 0] - 3  # x2 < x1
+    gt, anchors = boxes[:9], boxes[9:]
+    for first, second in ((gt, anchors), (anchors, gt), (boxes, boxes), (gt[:0], anchors), (gt, anchors[:0])):
+        want, got = torchvision_box_iou(first, second), box_iou(first, second)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert torch.equal(torch.nan_to_num(got, nan=-1.0), torch.nan_to_num(want, nan=-1.0))
+    assert box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]])).item() == pytest.approx(1 / 7)

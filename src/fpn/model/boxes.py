@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms as _torchvision_batched_nms
-from torchvision.ops import box_iou, nms
+from torchvision.ops import nms
 
 from fpn.box_format import clip_boxes
 
@@ -99,6 +99,24 @@ def batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshol
         offsets = groups.to(boxes_xyxy.dtype) * (boxes_xyxy.max() + 1)
         return nms(boxes_xyxy + offsets[:, None], scores, iou_threshold)
     return _torchvision_batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+
+
+def box_iou(boxes_xyxy: Tensor, others_xyxy: Tensor) -> Tensor:
+    """(G, A) IoU of every pair: torchvision's ``box_iou``, the same operations in the same order.
+
+    torchvision works on (G, A, 2) corner pairs, whose innermost size of 2 makes every element-wise
+    kernel a strided one; here each coordinate is a contiguous row of ``others_xyxy``, so each
+    operation runs over (G, A) contiguous values. The result is bit-identical (tested); matching
+    one demo batch's anchors takes about half the time.
+    """
+    area = (boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * (boxes_xyxy[:, 3] - boxes_xyxy[:, 1])
+    others = others_xyxy.t().contiguous()  # (4, A)
+    other_area = (others[2] - others[0]) * (others[3] - others[1])
+    x1, y1, x2, y2 = (boxes_xyxy[:, i, None] for i in range(4))  # (G, 1) each
+    width = torch.minimum(x2, others[2]) - torch.maximum(x1, others[0])  # (G, A)
+    height = torch.minimum(y2, others[3]) - torch.maximum(y1, others[1])
+    inter = width.clamp_(min=0) * height.clamp_(min=0)
+    return inter / (area[:, None] + other_area - inter)
 
 
 def nonempty_mask(boxes_xyxy: Tensor, min_size: float) -> Tensor:
