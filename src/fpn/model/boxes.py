@@ -107,7 +107,7 @@ def box_iou(boxes_xyxy: Tensor, others_xyxy: Tensor) -> Tensor:
     torchvision works on (G, A, 2) corner pairs, whose innermost size of 2 makes every element-wise
     kernel a strided one; here each coordinate is a contiguous row of ``others_xyxy``, so each
     operation runs over (G, A) contiguous values. The result is bit-identical (tested); matching
-    one demo batch's anchors takes about half the time.
+    a demo batch's 4 x 16k anchors to 8 boxes each took about half the time, measured alone.
     """
     area = (boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * (boxes_xyxy[:, 3] - boxes_xyxy[:, 1])
     others = others_xyxy.t().contiguous()  # (4, A)
