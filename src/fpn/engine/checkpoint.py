@@ -137,19 +137,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     train_state = None
     if (path / "train_state.pt").is_file():
         train_state = _torch_load_safely(path / "train_state.pt")
-    return weights, train_state, load_checkpoint_config(path)
-
-
-def load_checkpoint_config(path: str | Path) -> dict[str, Any] | None:
-    """The resolved config a checkpoint folder was written with, or None if it has none."""
-    file = Path(path) / "config.yaml"
-    if not file.is_file():
-        return None
-    try:
-        config = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise CheckpointError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return config if isinstance(config, dict) else None
+    config = None
+    if (path / "config.yaml").is_file():
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    return weights, train_state, config
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
