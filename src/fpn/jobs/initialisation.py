@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fpn.api import find_checkpoint
 from fpn.config import Config, ConfigError, ModelConfig, load_config
-from fpn.engine.checkpoint import CheckpointError, load_checkpoint_config, load_weights
+from fpn.engine.checkpoint import CheckpointError, load_weights
 from fpn.interop import ConversionError, convert_detector, identify, read_checkpoint
 from fpn.interop.torchvision import load_torchvision_resnet
 from fpn.model.detector import FasterRCNN
@@ -263,23 +263,18 @@ def conventions_of_run(cfg: Config, checkpoint: Path) -> tuple[Config, list[str]
     with, and what changed.
 
     The checkpoint's weights replace any initial ones, so ``train.init`` is not read again (its
-    files may be gone); the conventions it set come from the checkpoint's own config. A checkpoint
-    without a config (written by hand) leaves ``cfg`` as it is.
+    files may be gone); the conventions it set come from the checkpoint's own config, adopted as
+    from an fpn run given to ``train.init``. A checkpoint without a config (written by hand)
+    leaves ``cfg`` as it is.
     """
-    saved = load_checkpoint_config(checkpoint)
-    cfg = copy.deepcopy(cfg)
-    changes = []
-    if saved is None:
-        return cfg, changes
-    for field in WEIGHT_CONVENTIONS:
-        theirs: Any = saved.get("model", {})
-        for part in field.split("."):
-            theirs = theirs.get(part) if isinstance(theirs, dict) else None
-        ours = _get(cfg.model, field)
-        if theirs is not None and theirs != ours:
-            _set(cfg.model, field, type(ours)(theirs) if isinstance(ours, (tuple, list)) else theirs)
-            changes.append(f"model.{field}: {ours} -> {_get(cfg.model, field)} (from {checkpoint})")
-    return cfg, changes
+    config_file = checkpoint / "config.yaml"
+    if not config_file.is_file():
+        return copy.deepcopy(cfg), []
+    try:
+        saved = load_config(config_file).model
+    except ConfigError as err:
+        raise InitError(str(err)) from None
+    return adopt_conventions(cfg, [InitSource(str(checkpoint), "fpn", {}, saved)])
 
 
 def prepare(cfg: Config) -> tuple[Config, list[InitSource], list[str]]:
