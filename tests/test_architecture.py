@@ -14,9 +14,10 @@ import fpn
 PACKAGE_ROOT = Path(fpn.__file__).parent
 
 # Which top-level parts of fpn each part may import (besides itself). Neutral helpers at the bottom.
-NEUTRAL = {"fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize"}
+NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize"}
 ALLOWED = {
-    "fpn.config": set(),
+    "fpn.errors": set(),
+    "fpn.config": {"fpn.errors"},
     "fpn.device": set(),
     "fpn.box_format": set(),
     "fpn.detections": set(),
