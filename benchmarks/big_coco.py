@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fpn.benchmark import PeakRSS, _rss_mib, markdown_table
+from fpn.bench.common import PeakRSS, markdown_table, rss_mib
 
 
 def write_annotations(path: Path, num_images: int, per_image: int, seed: int = 0) -> None:
@@ -39,13 +39,13 @@ def write_annotations(path: Path, num_images: int, per_image: int, seed: int = 0
 
 def measure(load) -> tuple[float, float, float, object]:
     gc.collect()
-    before = _rss_mib()
+    before = rss_mib()
     with PeakRSS() as mem:
         start = time.perf_counter()
         obj = load()
         seconds = time.perf_counter() - start
     gc.collect()
-    return seconds, mem.peak - before, _rss_mib() - before, obj
+    return seconds, mem.peak - before, rss_mib() - before, obj
 
 
 def main() -> None:

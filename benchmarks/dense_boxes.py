@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from fpn.benchmark import PeakRSS, markdown_table
+from fpn.bench.common import PeakRSS, markdown_table
 from fpn.config import load_config
 from fpn.model.detector import FasterRCNN
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fpn.api import Detector, find_checkpoint
-from fpn.benchmark import markdown_table, publish_report
+from fpn.bench.common import markdown_table, publish_report
 from fpn.config import load_config
 from fpn.engine import evaluate as ev
 from fpn.export import OnnxDetector, export_onnx

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fpn.benchmark import markdown_table, publish_report
+from fpn.bench.common import markdown_table, publish_report
 from fpn.config import load_config
 from fpn.model.detector import FasterRCNN
 

@@ -10,7 +10,7 @@ import time
 
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from fpn.benchmark_train import optimizer_for, setting
+from fpn.bench.training import optimizer_for, setting
 
 
 def phases(model, optimizer, batch) -> dict[str, float]:

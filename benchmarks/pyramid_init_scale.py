@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fpn.benchmark_train import synthetic_batch
+from fpn.bench.training import synthetic_batch
 from fpn.jobs.reproduce import FULL, ROWS, Reproduction
 from fpn.model.detector import FasterRCNN
 

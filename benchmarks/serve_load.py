@@ -30,7 +30,7 @@ import httpx
 import torch
 from PIL import Image
 
-from fpn.benchmark import markdown_table, publish_report
+from fpn.bench.common import markdown_table, publish_report
 
 
 def make_run(root: Path) -> Path:

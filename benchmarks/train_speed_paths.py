@@ -12,8 +12,8 @@ import argparse
 
 import torch
 
-from fpn.benchmark import markdown_table
-from fpn.benchmark_train import interleaved, optimizer_for, setting, train_step
+from fpn.bench.common import markdown_table
+from fpn.bench.training import interleaved, optimizer_for, setting, train_step
 from fpn.model.backbone import FoldsFrozenNorm
 from fpn.model.detector import FasterRCNN
 from fpn.model.roi_heads import MultiLevelRoIPooler

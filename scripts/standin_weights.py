@@ -15,16 +15,13 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops.misc import FrozenBatchNorm2d
+
+from fpn.bench.reference import torchvision_detector
 
 
 def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-    detector = FasterRCNN(_resnet_fpn_extractor(body, 3), num_classes=91)
+    detector = torchvision_detector(seed=0)  # the benchmarks' reference, FrozenBatchNorm2d, 91 classes
     torch.save(detector.state_dict(), out_dir / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), out_dir / "resnet50-0676ba61.pth")
     print(f"wrote random-valued stand-ins in {out_dir}")

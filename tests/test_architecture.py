@@ -27,14 +27,15 @@ ALLOWED = {
     "fpn.interop": NEUTRAL | {"fpn.model"},
     "fpn.engine": NEUTRAL | {"fpn.model", "fpn.data"},
     "fpn.export": NEUTRAL | {"fpn.model"},
-    "fpn.benchmark": NEUTRAL | {"fpn.model", "fpn.interop", "fpn.export"},
-    # training-step speed against torchvision: builds models, batches and the trainer's optimizer
-    "fpn.benchmark_train": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.interop", "fpn.benchmark"},
+    # benchmarks (an experiment beside the library): speed and accuracy against torchvision; they
+    # build models, batches, the trainer's optimizer, and evaluate runs as the jobs do
+    "fpn.bench": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.interop", "fpn.export", "fpn.api",
+                            "fpn.jobs"},
     "fpn.api": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine"},
     "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api", "fpn.interop"},
     "fpn.serve": NEUTRAL | {"fpn", "fpn.data", "fpn.api"},
     "fpn.cli": NEUTRAL | {"fpn", "fpn.data", "fpn.engine", "fpn.api", "fpn.jobs", "fpn.export",
-                          "fpn.benchmark", "fpn.benchmark_train", "fpn.interop", "fpn.serve"},
+                          "fpn.bench", "fpn.interop", "fpn.serve"},
     "fpn.__main__": {"fpn.cli"},
     "fpn": set(),
 }

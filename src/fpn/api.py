@@ -59,21 +59,33 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
 
 class Detector:
-    """A detector in eval mode on a chosen device, fed with paths, PIL images or tensors."""
+    """A detector in eval mode on a chosen device, fed with paths, PIL images or tensors.
 
-    def __init__(self, model: FasterRCNN, device: str | torch.device = "auto"):
+    ``precision``: ``auto`` (the default: bf16 or int8 where this CPU computes them natively and
+    their accuracy gate passed for this kind of model, else fp32; ``fpn.model.precision``),
+    ``fp32``, ``bf16`` or ``int8``. int8 calibrates on ``calibration`` (images or paths; a run
+    loaded by ``from_checkpoint`` offers its training images); ``self.precision`` is the one
+    chosen and ``self.network`` the module that runs.
+    """
+
+    def __init__(self, model: FasterRCNN, device: str | torch.device = "auto", *, precision: str = "auto",
+                 calibration: Sequence[ImageLike] | None = None):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.class_names = list(model.cfg.class_names)
+        self.precision, self.network = _at_precision(self.model, precision, calibration)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None
-                        ) -> Detector:
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", overrides: list[str] | None = None,
+                        *, precision: str = "auto", calibration: Sequence[ImageLike] | None = None,
+                        fallback_calibration: Sequence[ImageLike] = ()) -> Detector:
         """Load safely (safetensors: no code runs) from a run, checkpoint directory or file.
 
         ``overrides`` change the saved config before the model is built, as dotted
         ``model.*=value`` items (e.g. ``["model.input.test_scales=[400, 600, 800]"]``); a field
-        that changes the shape of a weight makes the weights fail to load.
+        that changes the shape of a weight makes the weights fail to load. int8 calibrates on
+        ``calibration``, else on the run's training images when they are on disk, else on
+        ``fallback_calibration`` (``fpn predict`` offers its inputs).
         """
         from fpn.engine.checkpoint import load_weights
 
@@ -82,18 +94,16 @@ class Detector:
         if set(values) - {"model"}:
             raise ConfigError(f"overrides {sorted(set(values) - {'model'})}: only model.* fields apply "
                               "to a loaded detector")
-        model = FasterRCNN(merge(load_config(config), values, "overrides").model)
+        cfg = merge(load_config(config), values, "overrides")
+        model = FasterRCNN(cfg.model)
         model.load_parts(load_weights(weights), source=str(weights))
-        return cls(model, device)
+        if calibration is None:
+            calibration = (calibration_images(cfg.data.train_images)
+                           or list(fallback_calibration)[:CALIBRATION_IMAGES])
+        return cls(model, device, precision=precision, calibration=calibration)
 
     def _as_tensor(self, image: ImageLike) -> torch.Tensor:
-        if isinstance(image, str | Path):
-            return load_image(image)
-        if isinstance(image, Image.Image):
-            return pil_to_tensor(ImageOps.exif_transpose(image))
-        if torch.is_tensor(image):
-            return image.float() / 255 if image.dtype == torch.uint8 else image
-        raise TypeError(f"expected a path, a PIL image or a tensor, got {type(image).__name__}")
+        return _as_tensor(image)
 
     @torch.inference_mode()
     def __call__(self, images: ImageLike | Sequence[ImageLike], *, return_proposals: bool = False,
@@ -106,7 +116,7 @@ class Detector:
         """
         single = not isinstance(images, list | tuple)
         batch = [self._as_tensor(img).to(self.device) for img in ([images] if single else images)]
-        outputs = self.model(batch, return_proposals=return_proposals, paste_masks=paste_masks)
+        outputs = self.network(batch, return_proposals=return_proposals, paste_masks=paste_masks)
         for out in outputs:
             if "labels" in out:
                 out["names"] = [self.label_name(int(label)) for label in out["labels"]]
@@ -116,3 +126,42 @@ class Detector:
         if 0 < label <= len(self.class_names):
             return self.class_names[label - 1]
         return f"class_{label}"
+
+
+# Images int8 calibrates its activation ranges on, at most (fpn.model.quantize).
+CALIBRATION_IMAGES = 16
+
+
+def calibration_images(folder: str | Path) -> list[Path] | None:
+    """The first ``CALIBRATION_IMAGES`` images of ``folder`` in name order, or None if it has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return found[:CALIBRATION_IMAGES] or None
+
+
+def _at_precision(model: FasterRCNN, requested: str, calibration: Sequence[ImageLike] | None
+                  ) -> tuple[str, torch.nn.Module]:
+    """(the precision chosen, the module that runs ``model`` at it); ``fpn.model.precision``."""
+    from fpn.model.precision import PrecisionError, resolve_precision, with_precision
+
+    choice = resolve_precision(requested, model.cfg, model.device, can_calibrate=bool(calibration))
+    if choice.precision == "int8" and not calibration:
+        raise PrecisionError("precision int8 calibrates on images: pass calibration=[images or paths] "
+                             "(--calibration DIR on the command line)")
+
+    def images() -> list[torch.Tensor]:
+        return [_as_tensor(image) for image in calibration or []]
+
+    return choice.precision, with_precision(model, choice.precision, images)
+
+
+def _as_tensor(image: ImageLike) -> torch.Tensor:
+    if isinstance(image, str | Path):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_tensor(ImageOps.exif_transpose(image))
+    if torch.is_tensor(image):
+        return image.float() / 255 if image.dtype == torch.uint8 else image
+    raise TypeError(f"expected a path, a PIL image or a tensor, got {type(image).__name__}")

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.val_images=...")
     p.add_argument("--output", type=Path, default=None, help="where to write metrics (default: beside)")
+    _add_precision_args(p, default="fp32")
 
     p = sub.add_parser("proposals", help="write the RPN proposals of a run for every image of a split")
     p.add_argument("checkpoint", type=Path, help="a run of the RPN alone or of Faster R-CNN")
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change the model's config, repeatable, e.g. --set model.input.test_scales=[600,800]")
+    _add_precision_args(p)
 
     p = sub.add_parser("demo", help="synthesise data, train a CPU-sized FPN, evaluate, draw")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the 512x512 input and small scaling tables (with --train: no 800 px row)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "all"], default="all",
+                   help="rows at this precision besides fp32 (default all: bf16 and int8, with --train "
+                        "bf16; auto: the one this CPU would choose)")
 
     p = sub.add_parser("export", help="a checkpoint -> one ONNX graph (any image size) for ONNX Runtime")
     p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
@@ -128,9 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=4, help="images run in one forward at most (default 4)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="images that may wait; more get a 503 'busy' (default 16)")
+    _add_precision_args(p)
 
     sub.add_parser("presets", help="list the config presets")
     return parser
+
+
+def _add_precision_args(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=default,
+                   help="what the convolutions and fc layers compute in (default %(default)s; auto: bf16 "
+                        "or int8 where this CPU computes them natively and their accuracy gate passed, "
+                        "else fp32)")
+    p.add_argument("--calibration", action="append", type=Path, default=None, metavar="PATH",
+                   help="images or folders int8 calibrates on (repeatable; default: the run's training "
+                        "images)")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -171,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
             from fpn.jobs.prediction import run_predict
 
             out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
-                              device=args.device, progress=progress, overrides=args.overrides)
+                              device=args.device, progress=progress, overrides=args.overrides,
+                              precision=args.precision, calibration=args.calibration)
             print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
         case "proposals":
             from fpn.jobs.proposals import run_proposals
@@ -192,12 +209,17 @@ def run(args: argparse.Namespace) -> int:
         case "convert":
             _convert(args)
         case "bench":
-            from fpn import benchmark, benchmark_train
+            from fpn.bench import inference, training
+            from fpn.bench.common import publish_report
 
-            run = benchmark_train.run if args.train else benchmark.run
             repeats = args.repeats or (5 if args.train else 3)
-            report = run(repeats=repeats, quick=args.quick, threads=args.threads)
-            benchmark.publish_report(report, args.output)
+            if args.train:
+                report = training.run(repeats=repeats, quick=args.quick, threads=args.threads,
+                                      precision=args.precision)
+            else:
+                report = inference.run(repeats=repeats, quick=args.quick, threads=args.threads,
+                                       precision=args.precision)
+            publish_report(report, args.output)
         case "export":
             _export(args)
         case "serve":
@@ -261,14 +283,27 @@ def _serve(args: argparse.Namespace) -> None:
     limits = ServeSettings(max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
                            timeout=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue)
     serve(ServeOptions(str(args.checkpoint), host=args.host, port=args.port, workers=args.workers,
-                       device=args.device, threads=args.threads, overrides=args.overrides, limits=limits))
+                       device=args.device, threads=args.threads, overrides=args.overrides, limits=limits,
+                       precision=args.precision,
+                       calibration=[str(p) for p in _calibration_paths(args.calibration) or []]))
+
+
+def _calibration_paths(items: list[Path] | None) -> list[Path] | None:
+    """The images of ``--calibration`` files and folders (at most ``fpn.api.CALIBRATION_IMAGES``)."""
+    if not items:
+        return None
+    from fpn.api import CALIBRATION_IMAGES
+    from fpn.jobs.prediction import expand_inputs
+
+    return expand_inputs(items)[:CALIBRATION_IMAGES]
 
 
 def _eval(args: argparse.Namespace, progress: bool) -> None:
     from fpn.engine import evaluate as ev
     from fpn.jobs.evaluation import run_eval, skipped_note
 
-    metrics, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress)
+    metrics, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress,
+                            precision=args.precision, calibration=_calibration_paths(args.calibration))
     print(ev.format_table(metrics))
     if "voc_table" in metrics:
         print("Pascal VOC AP at IoU 0.5 (difficult objects ignored):\n" + metrics["voc_table"])

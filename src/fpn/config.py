@@ -244,7 +244,12 @@ class TrainConfig:
     log_period: int = 20
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    # What the forward pass computes in. bf16: autocast (convolutions and fc layers in bf16; master
+    # weights, optimizer, losses and box maths in fp32), on a CPU worthwhile only where it computes
+    # bf16 natively (avx512_bf16, amx_bf16); fp16: CUDA only, with loss scaling; auto: bf16 where the
+    # CPU or GPU computes it natively, else fp32 (fpn.model.precision). Replaces train.amp (off ->
+    # fp32, bf16 -> auto, fp16 -> fp16), which older config files may still name.
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     max_bad_samples: int = 100
     # Weights that initialise the model, loaded in order (later ones win): fpn runs or checkpoints,
     # torchvision / detectron2 / mmdetection detector checkpoints, or a torchvision ImageNet ResNet
@@ -351,6 +356,35 @@ def merge(cfg: Any, values: dict[str, Any], where: str = "config") -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+# Fields renamed since older config files were written: (section, old name) -> (new name, old value
+# -> new value). train.amp was CUDA-only: "bf16" becomes "auto", which is bf16 on CUDA as before and
+# on CPUs that compute bf16 natively, and fp32 elsewhere, as before.
+RENAMED_FIELDS: dict[tuple[str, str], tuple[str, dict[Any, Any]]] = {
+    ("train", "amp"): ("precision", {"off": "fp32", False: "fp32", "bf16": "auto", "fp16": "fp16"}),
+}
+
+
+def upgrade_renamed(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` (a config mapping) with renamed fields under their new names (``RENAMED_FIELDS``)."""
+    if not isinstance(values, dict):
+        return values
+    values = dict(values)
+    for (section, old), (new, mapping) in RENAMED_FIELDS.items():
+        part = values.get(section)
+        if not isinstance(part, dict) or old not in part:
+            continue
+        part = dict(part)
+        value = part.pop(old)
+        if value not in mapping:
+            raise ConfigError(f"{where}: {section}.{old}: {value!r} is not one of {list(mapping)}")
+        if new in part and part[new] != mapping[value]:
+            raise ConfigError(f"{where}: {section}.{old} (the old name of {section}.{new}) and "
+                              f"{section}.{new} disagree")
+        part.setdefault(new, mapping[value])
+        values[section] = part
+    return values
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["model.neck.channels=128", "train.base_lr=0.01"]`` -> a nested mapping.
 
@@ -366,7 +400,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
-    return nested
+    return upgrade_renamed(nested, "overrides")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +444,7 @@ def _read_yaml_chain(name_or_path: str | Path, depth: int = 0) -> list[tuple[Pat
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = values.pop("base", None)
     chain = [] if base is None else _read_yaml_chain(base, depth + 1)
-    return [*chain, (path, values)]
+    return [*chain, (path, upgrade_renamed(values, str(path)))]
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

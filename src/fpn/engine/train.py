@@ -40,6 +40,7 @@ from fpn.data.unreadable import (
 from fpn.device import resolve_device
 from fpn.engine import checkpoint as ckpt
 from fpn.engine import distributed
+from fpn.model.precision import training_precision
 
 log = logging.getLogger(__name__)
 
@@ -244,16 +245,17 @@ class _StopRequested:
             signal.signal(sig, handler)
 
 
-def autocast(device: torch.device, amp: str):
-    """Mixed precision on CUDA (bf16, or fp16 with loss scaling); CPU runs stay fp32."""
-    if amp == "off" or device.type != "cuda":
+def autocast(device: torch.device, precision: str):
+    """The forward pass at ``precision`` (resolved: fp32, bf16 or fp16): autocast runs convolutions
+    and fc layers low while the weights, the optimizer and the losses stay fp32."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling for fp16 on CUDA; a pass-through otherwise."""
-    return torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and device.type == "cuda"))
+    return torch.amp.GradScaler("cuda", enabled=(precision == "fp16" and device.type == "cuda"))
 
 
 class MetricsLog:
@@ -300,12 +302,11 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.dist = distributed.init(resolve_device(self.tcfg.device))
         self.device = resolve_device(self.tcfg.device, self.dist.local_rank)
-        if self.tcfg.amp != "off" and self.device.type != "cuda":
-            log.warning("train.amp=%s needs CUDA; training in fp32 on %s", self.tcfg.amp, self.device)
+        self.precision = training_precision(self.tcfg.precision, self.device)
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, self.tcfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg=self.tcfg))
-        self.scaler = make_grad_scaler(self.device, self.tcfg.amp)
+        self.scaler = make_grad_scaler(self.device, self.precision)
         self.heads_only = None
         if self.tcfg.heads_only_iters:
             self.heads_only = HeadsOnly(self.model, self.tcfg.heads_only_iters)
@@ -364,7 +365,7 @@ class Trainer:
         images, targets = _to_device(images, targets, self.device)
         if self.heads_only is not None:
             self.heads_only.apply(self.state.step)
-        with autocast(self.device, self.tcfg.amp):
+        with autocast(self.device, self.precision):
             losses = self.net(images, targets)
         _check_finite(losses, self.state.step)
         total = sum(losses.values())

@@ -21,17 +21,18 @@ from fpn.jobs.datasets import coco_ground_truth, dataset_for, label_to_category_
 log = logging.getLogger(__name__)
 
 
-def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress: bool = True
-                   ) -> dict[str, Any]:
+def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress: bool = True,
+                   network: nn.Module | None = None) -> dict[str, Any]:
     """Box AP and proposal AR of ``model`` on ``dataset``; unreadable images are skipped and counted.
 
-    At most ``train.max_bad_samples`` images may be unreadable, as in training.
+    At most ``train.max_bad_samples`` images may be unreadable, as in training. ``network`` runs
+    the images instead of ``model`` when given: ``model`` at another precision (``Detector.network``).
     """
     was_training = model.training
     model.eval()
     coco = ev.as_coco(coco_ground_truth(dataset))  # read once: scoring and the anchor count use it
     metrics = ev.evaluate_detector(
-        model, val_loader(dataset, workers=min(2, cfg.data.num_workers)), coco,
+        network or model, val_loader(dataset, workers=min(2, cfg.data.num_workers)), coco,
         label_to_category_id(cfg), with_proposals=True, device=model.device, progress=progress,
         max_bad_samples=cfg.train.max_bad_samples,
     )
@@ -86,22 +87,33 @@ def mean_anchors_per_image(model: nn.Module, coco) -> float:
     return sum(model.num_anchors(hw) for hw in sizes) / max(1, len(sizes))
 
 
-def open_run(checkpoint: str | Path, overrides: list[str] | None = None) -> tuple[Config, Detector, Path]:
+def open_run(checkpoint: str | Path, overrides: list[str] | None = None, *, precision: str = "fp32",
+             calibration: list[Path] | None = None) -> tuple[Config, Detector, Path]:
     """A run's saved config with ``overrides`` applied, its detector, and the config file's path.
 
     The ``model.*`` overrides (e.g. ``model.input.test_scales``) apply to the loaded model too.
+    ``precision`` and ``calibration`` as for ``Detector``.
     """
     _, config_file = find_checkpoint(checkpoint)
     cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
     model_overrides = [o for o in overrides or [] if o.strip().startswith("model.")]
-    return cfg, Detector.from_checkpoint(checkpoint, cfg.train.device, model_overrides), config_file
+    detector = Detector.from_checkpoint(checkpoint, cfg.train.device, model_overrides, precision=precision,
+                                        calibration=calibration)
+    return cfg, detector, config_file
 
 
 def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, output: str | Path | None = None,
-             progress: bool = True) -> tuple[dict[str, Any], Path]:
-    """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``)."""
-    cfg, detector, config_file = open_run(checkpoint, overrides)
-    metrics = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=progress)
+             progress: bool = True, precision: str = "fp32", calibration: list[Path] | None = None
+             ) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``).
+
+    ``precision`` defaults to fp32, so that a run's AP is the same number on every host; the
+    log says which precision ran (``auto`` measures what ``fpn predict`` would run).
+    """
+    cfg, detector, config_file = open_run(checkpoint, overrides, precision=precision, calibration=calibration)
+    metrics = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=progress,
+                             network=detector.network)
+    log.info("evaluated at precision %s", detector.precision)
     out = Path(output) if output else config_file.parent / "eval"
     ev.save_metrics(metrics, out)
     return metrics, out

@@ -11,7 +11,7 @@ import torch
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from fpn.api import Detector, load_image
+from fpn.api import CALIBRATION_IMAGES, Detector, load_image
 from fpn.box_format import xyxy_to_xywh
 from fpn.data import DatasetError
 from fpn.engine.evaluate import encode_mask_proposals
@@ -47,14 +47,20 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 
 def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path, *,
                 score_thresh: float = 0.3, device: str = "auto", progress: bool = True,
-                overrides: list[str] | None = None) -> Path:
+                overrides: list[str] | None = None, precision: str = "auto",
+                calibration: list[str | Path] | None = None) -> Path:
     """Detections for images and folders -> ``predictions.json`` (COCO style) and drawn copies.
 
     Unreadable images are reported and skipped; if none could be read, ``NothingPredictedError``.
     ``overrides`` (``model.*=value``) change the loaded model's config (``Detector.from_checkpoint``).
+    ``precision`` as for ``Detector``; int8 calibrates on ``calibration`` (images or folders),
+    else on the run's training images, else on the first of the inputs.
     """
-    detector = Detector.from_checkpoint(checkpoint, device, overrides)
     paths = expand_inputs(inputs)
+    calibration_paths = expand_inputs(calibration)[:CALIBRATION_IMAGES] if calibration else None
+    detector = Detector.from_checkpoint(checkpoint, device, overrides, precision=precision,
+                                        calibration=calibration_paths, fallback_calibration=paths)
+    log.info("predicting at precision %s", detector.precision)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records, failed = [], []

@@ -77,13 +77,15 @@ class _SparseProduct(torch.autograd.Function):
     """W @ F with the gradient Wᵀ @ dY into F (W holds no gradient)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # no bf16 sparse kernel on the CPU
     def forward(ctx, features_flat: Tensor, matrix: Tensor, transposed: Tensor) -> Tensor:
         ctx.transposed = transposed
         return matrix @ features_flat
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
-        return ctx.transposed @ grad_output, None, None
+        return ctx.transposed @ grad_output.float(), None, None
 
 
 def _csr(rows: Tensor, columns: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -120,5 +122,5 @@ def roi_align_sparse(features: Tensor, rois: Tensor, output_size: int, spatial_s
         matrix = _csr(rows, columns, weights, shape)
         transposed = _csr(columns[order], rows[order], weights[order], (shape[1], shape[0]))
         flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N·H·W, C): a view if channels-last
-        pooled = _SparseProduct.apply(flat, matrix, transposed)  # (R·S·S, C)
+        pooled = _SparseProduct.apply(flat, matrix, transposed).to(features.dtype)  # (R·S·S, C)
     return pooled.reshape(-1, size, size, c).permute(0, 3, 1, 2)  # (R, C, S, S)

@@ -190,6 +190,8 @@ class RoIHeads(nn.Module):
                 raise ValueError("the RoI heads need targets in training mode")
             proposals, labels, regression_targets = self.sample_proposals(proposals, targets, generator)
         class_logits, box_deltas = self.box_predictor(self.box_head(self.pooler(features, proposals)))
+        # fp32 from here whatever the fc layers ran in (bf16 autocast, fpn.model.precision)
+        class_logits, box_deltas = class_logits.float(), box_deltas.float()
         if self.training:
             return [], self.losses(class_logits, box_deltas, labels, regression_targets)
         return self.detections(class_logits, box_deltas, proposals, image_sizes), {}

@@ -127,6 +127,9 @@ class RegionProposalNetwork(nn.Module):
             level_maps[0].device,
         )
         logits, deltas = flatten_predictions(logits_per_level, deltas_per_level)
+        # fp32 from here whatever the convs ran in (bf16 autocast, fpn.model.precision): decoding,
+        # clipping, NMS and the losses never see low precision
+        logits, deltas = logits.float(), deltas.float()
         num_per_level = [a.shape[0] for a in anchors_per_level]
         anchors = torch.cat(anchors_per_level, dim=0)  # (R, 4)
         proposals, scores = [], []

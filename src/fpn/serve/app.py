@@ -79,6 +79,7 @@ class Health(BaseModel):
     levels: list[str] = Field(description="the pyramid levels the RoI heads pool from")
     canonical_scale: float = Field(description="Eq. 1's canonical RoI size (224 in the paper)")
     canonical_level: int = Field(description="Eq. 1's k0, the level of a RoI of the canonical size")
+    precision: str = Field(description="what the convolutions and fc layers compute in: fp32, bf16 or int8")
     queued: int
     max_queue: int
     max_batch: int
@@ -101,7 +102,7 @@ def build_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
     decode_slots = asyncio.Semaphore(settings.decode_slots)
     max_pixels = int(settings.max_megapixels * 1e6)
     category_ids = list(detector.model.cfg.category_ids)
-    roi_cfg = detector.model.cfg.roi_heads
+    roi_cfg, precision = detector.model.cfg.roi_heads, getattr(detector, "precision", "fp32")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -123,7 +124,7 @@ def build_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def health() -> Health:
         return Health(status="ok", version=__version__, classes=detector.class_names,
                       levels=list(roi_cfg.levels), canonical_scale=roi_cfg.canonical_scale,
-                      canonical_level=roi_cfg.canonical_level, queued=batcher.waiting,
+                      canonical_level=roi_cfg.canonical_level, precision=precision, queued=batcher.waiting,
                       max_queue=batcher.max_queue, max_batch=batcher.max_batch,
                       batches_run=batcher.batches_run, images_run=batcher.images_run)
 

@@ -30,6 +30,8 @@ class ServeOptions:
     threads: int | None = None  # torch intra-op threads per worker (default: torch's choice)
     overrides: list[str] = field(default_factory=list)
     limits: ServeSettings = field(default_factory=ServeSettings)
+    precision: str = "auto"  # fpn.model.precision
+    calibration: list[str] = field(default_factory=list)  # int8: images to calibrate on
 
 
 def load_detector(options: ServeOptions):
@@ -40,7 +42,8 @@ def load_detector(options: ServeOptions):
 
     if options.threads:
         torch.set_num_threads(options.threads)
-    detector = Detector.from_checkpoint(options.checkpoint, options.device, options.overrides)
+    detector = Detector.from_checkpoint(options.checkpoint, options.device, options.overrides,
+                                        precision=options.precision, calibration=options.calibration or None)
     model = detector.model
     if model.roi_heads is None:
         raise ValueError(f"{options.checkpoint}: fpn serve needs a detector with a box head; this run is "

@@ -11,6 +11,9 @@ targets; their steps alternate, so a busy machine slows both alike. The demo pre
 torchvision twin: its row sets fpn against itself with the training speed paths off
 (``FasterRCNN.fast_training = False``), which is the code as it was before them.
 
+With ``--precision bf16`` (or ``all``; ``auto``: where the CPU computes bf16 natively) an R50-FPN
+512 px row runs fpn's forward under bf16 autocast (``train.precision``) against torchvision fp32.
+
 The first-step losses of the two libraries differ by their random choice of anchors and RoIs
 (torchvision draws from the global generator, fpn from a per-image seed); the fpn losses with
 and without the speed paths must agree to float tolerance, and the table shows that.
@@ -29,13 +32,11 @@ import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TVFasterRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d
 
-from fpn.benchmark import PeakRSS, markdown_table
+from fpn.bench.common import PeakRSS, markdown_table
+from fpn.bench.reference import fpn_twin, torchvision_detector
 from fpn.config import TrainConfig, load_config
-from fpn.engine.train import build_optimizer
-from fpn.interop.torchvision import from_torchvision
+from fpn.engine.train import autocast, build_optimizer
 from fpn.model.detector import FasterRCNN
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
@@ -47,22 +48,13 @@ def torchvision_trainable(size: tuple[int, int], seed: int = 0) -> TVFasterRCNN:
     FrozenBN with eps 0 (as for its published weights), conv1 and layer1 frozen, 91 classes;
     its resize is set to ``size`` so that it, like ours, trains on the pixels it is given.
     """
-    torch.manual_seed(seed)
-    body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-    model = TVFasterRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=min(size),
-                         max_size=max(size))
-    for module in model.modules():
-        if isinstance(module, FrozenBatchNorm2d):
-            module.eps = 0.0
-    return model.train()
+    return torchvision_detector(seed, size=(min(size), max(size))).train()
 
 
-def fpn_twin(reference: TVFasterRCNN, size: tuple[int, int]) -> FasterRCNN:
-    """Our detector holding ``reference``'s weights, training on images of ``size`` unresized."""
-    ours = from_torchvision(reference.state_dict())
-    ours.cfg.input.min_size_train = [min(size)]
-    ours.cfg.input.min_size_test, ours.cfg.input.max_size = min(size), max(size)
-    return ours.train()
+def fpn_trainable(reference: TVFasterRCNN) -> FasterRCNN:
+    """Our detector holding ``reference``'s weights, training on the pixels it is given (the
+    reference's resize), in training mode."""
+    return fpn_twin(reference).train()
 
 
 def random_batch(size: tuple[int, int], batch: int, num_classes: int, seed: int = 0) -> Batch:
@@ -109,10 +101,13 @@ def optimizer_for(model: nn.Module, batch_size: int) -> torch.optim.Optimizer:
     return build_optimizer(model, TrainConfig(batch_size=batch_size))
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> dict[str, float]:
-    """One SGD step, as ``fpn.engine.train.Trainer.step`` takes it: forward, backward, update."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, precision: str = "fp32"
+               ) -> dict[str, float]:
+    """One SGD step, as ``fpn.engine.train.Trainer.step`` takes it: forward (under autocast at
+    ``precision``, as ``train.precision`` does), backward, update."""
     images, targets = batch
-    losses = model(images, [dict(t) for t in targets])
+    with autocast(torch.device("cpu"), precision):
+        losses = model(images, [dict(t) for t in targets])
     total = sum(losses.values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -174,21 +169,24 @@ TV_LOSS_NAMES = {"loss_objectness": "loss_rpn_objectness", "loss_rpn_box_reg": "
                  "loss_classifier": "loss_cls", "loss_box_reg": "loss_box"}
 
 
-def against_torchvision(size: tuple[int, int], batch: int, repeats: int) -> tuple[list[str], list[list[str]]]:
-    """A table row of fpn against torchvision on R50-FPN, and their first-step losses."""
+def against_torchvision(size: tuple[int, int], batch: int, repeats: int, precision: str = "fp32"
+                        ) -> tuple[list[str], list[list[str]]]:
+    """A table row of fpn (at ``precision``) against torchvision fp32 on R50-FPN, and their
+    first-step losses."""
     reference = torchvision_trainable(size)
-    ours = fpn_twin(reference, size)
+    ours = fpn_trainable(reference)
     data = random_batch(size, batch, num_classes=90)
     torch.manual_seed(0)
     first_ref = {TV_LOSS_NAMES[k]: v for k, v in train_step(reference, optimizer_for(reference, batch),
                                                              data).items()}
-    first_ours = train_step(ours, optimizer_for(ours, batch), data)
+    first_ours = train_step(ours, optimizer_for(ours, batch), data, precision)
     reference = torchvision_trainable(size)  # fresh weights and optimizers for the timed steps
-    ours = fpn_twin(reference, size)
+    ours = fpn_trainable(reference)
     opt_ref, opt_ours = optimizer_for(reference, batch), optimizer_for(ours, batch)
-    timed = interleaved({"fpn": lambda: train_step(ours, opt_ours, data),
+    timed = interleaved({"fpn": lambda: train_step(ours, opt_ours, data, precision),
                          "torchvision": lambda: train_step(reference, opt_ref, data)}, repeats)
     name = f"R50-FPN {size[0]}x{size[1]}, batch {batch}"
+    name += f", fpn {precision}" if precision != "fp32" else ""
     losses = _loss_rows(f"{name}: fpn vs torchvision (sampling differs)", first_ours, first_ref)
     return _row(name, batch, timed["fpn"], timed["torchvision"]), losses
 
@@ -218,8 +216,7 @@ def against_plain_modules(cfg_name: str, batch: int, repeats: int, model_fn: Cal
 def demo_model() -> FasterRCNN:
     from fpn.data.synthetic import CLASSES
 
-    cfg = load_config("demo").model
-    cfg.roi_heads.num_classes = len(CLASSES)
+    cfg = load_config("demo", [f"model.roi_heads.num_classes={len(CLASSES)}"]).model
     torch.manual_seed(0)
     return FasterRCNN(cfg).train()
 
@@ -231,22 +228,31 @@ def setting(name: str) -> tuple[Callable[[], FasterRCNN], Batch, int]:
         return demo_model, synthetic_batch(4), 4
     size = (512, 512)
     reference = torchvision_trainable(size)
-    return (lambda: fpn_twin(reference, size)), random_batch(size, 2, 90), 2
+    return (lambda: fpn_trainable(reference)), random_batch(size, 2, 90), 2
 
 
-def run(repeats: int = 5, quick: bool = False, threads: int | None = None) -> str:
-    """The whole training benchmark; returns the report as Markdown."""
+def run(repeats: int = 5, quick: bool = False, threads: int | None = None, precision: str = "fp32") -> str:
+    """The whole training benchmark; returns the report as Markdown. ``precision`` "bf16" (or "auto",
+    bf16 where native) adds R50-FPN 512 px rows with fpn's forward under bf16 autocast."""
+    from fpn.bench.machine import describe_machine
+    from fpn.model.precision import training_precision
+
     if threads:
         torch.set_num_threads(threads)
-    report = [f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+    report = [f"machine: {describe_machine()}",
+              f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
               f"{torch.get_num_threads()} threads; median of {repeats} interleaved steps after a warm-up "
               "step (fewer at 800 px); peak MiB: resident memory growth during a step\n"]
     rows, loss_rows = [], []
-    settings = [((512, 512), 2, repeats)]
+    settings = [((512, 512), 2, repeats, "fp32")]
     if not quick:
-        settings.append(((800, 800), 2, max(2, repeats // 2)))
-    for size, batch, n in settings:
-        row, losses = against_torchvision(size, batch, n)
+        settings.append(((800, 800), 2, max(2, repeats // 2), "fp32"))
+    wanted = "bf16" if precision == "all" else precision
+    low = training_precision(wanted, torch.device("cpu")) if wanted in ("auto", "bf16") else "fp32"
+    if low != "fp32":
+        settings.append(((512, 512), 2, max(2, repeats // 2), low))
+    for size, batch, n, step_precision in settings:
+        row, losses = against_torchvision(size, batch, n, step_precision)
         rows.append(row)
         loss_rows += losses
         print(markdown_table(HEADER, rows[-1:]), flush=True)
