@@ -6,81 +6,67 @@ Two kinds of model, two gates:
   points of fp32, at int8 within ``AP_DROP["int8"]`` (1.0), on the run's validation set
   (pycocotools). ``demo_ap_table`` measures it on ``runs/demo``.
 - **torchvision** (R50-FPN weights converted from torchvision): of fp32's detections scored above
-  0.5 on real photographs, at least 95% have a low-precision detection of the same label with
-  IoU >= 0.9 (``fpn.detections.confident_matches``). No trained torchvision weights can be
-  downloaded here, and random weights make few confident detections, all of them near-ties
-  (every score comes from a raised class bias): rounding would reorder them, and the gate would
-  measure the ties. ``calibrated_standin`` therefore gives the random weights the statistics of a
-  trained network on real photos (data-dependent initialisation): every FrozenBatchNorm2d
-  normalises its input as a trained batch norm does, and the heads' layers are scaled so that
-  their outputs spread as a trained detector's do (objectness and class logits with a spread of
-  a few units, box deltas of tenths). Its confident detections are not objects, but they are
-  decided by real-image features through 50 layers of real-scale activations, which is what
-  bf16 rounding acts on. With real weights (``--weights``) the same measurement is the real gate.
+  0.5 on real photos, at least 95% have a low-precision detection of the same label with IoU
+  >= 0.9 (``fpn.detections.confident_matches``). Without real weights it is measured on
+  ``fpn.bench.standin.probed_standin`` (why: that module's docstring); with them (``weights=``)
+  the same measurement is the real gate.
+
+Accuracy does not depend on whether bf16 is native, but time does: where the CPU has no bf16 dot
+products, PyTorch's emulated bf16 convolutions and matrix products are 6x (channels-last) to
+100x slower than fp32. ``emulated_bf16_kernels`` then computes each convolution and fc layer as
+the native kernels do (bf16 operands, fp32 accumulation, a bf16 result) with fp32 kernels on
+bf16-rounded operands, under the same autocast; every other op runs as autocast runs it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN as TVFasterRCNN
-from torchvision.ops import FrozenBatchNorm2d
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from fpn.bench.common import markdown_table
 from fpn.bench.reference import fpn_twin, torchvision_detector
+from fpn.bench.standin import Target, probed_standin
 from fpn.detections import confident_matches
-from fpn.model.precision import with_precision
+from fpn.model.precision import read_cpu_info, with_precision
 
 AP_DROP = {"bf16": 0.5, "int8": 1.0}  # AP points below fp32 a precision may lose (fpn runs)
 MATCHED_FRACTION = 0.95  # of fp32's detections above CONFIDENT (torchvision weights)
 CONFIDENT, MIN_IOU = 0.5, 0.9
-# The spread (std over anchors / RoIs / classes) the stand-in's head outputs are scaled to.
-HEAD_OUTPUT_STD = {"rpn.head.conv.0.0": 1.0, "rpn.head.cls_logits": 3.0, "rpn.head.bbox_pred": 0.2,
-                   "roi_heads.box_head.fc6": 1.0, "roi_heads.box_head.fc7": 1.0,
-                   "roi_heads.box_predictor.cls_score": 4.0, "roi_heads.box_predictor.bbox_pred": 0.5}
 
 
-@torch.no_grad()
-def calibrated_standin(images: list[Tensor], *, size: tuple[int, int] = (800, 1333), seed: int = 0
-                       ) -> TVFasterRCNN:
-    """torchvision's R50-FPN with seeded random weights given a trained network's statistics on
-    ``images`` (module docstring), in one forward pass: each FrozenBatchNorm2d takes the mean and
-    variance of its input just before it runs, each head layer is rescaled at its first call."""
-    model = torchvision_detector(seed, size=size)
-    handles = [m.register_forward_pre_hook(_normalise_input) for m in model.modules()
-               if isinstance(m, FrozenBatchNorm2d)]
-    for name, std in HEAD_OUTPUT_STD.items():
-        handles.append(model.get_submodule(name).register_forward_hook(_rescale_output(std)))
-    model(images)
-    for handle in handles:
-        handle.remove()
-    return model
+class _Bf16KernelsInFp32(TorchFunctionMode):
+    """Under bf16 autocast: conv2d and linear on bf16-rounded operands with fp32 kernels, rounded
+    to a bf16 result (what a native bf16 kernel computes, up to the order of its sums)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name not in ("conv2d", "linear") or not torch.is_autocast_enabled("cpu"):
+            return func(*args, **kwargs)
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+            return func(*args, **kwargs)
+        args = tuple(_bf16_valued(a) for a in args)
+        kwargs = {k: _bf16_valued(v) for k, v in kwargs.items()}
+        with torch.autocast("cpu", enabled=False):
+            return func(*args, **kwargs).to(torch.bfloat16)
 
 
-def _normalise_input(norm: FrozenBatchNorm2d, args: tuple[Tensor]) -> None:
-    x = args[0]  # (N, C, H, W): per channel mean 0 and variance 1 after the norm, as trained
-    norm.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-    norm.running_var.copy_(x.var(dim=(0, 2, 3)).clamp(min=1e-6))
+def _bf16_valued(value):
+    """A floating tensor rounded to bf16 and held in fp32; anything else as it is."""
+    if torch.is_tensor(value) and value.is_floating_point():
+        return value.to(torch.bfloat16).float()
+    return value
 
 
-def _rescale_output(target_std: float) -> Callable:
-    """A forward hook that scales a layer's weight and bias once, so its output's std is ``target_std``
-    (the RPN's layers run once per level: the first, finest level sets the scale)."""
-    done = []
-
-    def hook(layer: nn.Module, args, output: Tensor) -> Tensor | None:
-        if done:
-            return None
-        done.append(True)
-        scale = target_std / float(output.std().clamp(min=1e-12))
-        layer.weight.mul_(scale)
-        layer.bias.mul_(scale)
-        return output * scale  # a linear layer scaled: exactly the output it now computes
-
-    return hook
+def emulated_bf16_kernels(precision: str):
+    """``_Bf16KernelsInFp32`` for bf16 where the CPU lacks bf16 dot products; else nothing."""
+    if precision != "bf16" or read_cpu_info().native_bf16:
+        return contextlib.nullcontext()
+    return _Bf16KernelsInFp32()
 
 
 def real_photos(folder: Path, count: int, *, skip: int = 0) -> list[Tensor]:
@@ -93,13 +79,14 @@ def real_photos(folder: Path, count: int, *, skip: int = 0) -> list[Tensor]:
     return [load_image(p) for p in paths[skip:skip + count]]
 
 
-def torchvision_agreement(photos: list[Tensor], calibration: list[Tensor], precisions: list[str], *,
+def torchvision_agreement(photos: list[Tensor], targets: list[Target], precisions: list[str], *,
                           size: tuple[int, int] = (800, 1333), weights: dict | None = None
                           ) -> dict[str, tuple[int, int]]:
     """(matched, total) per precision: fp32's detections above 0.5 on ``photos`` that each
-    precision keeps (same label, IoU >= 0.9), on the calibrated stand-in or on ``weights``."""
+    precision keeps (same label, IoU >= 0.9), on the probed stand-in fitted to ``photos`` and
+    ``targets``, or on real ``weights``. int8 calibrates on ``photos``."""
     if weights is None:
-        reference = calibrated_standin(calibration, size=size)
+        reference = probed_standin(photos, targets, size=size)
     else:
         reference = torchvision_detector(size=size)
         reference.load_state_dict(weights)
@@ -108,8 +95,9 @@ def torchvision_agreement(photos: list[Tensor], calibration: list[Tensor], preci
         fp32 = [ours([photo])[0] for photo in photos]
         result = {}
         for precision in precisions:
-            model = with_precision(ours, precision, lambda: calibration)
-            low = [model([photo])[0] for photo in photos]
+            model = with_precision(ours, precision, lambda: photos)
+            with emulated_bf16_kernels(precision):
+                low = [model([photo])[0] for photo in photos]
             result[precision] = confident_matches(fp32, low, min_score=CONFIDENT, min_iou=MIN_IOU)
     return result
 

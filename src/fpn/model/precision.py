@@ -50,12 +50,14 @@ ModelKind = Literal["fpn", "torchvision", "foreign", "segments"]
 
 # (model kind, precision) pairs whose accuracy gate passed: box AP of bf16 within 0.5 of fp32 and of
 # int8 within 1.0 on a trained fpn run; on torchvision-converted R50-FPN weights, >= 95% of fp32's
-# detections above 0.5 matched (IoU >= 0.9, same label). tests/test_precision_gates.py measures the
-# gate of every entry, so an entry cannot outlive its gate; `auto` picks nothing outside this table.
-# torchvision + int8 is absent: its gate failed (docs/precision.md gives the numbers).
+# detections above 0.5 kept (IoU >= 0.9, same label). tests/test_precision_gates.py measures every
+# gate and checks its verdict against this table; `auto` picks nothing outside it. torchvision's
+# bf16 and int8 gates failed on the stand-in for its weights that can be measured without them
+# (docs/precision.md gives the numbers and why the stand-in is harsher than trained weights):
+# converted torchvision models stay fp32 under `auto` until a run on real weights says otherwise.
 GATES_PASSED: dict[str, frozenset[str]] = {
     "fpn": frozenset({"fp32", "bf16", "int8"}),
-    "torchvision": frozenset({"fp32", "bf16"}),
+    "torchvision": frozenset({"fp32"}),
     "foreign": frozenset({"fp32"}),  # detectron2 / mmdetection conventions: no gate measured
     "segments": frozenset({"fp32"}),  # segment proposals: no gate measured
 }

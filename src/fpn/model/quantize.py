@@ -97,7 +97,9 @@ class Int8Detector(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: list[Tensor], *, proposals: list[Tensor] | None = None,
-                return_proposals: bool = False) -> list[dict[str, Tensor]]:
+                return_proposals: bool = False, paste_masks: bool = True) -> list[dict[str, Tensor]]:
+        """As the float detector's eval forward (``paste_masks`` is accepted for the same call; a
+        segment-proposal model is never quantized)."""
         if self.model.training:
             raise ValueError("the int8 pyramid is for inference: call model.eval() first")
         batch, _ = self.model.preprocess(images, proposals=proposals)
