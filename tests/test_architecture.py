@@ -14,11 +14,13 @@ import fpn
 PACKAGE_ROOT = Path(fpn.__file__).parent
 
 # Which top-level parts of fpn each part may import (besides itself). Neutral helpers at the bottom.
-NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize"}
+NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize",
+           "fpn.safe_reading"}
 ALLOWED = {
     "fpn.errors": set(),
     "fpn.config": {"fpn.errors"},
-    "fpn.device": set(),
+    "fpn.device": {"fpn.errors"},
+    "fpn.safe_reading": {"fpn.errors"},
     "fpn.box_format": set(),
     "fpn.detections": set(),
     "fpn.visualize": set(),

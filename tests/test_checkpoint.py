@@ -15,10 +15,10 @@ from fpn.engine.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     load_checkpoint,
-    load_foreign_weights,
     restore_rng_state,
     save_checkpoint,
 )
+from fpn.safe_reading import read_checkpoint
 
 
 def _draws():
@@ -65,22 +65,27 @@ class _Payload:
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    """Another library's file and our own train_state.pt go through the same safe reader."""
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload(marker)}, path)
     with pytest.raises(UnsafeCheckpointError, match="evil.pth: refusing"):
-        load_foreign_weights(path)
+        read_checkpoint(path)
+    ckpt = save_checkpoint(tmp_path / "run", 1, {"w": torch.ones(2)}, {"step": 1})
+    torch.save({"step": 1, "x": _Payload(marker)}, ckpt / "train_state.pt")
+    with pytest.raises(UnsafeCheckpointError, match="train_state.pt: refusing"):
+        load_checkpoint(ckpt)
     assert not marker.exists()
 
 
 def test_wrappers_truncation_and_missing_files(tmp_path):
     path = tmp_path / "ok.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}}, path)
-    assert torch.equal(load_foreign_weights(path)["w"], torch.ones(2))
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(2))
     ckpt = save_checkpoint(tmp_path / "run", 1, {"w": torch.ones(1000)})
     data = (ckpt / "model.safetensors").read_bytes()
     (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match="no such file"):
-        load_foreign_weights(tmp_path / "none.pth")
+        read_checkpoint(tmp_path / "none.pth")

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from fpn.config import ConfigError, load_config, merge, parse_overrides
 from fpn.data import pil_to_tensor, read_image
 from fpn.device import resolve_device
+from fpn.errors import PathNotFoundError
 from fpn.model.detector import FasterRCNN
 
 ImageLike = str | Path | Image.Image | torch.Tensor
@@ -26,7 +27,7 @@ ImageLike = str | Path | Image.Image | torch.Tensor
 def load_image(path: str | Path) -> torch.Tensor:
     """A 3 x H x W float tensor in [0, 1], RGB, with the EXIF orientation applied.
 
-    An unreadable image raises ``fpn.data.DatasetError`` (a ValueError) naming the file.
+    An unreadable image raises ``fpn.errors.DatasetError`` (a ``UserError``) naming the file.
     """
     return read_image(Path(path))
 
@@ -37,23 +38,23 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run, checkpoint directory or weights file")
+        raise PathNotFoundError(f"{path}: no such run, checkpoint directory or weights file")
     if path.is_dir() and (path / "checkpoints").is_dir():
         latest = latest_checkpoint(path / "checkpoints")
         if latest is None:
-            raise FileNotFoundError(f"{path}: the run has no complete checkpoint yet "
+            raise PathNotFoundError(f"{path}: the run has no complete checkpoint yet "
                                     f"(looked for {path / 'checkpoints'}/step_*/model.safetensors)")
         path = latest
     if path.is_dir():
         weights, config = path / "model.safetensors", path / "config.yaml"
         if not weights.is_file():
-            raise FileNotFoundError(
+            raise PathNotFoundError(
                 f"{path}: not a run or checkpoint directory (looked for {path / 'checkpoints'}/ "
                 f"of a run, or {weights.name} and {config.name} of a checkpoint)")
     else:
         weights, config = path, path.parent / "config.yaml"
     if not config.is_file():
-        raise FileNotFoundError(f"{config}: not found (the config.yaml that describes {weights.name} "
+        raise PathNotFoundError(f"{config}: not found (the config.yaml that describes {weights.name} "
                                 "must be in the same directory)")
     return weights, config
 

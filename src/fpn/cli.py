@@ -1,8 +1,9 @@
 """The ``fpn`` command line: synth | train | eval | proposals | predict | demo | reproduce | convert | bench |
 export | serve | presets.
 
-Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
-corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
+Every command exits non-zero on failure. A user error (``fpn.errors.UserError``: a missing file, a
+bad config value, a corrupt dataset) prints one line naming the problem and exits 2 (``--debug``
+shows its traceback too); any other exception is a bug and prints its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from fpn import __version__
+from fpn.errors import ExportError, MissingExtraError, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +245,7 @@ def _export(args: argparse.Namespace) -> None:
               f"detections matched, max box diff {check['max_box_diff_px']:.4f} px, "
               f"max score diff {check['max_score_diff']:.1e}")
         if check["matched"] != check["detections"] or check["onnx_detections"] != check["detections"]:
-            raise ValueError(f"{path}: ONNX Runtime's detections differ from PyTorch's: {check}")
+            raise ExportError(f"{path}: ONNX Runtime's detections differ from PyTorch's: {check}")
         if check["detections"] == 0:
             print("note: nothing was detected, so the check compared little; pass --verify-image "
                   "with a real photo")
@@ -254,7 +257,8 @@ def _serve(args: argparse.Namespace) -> None:
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
-        raise ValueError(f"fpn serve needs the serve extra: pip install 'fpn[serve]' ({err})") from None
+        raise MissingExtraError(f"fpn serve needs the serve extra: pip install 'fpn[serve]' ({err})"
+                                ) from None
     from fpn.serve.app import ServeSettings
     from fpn.serve.server import ServeOptions, serve
 
@@ -277,12 +281,6 @@ def _eval(args: argparse.Namespace, progress: bool) -> None:
     print(f"metrics in {out}")
 
 
-# ConfigError, DatasetError, CheckpointError, ConversionError are ValueErrors; a non-finite loss
-# is a FloatingPointError: all are reported in one line.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, PermissionError,
-                                                FloatingPointError)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -296,17 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"fpn {args.command}: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
+    except UserError as err:
         if args.debug:
             raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"fpn {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except Exception as err:
-        if args.debug:
-            raise
-        print(f"fpn {args.command}: unexpected {type(err).__name__}: {err} (run with --debug for "
-              "the traceback)", file=sys.stderr)
+    except Exception as err:  # a bug: its traceback is what a report needs
+        traceback.print_exc()
+        print(f"fpn {args.command}: unexpected {type(err).__name__} (a bug in fpn, not in your input; "
+              "please report it with the traceback above)", file=sys.stderr)
         return 1
 
 

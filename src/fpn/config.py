@@ -16,11 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from fpn.errors import ConfigError
+
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown field or gives a value of the wrong type."""
 
 
 @dataclass

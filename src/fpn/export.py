@@ -28,16 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.detections import output_difference
+from fpn.errors import ExportError, output_dir
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import inference_copy
 from fpn.model.preprocess import padded_size, resize_scale
 
 OPSET = 18  # RoiAlign's half-pixel mode (torchvision's aligned=True) needs opset >= 16
 MIN_SIDE, MAX_SIDE = 16, 16384  # image sides (px) the exported graph accepts
-
-
-class ExportError(ValueError):
-    """The model cannot be exported or run: the onnx / onnxruntime packages are missing."""
 
 
 class ExportGraph(nn.Module):
@@ -93,7 +90,7 @@ def export_onnx(model: FasterRCNN, path: str | Path, example_hw: tuple[int, int]
         raise ExportError(f"fpn export writes Faster R-CNN (RPN and box head); this model has "
                           f"model.proposals={model.cfg.proposals}, model.box_head={model.cfg.box_head}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(path.parent)
     graph = ExportGraph(model.eval().cpu()).eval()
     example = torch.rand(3, *example_hw, generator=torch.Generator().manual_seed(0))
     height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)

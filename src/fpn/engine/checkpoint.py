@@ -15,7 +15,6 @@ the previous checkpoint or the new one, never a torn one.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import shutil
 import tempfile
@@ -26,18 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from fpn.errors import CheckpointError, UnsafeCheckpointError, output_dir
+from fpn.safe_reading import read_safetensors, torch_load_safely
 
 POINTER = "last_checkpoint"
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated or not what it claims to be."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A pickle would need to execute code to load; we refuse."""
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "latest_checkpoint",
+           "load_checkpoint", "load_weights", "capture_rng_state", "restore_rng_state", "atomic_write_bytes"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -80,8 +76,7 @@ def save_checkpoint(directory: str | Path, step: int, model_state: Mapping[str, 
 
     Returns the checkpoint folder.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = output_dir(directory, what="checkpoint folder")
     final = directory / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}.", suffix=".tmp"))
     try:
@@ -136,7 +131,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     weights = load_weights(path / "model.safetensors")
     train_state = None
     if (path / "train_state.pt").is_file():
-        train_state = _torch_load_safely(path / "train_state.pt")
+        train_state = torch_load_safely(path / "train_state.pt")
     config = None
     if (path / "config.yaml").is_file():
         config = yaml.safe_load((path / "config.yaml").read_text())
@@ -144,58 +139,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-
-
-# An error message quotes at most this much of the underlying library's first line.
-QUOTED_ERROR_CHARS = 160
-
-
-def _quote(error: BaseException | str) -> str:
-    """The first line of an underlying error, cut to ``QUOTED_ERROR_CHARS``."""
-    lines = str(error).splitlines()
-    return (lines[0] if lines else type(error).__name__)[:QUOTED_ERROR_CHARS]
-
-
-def _torch_load_safely(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
-            raise UnsafeCheckpointError(
-                f"{path}: refusing to load: the pickle would execute code "
-                f"({_quote(text)})"
-            ) from None
-        raise CheckpointError(f"{path}: corrupt or truncated ({_quote(text)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: corrupt or truncated ({_quote(err)})") from None
-
-
-def load_foreign_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from another library's file, loaded without executing pickled code.
-
-    ``.safetensors`` through safetensors; anything else through ``torch.load(weights_only=True)``.
-    ``{"model": ...}`` and ``{"state_dict": ...}`` wrappers are unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        return load_weights(path)
-    state = _torch_load_safely(path)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
-    return dict(state)
+    """The tensors of a ``model.safetensors`` file (``CheckpointError`` if missing or damaged)."""
+    return read_safetensors(path)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -213,6 +158,7 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what ``capture_rng_state`` returned."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]

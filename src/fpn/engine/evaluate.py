@@ -27,6 +27,7 @@ from tqdm import tqdm
 from fpn.box_format import xyxy_to_xywh
 from fpn.data.unreadable import BadSampleCounter
 from fpn.engine import distributed
+from fpn.errors import output_dir
 from fpn.model.segment_proposals import mask_windows
 
 BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
@@ -276,8 +277,7 @@ NOT_SAVED_AS_NUMBERS = {"coco_results", "evaluated_image_ids", "voc_table"}
 def save_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
     """``metrics.json`` (the numbers) and ``coco_results.json`` (the detections, in COCO's
     results format: image_id, category_id, bbox, score, and segmentation for mask results)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir, what="metrics folder")
     numbers = {k: v for k, v in metrics.items() if k not in NOT_SAVED_AS_NUMBERS}
     (out_dir / "metrics.json").write_text(json.dumps(numbers, indent=1))
     results = [_result_record(r) for r in metrics.get("coco_results", [])]

@@ -40,12 +40,9 @@ from fpn.data.unreadable import (
 from fpn.device import resolve_device
 from fpn.engine import checkpoint as ckpt
 from fpn.engine import distributed
+from fpn.errors import ConfigError, DatasetError, NonFiniteLossError, output_dir
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; the message names the step and the loss term."""
 
 
 def seed_everything(seed: int) -> None:
@@ -140,7 +137,7 @@ class EpochView(Dataset):
     def __init__(self, dataset: Dataset, seed: int, flip_prob: float, global_batch: int = 1,
                  rank: int = 0, world_size: int = 1):
         if global_batch % world_size:
-            raise ValueError(f"train.batch_size={global_batch} is not divisible by {world_size} processes")
+            raise ConfigError(f"train.batch_size={global_batch} is not divisible by {world_size} processes")
         self.dataset = dataset
         self.seed = seed
         self.flip_prob = flip_prob
@@ -197,7 +194,7 @@ def _batches(view: EpochView, state: TrainState, cfg: TrainConfig, workers: int
                             collate_fn=collate_readable, drop_last=True, persistent_workers=False,
                             generator=torch.Generator().manual_seed(cfg.seed + state.epoch))
         if len(loader) == 0:
-            raise ValueError(f"the training set ({len(view)} images) is smaller than one batch "
+            raise DatasetError(f"the training set ({len(view)} images) is smaller than one batch "
                              f"({cfg.batch_size})")
         for i, (images, targets, bad) in enumerate(loader):
             if i < state.index_in_epoch:
@@ -312,8 +309,9 @@ class Trainer:
         self.net = self.model
         if self.dist.enabled:
             if self.heads_only is not None:  # DDP fixes the set of trained parameters when it starts
-                raise ValueError("train.heads_only_iters is not supported under torchrun: train the heads in "
-                                 "a run of their own with model.backbone.freeze_at=5 model.neck.frozen=true")
+                raise ConfigError("train.heads_only_iters is not supported under torchrun: train the heads "
+                                  "in a run of their own with model.backbone.freeze_at=5 "
+                                  "model.neck.frozen=true")
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=device_ids)
         self.train_dataset = train_dataset
@@ -328,7 +326,7 @@ class Trainer:
             step, seconds, the model, the number of bad samples skipped, whether a signal stopped it.
         """
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            output_dir(self.run_dir, what="run folder")
             save_config(self.cfg, self.run_dir / "config.yaml")
         if resume:
             self.state = _resume(self.run_dir, self.model, self.optimizer, self.scheduler) or TrainState()

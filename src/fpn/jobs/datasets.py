@@ -6,11 +6,12 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from fpn.config import Config, ConfigError, DataConfig
+from fpn.config import Config, DataConfig
 from fpn.data import CocoDetection, VOCDetection
 from fpn.data.proposals import WithProposals
 from fpn.data.unreadable import SkippingUnreadable, collate_readable
 from fpn.engine import distributed
+from fpn.errors import ConfigError, PathNotFoundError
 
 
 def build_dataset(data: DataConfig, split: str, *, load_masks: bool = False) -> Dataset:
@@ -22,7 +23,7 @@ def build_dataset(data: DataConfig, split: str, *, load_masks: bool = False) -> 
             annotations = data.train_annotations if split == "train" else data.val_annotations
             for path, key in ((images, "images"), (annotations, "annotations")):
                 if not Path(path).exists():
-                    raise FileNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
+                    raise PathNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
                                             "`fpn synth DIR` makes the built-in benchmark)")
             return CocoDetection(images, annotations, load_masks=load_masks,
                                  on_bad_annotations=data.on_bad_annotations)

@@ -30,9 +30,10 @@ from typing import Any
 from torch import Tensor
 
 from fpn.api import find_checkpoint
-from fpn.config import Config, ConfigError, ModelConfig, load_config
-from fpn.engine.checkpoint import CheckpointError, load_weights
-from fpn.interop import ConversionError, convert_detector, identify, read_checkpoint
+from fpn.config import Config, ModelConfig, load_config
+from fpn.engine.checkpoint import load_weights
+from fpn.errors import CheckpointError, ConfigError, ConversionError, InitError
+from fpn.interop import convert_detector, identify, read_checkpoint
 from fpn.interop.torchvision import load_torchvision_resnet
 from fpn.model.detector import FasterRCNN
 
@@ -65,10 +66,6 @@ LIBRARY_NAMES = {
     "mmdetection": "mmdetection Faster R-CNN",
     "torchvision_resnet": "torchvision ImageNet ResNet",
 }
-
-
-class InitError(ValueError):
-    """A ``train.init`` source cannot initialise this model; the message is one line."""
 
 
 @dataclass
@@ -115,6 +112,8 @@ def read_init_source(path: str | Path) -> InitSource:
         if library == "torchvision_resnet":
             return InitSource(str(path), library, dict(state), ModelConfig())
         foreign = convert_detector(state)
+    except CheckpointError as err:  # the file cannot be read: its message names it
+        raise InitError(str(err)) from None
     except ConversionError as err:
         raise InitError(f"{path}: {err}") from None
     return InitSource(str(path), foreign.library, foreign.state_dict, foreign.cfg)
@@ -250,7 +249,7 @@ def initialise(model: FasterRCNN, sources: list[InitSource], *, skip_mismatched:
         state = _fit_shapes(source, _class_rows(source, model, report), model, skip_mismatched, report)
         try:
             parts = model.load_parts(state, source=source.path, allow_missing=True)
-        except ValueError as err:
+        except CheckpointError as err:
             raise InitError(str(err)) from None
         report.append(f"  loaded: {', '.join(parts['loaded']) or '-'}"
                       + (f"; not in this model: {', '.join(parts['skipped'])}" if parts["skipped"] else "")

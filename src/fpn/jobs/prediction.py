@@ -15,6 +15,7 @@ from fpn.api import Detector, load_image
 from fpn.box_format import xyxy_to_xywh
 from fpn.data import DatasetError
 from fpn.engine.evaluate import encode_mask_proposals
+from fpn.errors import PathNotFoundError, output_dir
 from fpn.model.segment_proposals import paste_masks
 from fpn.visualize import save_drawn, save_masks_drawn, to_pil
 
@@ -39,9 +40,9 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         elif item.exists():
             paths.append(item)
         else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
+            raise PathNotFoundError(f"{item}: no such file or folder")
     if not paths:
-        raise FileNotFoundError(f"no images found in {[str(i) for i in inputs]}")
+        raise PathNotFoundError(f"no images found in {[str(i) for i in inputs]}")
     return paths
 
 
@@ -55,8 +56,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     """
     detector = Detector.from_checkpoint(checkpoint, device, overrides)
     paths = expand_inputs(inputs)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir)
     records, failed = [], []
     for path in tqdm(paths, desc="predict", disable=not progress):
         try:

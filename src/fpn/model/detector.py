@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from fpn.config import ModelConfig
+from fpn.errors import CheckpointError, ConfigError
 from fpn.model.backbone import FoldsFrozenNorm, ResNet
 from fpn.model.fuse import inference_copy, parameters_version
 from fpn.model.image_pyramid import check_test_scales, detect_on_image_pyramid
@@ -48,13 +49,13 @@ class FasterRCNN(nn.Module):
                  fast_training: bool = True):
         super().__init__()
         if not cfg.box_head and cfg.proposals == "given":
-            raise ValueError("model.box_head=false with model.proposals=given leaves nothing to train")
+            raise ConfigError("model.box_head=false with model.proposals=given leaves nothing to train")
         segments = cfg.proposals == "segments"
         if segments and cfg.box_head:
-            raise ValueError("model.proposals=segments proposes masks without a box head: "
+            raise ConfigError("model.proposals=segments proposes masks without a box head: "
                              "set model.box_head=false")
         if segments and cfg.input.test_scales:
-            raise ValueError("model.input.test_scales (the image pyramid) is not supported with "
+            raise ConfigError("model.input.test_scales (the image pyramid) is not supported with "
                              "model.proposals=segments")
         check_test_scales(cfg.input.test_scales)
         self.cfg = cfg
@@ -75,7 +76,7 @@ class FasterRCNN(nn.Module):
             _check_levels(name, levels, self.neck.levels)
         channels = {self.neck.out_channels[level] for levels in levels_read.values() for level in levels}
         if len(channels) != 1:
-            raise ValueError("the shared heads need the same channel count on every level")
+            raise ConfigError("the shared heads need the same channel count on every level")
         in_channels = channels.pop()
         self.rpn = (RegionProposalNetwork(cfg.rpn, in_channels, self.neck.strides)
                     if cfg.proposals == "rpn" else None)
@@ -122,15 +123,15 @@ class FasterRCNN(nn.Module):
         skipped = sorted({k.split(".")[0] for k in foreign if k.split(".")[0] not in present})
         unknown = [k for k in foreign if k.split(".")[0] in present]
         if unknown:
-            raise ValueError(f"{source}: tensor {unknown[0]!r} has no place in this model "
+            raise CheckpointError(f"{source}: tensor {unknown[0]!r} has no place in this model "
                              f"({len(unknown)} such; a checkpoint of another architecture?)")
         for key, value in state_dict.items():
             if key in own and own[key].shape != value.shape:
-                raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects "
+                raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects "
                                  f"{tuple(own[key].shape)}")
         missing = [k for k in own if k not in state_dict]
         if missing and not allow_missing:
-            raise ValueError(f"{source}: no tensor for {missing[0]!r} ({len(missing)} missing)")
+            raise CheckpointError(f"{source}: no tensor for {missing[0]!r} ({len(missing)} missing)")
         self.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
         return {"loaded": sorted({k.split(".")[0] for k in state_dict if k in own}), "skipped": skipped,
                 "fresh": sorted({k.split(".")[0] for k in missing})}
@@ -253,4 +254,4 @@ class FasterRCNN(nn.Module):
 def _check_levels(name: str, wanted: list[str], available: list[str]) -> None:
     missing = [level for level in wanted if level not in available]
     if missing:
-        raise ValueError(f"{name}: level(s) {missing} are not produced by the neck (it gives {available})")
+        raise ConfigError(f"{name}: level(s) {missing} are not produced by the neck (it gives {available})")

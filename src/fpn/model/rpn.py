@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import RPNConfig
+from fpn.errors import ConfigError
 from fpn.model import boxes as box_ops
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.loss_normalizer import loss_normalizer
@@ -76,7 +77,7 @@ class RegionProposalNetwork(nn.Module):
         self.levels = list(cfg.levels)
         missing = [level for level in self.levels if level not in cfg.anchors.sizes]
         if missing:
-            raise ValueError(f"rpn.anchors.sizes has no sizes for level(s) {missing}")
+            raise ConfigError(f"model.rpn.anchors.sizes has no sizes for level(s) {missing}")
         self.anchor_generator = AnchorGenerator(
             {level: cfg.anchors.sizes[level] for level in self.levels},
             strides,
@@ -86,7 +87,8 @@ class RegionProposalNetwork(nn.Module):
         )
         counts = {self.anchor_generator.num_anchors_per_cell(level) for level in self.levels}
         if len(counts) != 1:
-            raise ValueError("the shared RPN head needs the same number of anchors on every level")
+            raise ConfigError("model.rpn.anchors: the shared RPN head needs the same number of anchors on "
+                              "every level")
         self.head = RPNHead(in_channels, counts.pop(), cfg.conv_channels)
 
     def num_anchors(self, padded_hw: tuple[int, int]) -> int:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from fpn.config import SegmentProposalConfig
+from fpn.errors import ConfigError
 from fpn.model.boxes import sample_balanced, sampling_generator
 from fpn.model.loss_normalizer import loss_normalizer
 from fpn.model.preprocess import rescale_boxes
@@ -59,7 +60,7 @@ def build_slots(cfg: SegmentProposalConfig, strides: dict[str, int]) -> list[Slo
     """The slots of a config: every enabled MLP on every level (docs/paper.md §5, Scales)."""
     missing = [level for level in cfg.levels if level not in cfg.object_scales]
     if missing:
-        raise ValueError(f"segment_proposals.object_scales has no scale for level(s) {missing}")
+        raise ConfigError(f"model.segment_proposals.object_scales has no scale for level(s) {missing}")
     slots = []
     for mlp in ENABLED_MLPS[cfg.mlps]:
         factor = cfg.half_octave_factor if mlp == "7x7" else 1.0
