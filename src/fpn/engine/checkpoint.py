@@ -14,26 +14,30 @@ the previous checkpoint or the new one, never a torn one.
 
 from __future__ import annotations
 
+import logging
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from safetensors.torch import save_file
 
+from fpn.engine.loop import TrainState
+from fpn.engine.rng import capture_rng_state, restore_rng_state
 from fpn.errors import CheckpointError, UnsafeCheckpointError, output_dir
 from fpn.safe_reading import read_safetensors, torch_load_safely
+
+log = logging.getLogger(__name__)
 
 POINTER = "last_checkpoint"
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "latest_checkpoint",
-           "load_checkpoint", "load_weights", "capture_rng_state", "restore_rng_state", "atomic_write_bytes"]
+           "load_checkpoint", "load_weights", "capture_rng_state", "restore_rng_state", "atomic_write_bytes",
+           "save_training_checkpoint", "resume_training"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -143,31 +147,39 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return read_safetensors(path)
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """Every random state a training step draws from, in weights_only-loadable types."""
-    np_state = np.random.get_state()
-    state = {
-        "python": _to_lists(random.getstate()),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "torch": torch.get_rng_state(),
+def save_training_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                             scheduler: Any, state: TrainState, config: dict[str, Any]) -> Path:
+    """``run_dir/checkpoints/step_N``: the weights, and all a resumed run needs to continue exactly
+    (optimiser, schedule, step, data position, every random state) in ``train_state.pt``."""
+    train_state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": state.step,
+        "epoch": state.epoch,
+        "index_in_epoch": state.index_in_epoch,
+        "bad_samples": state.bad_samples,
+        "rng": capture_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return save_checkpoint(Path(run_dir) / "checkpoints", state.step, model.state_dict(), train_state, config)
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back what ``capture_rng_state`` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_lists(value: Any) -> Any:
-    return [_to_lists(v) for v in value] if isinstance(value, tuple | list) else value
+def resume_training(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any) -> TrainState | None:
+    """Load the run's latest checkpoint into the model, optimiser, schedule and random generators;
+    its step and data position, or None (with a warning) when the run has no checkpoint."""
+    latest = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if latest is None:
+        log.warning("%s: no checkpoint to resume from; starting from step 0", run_dir)
+        return None
+    weights, train_state, _ = load_checkpoint(latest)
+    if train_state is None:
+        raise CheckpointError(f"{latest}: no train_state.pt (weights only): start a new run with "
+                              f"train.init={latest} instead of resuming")
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(train_state["optimizer"])
+    scheduler.load_state_dict(train_state["scheduler"])
+    restore_rng_state(train_state["rng"])
+    log.info("resumed from %s (step %d)", latest, train_state["step"])
+    return TrainState(step=int(train_state["step"]), epoch=int(train_state["epoch"]),
+                      index_in_epoch=int(train_state["index_in_epoch"]),
+                      bad_samples=int(train_state.get("bad_samples", 0)))

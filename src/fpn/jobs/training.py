@@ -12,7 +12,8 @@ from fpn.config import Config, ModelConfig
 from fpn.engine import distributed
 from fpn.engine import evaluate as ev
 from fpn.engine.checkpoint import latest_checkpoint
-from fpn.engine.train import seed_everything, train
+from fpn.engine.rng import seed_everything
+from fpn.engine.train import train
 from fpn.jobs import initialisation
 from fpn.jobs.datasets import dataset_for, with_dataset_classes
 from fpn.jobs.evaluation import evaluate_model
