@@ -149,21 +149,22 @@ def test_voc_map_through_the_evaluation(tmp_path):
         return {"boxes": torch.tensor(boxes, dtype=torch.float32),
                 "scores": torch.linspace(0.9, 0.5, len(boxes)), "labels": torch.tensor(labels)}
 
-    metrics = evaluate_model(_Replay([perfect("a"), perfect("b")]), dataset, cfg, progress=False)
+    result = evaluate_model(_Replay([perfect("a"), perfect("b")]), dataset, cfg, progress=False)
     # every object found, the difficult cat too (VOC neither rewards nor punishes it)
-    assert metrics["mAP_voc07"] == pytest.approx(1.0) and metrics["mAP_voc12"] == pytest.approx(1.0)
-    per_class = metrics["voc_per_class"]
+    assert result.metrics["mAP_voc07"] == pytest.approx(1.0)
+    assert result.metrics["mAP_voc12"] == pytest.approx(1.0)
+    per_class = result.per_class["voc"]
     assert per_class["dog"]["positives"] == 2 and per_class["cat"]["positives"] == 0
     assert per_class["cat"]["AP_voc12"] is None  # no positives: left out of the mean, stored as null
     # a false horse ranked above the true one in image b: horse AP12 = 0.5 (precision 1/2 at recall 1)
     wrong = perfect("b", extra=[("horse", [0.0, 0.0, 20.0, 20.0])])
     wrong["scores"] = torch.tensor([0.9, 0.5, 0.95])
-    metrics = evaluate_model(_Replay([perfect("a"), wrong]), dataset, cfg, progress=False)
+    result = evaluate_model(_Replay([perfect("a"), wrong]), dataset, cfg, progress=False)
     assert per_class["horse"]["AP_voc12"] == 1.0
-    assert metrics["voc_per_class"]["horse"]["AP_voc12"] == pytest.approx(0.5)
+    assert result.per_class["voc"]["horse"]["AP_voc12"] == pytest.approx(0.5)
     # 11-point: precision 0.5 at every recall level -> 0.5
-    assert metrics["voc_per_class"]["horse"]["AP_voc07"] == pytest.approx(0.5)
-    assert metrics["mAP_voc12"] == pytest.approx((1.0 + 0.5) / 2)  # dog and horse have positives
+    assert result.per_class["voc"]["horse"]["AP_voc07"] == pytest.approx(0.5)
+    assert result.metrics["mAP_voc12"] == pytest.approx((1.0 + 0.5) / 2)  # dog and horse have positives
 
 
 def test_fpn_eval_on_pascal_voc_prints_the_voc_table(tmp_path, capsys):

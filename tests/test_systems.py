@@ -125,8 +125,8 @@ def test_rpn_alone_is_scored_by_proposal_recall_only():
     gt = {"images": [{"id": i, "width": im.shape[2], "height": im.shape[1]} for i, im in enumerate(images)],
           "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], "annotations": annotations}
     loader = [(images, [{"image_id": i} for i in range(len(images))])]
-    metrics = evaluate_detector(model, loader, gt, {1: 1, 2: 2}, progress=False)
-    assert "AP" not in metrics and 0.0 <= metrics["AR@1000"] <= 1.0 and metrics["num_images"] == 2
+    result = evaluate_detector(model, loader, gt, {1: 1, 2: 2}, progress=False)
+    assert "AP" not in result.metrics and 0.0 <= result.metrics["AR@1000"] <= 1.0 and result.num_images == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,21 +152,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {args.out_dir}: {stats}")
         case "train":
             from fpn.config import load_config
-            from fpn.engine import evaluate as ev
-            from fpn.jobs.evaluation import skipped_note
             from fpn.jobs.training import run_train
 
             cfg = load_config(args.config, args.overrides)
             cfg.train.init = [*cfg.train.init, *map(str, args.init)]
             result = run_train(cfg, args.output, resume=args.resume, progress=progress,
                                evaluate=not args.no_eval)
-            if result["metrics"]:
-                print(ev.format_table(result["metrics"]))
-                if "voc_table" in result["metrics"]:
-                    print("Pascal VOC AP at IoU 0.5 (difficult objects ignored):\n"
-                          + result["metrics"]["voc_table"])
-                if skipped_note(result["metrics"]):
-                    print(skipped_note(result["metrics"]))
+            if result["evaluation"] is not None:
+                print(result["evaluation"].summary())
             print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
         case "eval":
             _eval(args, progress)
@@ -269,15 +262,10 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.engine import evaluate as ev
-    from fpn.jobs.evaluation import run_eval, skipped_note
+    from fpn.jobs.evaluation import run_eval
 
-    metrics, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress)
-    print(ev.format_table(metrics))
-    if "voc_table" in metrics:
-        print("Pascal VOC AP at IoU 0.5 (difficult objects ignored):\n" + metrics["voc_table"])
-    if skipped_note(metrics):
-        print(skipped_note(metrics))
+    result, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress)
+    print(result.summary())
     print(f"metrics in {out}")
 
 

@@ -8,7 +8,10 @@
 - ``checkpoint``: atomic safetensors checkpoints, the run layout, resume state;
 - ``rng``: seeding and saving every random stream;
 - ``distributed``: joining ``torchrun``'s processes;
-- ``evaluate``: COCO AP and AR through pycocotools; ``voc_eval``: Pascal VOC's own mAP.
+- ``evaluate``: the evaluation loop; ``evaluators``: one evaluator per metric family (boxes,
+  proposals, masks, VOC), each with ``process`` and ``evaluate``; ``results``: ``EvalResult``, the
+  typed result, printed and saved; ``coco_eval`` and ``voc_eval`` score through pycocotools and
+  the VOC devkit's rules.
 
 Layering: ``engine`` imports ``model``, ``data`` and the neutral helpers, never ``jobs`` or ``cli``.
 """

@@ -10,7 +10,6 @@ from typing import Any
 from fpn.config import Config, load_config
 from fpn.data import synthetic
 from fpn.device import resolve_device
-from fpn.engine import evaluate as ev
 from fpn.jobs.prediction import run_predict
 from fpn.jobs.training import run_train
 
@@ -32,12 +31,11 @@ def run_demo(out_dir: str | Path = "runs/demo", *, overrides: list[str] | None =
     print(f"training the demo preset on {resolve_device(cfg.train.device)} for {cfg.train.max_iter} "
           f"iterations (batch {cfg.train.batch_size}); logs in {out_dir}")
     result = run_train(cfg, out_dir, resume=(out_dir / "checkpoints").is_dir(), progress=progress)
-    metrics = result["metrics"]
-    print(ev.format_table(metrics))
+    print(result["evaluation"].summary())
     drawn = run_predict(out_dir, sorted(Path(cfg.data.val_images).glob("*.png"))[:DRAWN_IMAGES],
                         out_dir / "predictions", progress=False)
     seconds = time.perf_counter() - start
-    summary = {"seconds": seconds, "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
+    summary = {"seconds": seconds, "metrics": result["evaluation"].metrics}
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"demo finished in {seconds / 60:.1f} min; images with detections drawn in {drawn / 'drawn'}")
     return summary

@@ -270,8 +270,8 @@ class Reproduction:
                                                       f"model.input.max_size={max(scales)}"]),
                 ("FPN, one scale", fpn, [])):
             cfg, detector, _ = open_run(run, [f"train.device={self.device}", *overrides])
-            metrics = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=False)
-            rows[name] = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+            evaluation = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=False)
+            rows[name] = evaluation.numbers()
         result = {"scales": scales, "rows": rows, "seconds": time.perf_counter() - start}
         path.write_text(json.dumps(result, indent=1))
         aps = ", ".join(f"{name}: AP {metrics['AP']:.3f}" for name, metrics in rows.items())

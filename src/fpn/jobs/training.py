@@ -10,8 +10,8 @@ from torch import nn
 
 from fpn.config import Config, ModelConfig
 from fpn.engine import distributed
-from fpn.engine import evaluate as ev
 from fpn.engine.checkpoint import latest_checkpoint
+from fpn.engine.results import EvalResult, save_metrics
 from fpn.engine.rng import seed_everything
 from fpn.engine.train import train
 from fpn.jobs import initialisation
@@ -33,22 +33,27 @@ def new_model(cfg: ModelConfig, seed: int) -> FasterRCNN:
 
 
 class PeriodicEvaluation:
-    """The trainer's evaluation hook: scores on the val set, saved per step; keeps the last metrics."""
+    """What the trainer's evaluation hook calls: scores on the val set, saved per step in
+    ``RUN/eval/step_N``; keeps the last result."""
 
     def __init__(self, val_set, cfg: Config, run_dir: Path, progress: bool):
         self.val_set, self.cfg, self.run_dir, self.progress = val_set, cfg, run_dir, progress
-        self.last: dict[str, Any] = {}
+        self.last: EvalResult | None = None
 
     def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
         self.last = evaluate_model(model, self.val_set, self.cfg, progress=self.progress)
         if distributed.info().is_main:
-            ev.save_metrics(self.last, self.run_dir / "eval" / f"step_{step:07d}")
-        return {k: v for k, v in self.last.items() if isinstance(v, float)}
+            save_metrics(self.last, self.run_dir / "eval" / f"step_{step:07d}")
+        return self.last.metrics
 
 
 def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
               evaluate: bool = True) -> dict[str, Any]:
-    """Train on ``cfg.data``, evaluate on its val split at the end (and every eval_period)."""
+    """Train on ``cfg.data``, evaluate on its val split at the end (and every eval_period).
+
+    Returns the trainer's result (step, seconds, model, ...) with ``evaluation``, the last
+    ``EvalResult`` (None without evaluation), and ``metrics``, its numbers.
+    """
     out_dir = Path(out_dir)
     train_set = dataset_for(cfg, "train")
     cfg = with_dataset_classes(cfg, train_set)
@@ -69,5 +74,6 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progres
     if result["stopped"]:
         raise TrainingStopped(f"stopped at step {result['step']} after writing a checkpoint; "
                               f"continue with: fpn train --resume --output {out_dir} ...")
-    result["metrics"] = evaluation.last if evaluation else {}
+    result["evaluation"] = evaluation.last if evaluation else None
+    result["metrics"] = result["evaluation"].numbers() if result["evaluation"] else {}
     return result
