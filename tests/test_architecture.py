@@ -33,7 +33,7 @@ ALLOWED = {
     # training-step speed against torchvision: builds models, batches and the trainer's optimizer
     "fpn.benchmark_train": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.interop", "fpn.benchmark"},
     "fpn.api": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine"},
-    "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api", "fpn.interop"},
+    "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api", "fpn.interop", "fpn.export"},
     "fpn.serve": NEUTRAL | {"fpn", "fpn.data", "fpn.api"},
     "fpn.cli": NEUTRAL | {"fpn", "fpn.data", "fpn.engine", "fpn.api", "fpn.jobs", "fpn.export",
                           "fpn.benchmark", "fpn.benchmark_train", "fpn.interop", "fpn.serve"},

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 
@@ -22,14 +24,16 @@ def test_synth_train_eval_predict(tmp_path, capsys):
     assert "AP50" in out and "AR@1000" in out
     assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
 
-    assert main(["--quiet", "eval", str(run), "--output", str(tmp_path / "eval")]) == 0
+    # overrides after an option, and as --set: one syntax on every command
+    assert main(["--quiet", "eval", str(run), "--output", str(tmp_path / "eval"), "data.num_workers=0"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"AP", "AP50", "AR@100", "AR@1000"} <= set(metrics) and metrics["num_images"] == 2
     results = json.loads((tmp_path / "eval" / "coco_results.json").read_text())
     assert all(r["category_id"] in range(1, 6) for r in results)
 
     preds = tmp_path / "preds"
-    assert main(["--quiet", "predict", str(run), str(data / "val" / "images"), "--output", str(preds)]) == 0
+    assert main(["--quiet", "predict", str(run), str(data / "val" / "images"), "--output", str(preds),
+                 "--set", "model.roi_heads.detections_per_image=50"]) == 0
     assert len(list((preds / "drawn").glob("*.png"))) == 2
     records = json.loads((preds / "predictions.json").read_text())
     assert all({"file_name", "bbox", "score", "category_name", "level"} <= set(r) for r in records)
@@ -99,3 +103,59 @@ def test_a_bug_prints_its_traceback_and_a_user_error_does_not(monkeypatch, capsy
     monkeypatch.setattr(fpn.config, "preset_descriptions", refused)
     assert main(["presets"]) == 2
     assert capsys.readouterr().err == "fpn presets: error: model.neck.channels: expected int, got 'wide'\n"
+
+
+OVERRIDING_COMMANDS = {  # command -> its arguments besides the overrides
+    "train": ["--config", "demo", "--output", "RUN"],
+    "eval": ["RUN", "--output", "OUT"],
+    "proposals": ["RUN", "--split", "val", "--output", "FILE"],
+    "predict": ["RUN", "a.png", "b", "--output", "OUT", "--score-thresh", "0.5"],
+    "demo": ["--output", "RUN"],
+    "export": ["RUN", "--output", "m.onnx", "--no-verify"],
+    "serve": ["RUN", "--port", "9000", "--device", "cpu"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OVERRIDING_COMMANDS))
+def test_one_override_syntax_on_every_command_before_or_after_options(command):
+    """key=value anywhere after the command (between positionals too), or --set key=value, in order."""
+    from fpn.cli import parse
+
+    rest = OVERRIDING_COMMANDS[command]
+    plain = vars(parse([command, *rest]))
+    a, b = "model.roi_heads.score_thresh=0.2", "model.input.test_scales=[96, 128]"
+    c = "model.rpn.nms_thresh=0.6"
+    cut = 2 if rest[0].startswith("--") else 1  # after the first option and its value, or positional
+    for argv in ([command, a, *rest, b, "--set", c],  # before the options, after them, and --set
+                 [command, *rest[:cut], a, *rest[cut:], "--set=" + b, c],  # in between
+                 [command, "--set", a, *rest, b, c]):
+        args = vars(parse(["--quiet", *argv]))
+        assert args["overrides"] == [a, b, c], argv
+        # everything else parsed as without the overrides
+        assert {k: v for k, v in args.items() if k not in ("overrides", "quiet")} == \
+            {k: v for k, v in plain.items() if k not in ("overrides", "quiet")}
+
+
+def test_option_values_are_never_taken_for_overrides_and_other_items_are_errors(capsys):
+    from fpn.cli import parse
+
+    args = parse(["predict", "RUN", "--output", "train.x=1", "img.png"])  # a folder named like an override
+    assert str(args.output) == "train.x=1" and args.overrides == []
+    assert [str(p) for p in args.inputs] == ["img.png"]
+    assert main(["train", "--config", "demo", "--output", "/nowhere", "colour=red"]) == 2  # not a config key
+    assert "unknown field" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_has_one_help_text():
+    from fpn.cli import HELP, _build
+
+    parser, commands = _build()
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"fpn {name} {action.option_strings or action.dest}: no help text"
+    # the shared options say the same thing everywhere they appear
+    device = {a.help for c in commands.values() for a in c._actions if "--device" in a.option_strings}
+    assert device == {HELP["device"]}
+    checkpoint = {a.help for n, c in commands.items() for a in c._actions if a.dest == "checkpoint"
+                  and n != "proposals"}
+    assert checkpoint == {HELP["checkpoint"]}

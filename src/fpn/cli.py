@@ -1,6 +1,11 @@
 """The ``fpn`` command line: synth | train | eval | proposals | predict | demo | reproduce | convert | bench |
 export | serve | presets.
 
+Each command is a parser (``_add_<command>``) and a handler (``_run_<command>``) that calls one job
+(``fpn.jobs``) and prints what it did. Config overrides have one syntax on every command that
+takes them: ``key=value`` items (``train.max_iter=2``, ``model.input.test_scales=[600,800]``)
+anywhere after the command, before or after the options, or as ``--set key=value``.
+
 Every command exits non-zero on failure. A user error (``fpn.errors.UserError``: a missing file, a
 bad config value, a corrupt dataset) prints one line naming the problem and exits 2 (``--debug``
 shows its traceback too); any other exception is a bug and prints its traceback (exit 1).
@@ -10,31 +15,59 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from fpn import __version__
-from fpn.errors import ExportError, MissingExtraError, UserError
+from fpn.errors import MissingExtraError, UserError
+
+# A config override: a dotted key under one of the config's sections, "=", a YAML value.
+OVERRIDE = re.compile(r"^(model|data|train)(\.[A-Za-z_]\w*)+=")
+# The help text of each option several commands share, written once.
+HELP = {
+    "checkpoint": "run directory, checkpoint directory or weights file",
+    "overrides": "config overrides, anywhere after the command (before or after options), e.g. {}",
+    "set": "the same as a key=value item (repeatable)",
+    "device": "cpu, cuda, cuda:N or auto (default: cuda when present)",
+    "config": "a preset name (fpn presets lists them) or a YAML file (default: demo)",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpn", description="Feature Pyramid Networks for object detection.")
-    parser.add_argument("--version", action="version", version=f"fpn {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=HELP["overrides"].format(example))
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="key=value",
+                   help=HELP["set"])
 
+
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help=HELP["checkpoint"])
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate the built-in synthetic benchmark (COCO format)")
-    p.add_argument("out_dir", type=Path)
+    p.add_argument("out_dir", type=Path, help="the folder to write train/ and val/ into")
     p.add_argument("--train", type=int, default=400, help="training images (default 400)")
     p.add_argument("--val", type=int, default=100, help="validation images (default 100)")
-    p.add_argument("--image-size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=512, help="side of the square images (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="the random stream (default 0)")
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a detector")
-    _add_config_args(p)
-    p.add_argument("--output", type=Path, default=Path("runs/train"), help="run directory")
+    p.add_argument("--config", default="demo", help=HELP["config"])
+    _add_overrides(p, "train.base_lr=0.01")
+    p.add_argument("--output", type=Path, default=Path("runs/train"),
+                   help="run directory (default: runs/train)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
     p.add_argument("--init", action="append", default=[], type=Path, metavar="WEIGHTS",
@@ -42,209 +75,276 @@ def build_parser() -> argparse.ArgumentParser:
                         "torchvision/detectron2/mmdetection detector checkpoint, or a torchvision "
                         "ImageNet ResNet (.pth) for the backbone")
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="box AP and proposal AR of a checkpoint (pycocotools)")
-    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.val_images=...")
+    _add_checkpoint(p)
+    _add_overrides(p, "data.val_images=...")
     p.add_argument("--output", type=Path, default=None, help="where to write metrics (default: beside)")
 
+
+def _add_proposals(sub) -> None:
     p = sub.add_parser("proposals", help="write the RPN proposals of a run for every image of a split")
     p.add_argument("checkpoint", type=Path, help="a run of the RPN alone or of Faster R-CNN")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. model.rpn.post_nms_top_n_test=2000")
-    p.add_argument("--split", choices=["train", "val"], required=True)
+    _add_overrides(p, "model.rpn.post_nms_top_n_test=2000")
+    p.add_argument("--split", choices=["train", "val"], required=True,
+                   help="the split whose images get proposals")
     p.add_argument("--output", type=Path, required=True, help="the proposal file to write")
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="detect objects in images or folders")
-    p.add_argument("checkpoint", type=Path)
+    _add_checkpoint(p)
     p.add_argument("inputs", nargs="+", type=Path, help="images or folders")
-    p.add_argument("--output", type=Path, default=Path("predictions"))
-    p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change the model's config, repeatable, e.g. --set model.input.test_scales=[600,800]")
+    _add_overrides(p, "model.input.test_scales=[600,800]")
+    p.add_argument("--output", type=Path, default=Path("predictions"),
+                   help="folder for predictions.json and the drawn images (default: predictions)")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold (default 0.3)")
+    p.add_argument("--device", default="auto", help=HELP["device"])
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthesise data, train a CPU-sized FPN, evaluate, draw")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--output", type=Path, default=Path("runs/demo"))
+    _add_overrides(p, "train.max_iter=300")
+    p.add_argument("--output", type=Path, default=Path("runs/demo"),
+                   help="run directory (default: runs/demo)")
 
+
+def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce",
                        help="the paper's Tables 1, 2, 3 and 6 in miniature: train, evaluate, report")
     p.add_argument("--quick", action="store_true",
                    help="a step per row, on a tiny set (under a minute on a quiet 2-core machine)")
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=_positive_int, default=None,
                    help="seeds for the rows the paper compares most "
                         "(default: 3 in Table 1 and 2 in Table 3; 2 with --quick)")
     p.add_argument("--output", type=Path, default=Path("reports/reproduction"), help="where the report goes")
     p.add_argument("--work", type=Path, default=Path("runs/reproduction"),
                    help="data and training runs (a killed reproduction continues from here)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=HELP["device"])
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser("convert",
                        help="torchvision, detectron2 or mmdetection Faster R-CNN weights -> an fpn run")
-    p.add_argument("weights", type=Path,
-                   help="a .pkl (detectron2 model zoo), .pth/.pt or .safetensors file "
-                        "(no pickled code is run)")
+    p.add_argument("weights", type=Path, help="a .pkl (detectron2 model zoo), .pth/.pt or .safetensors file "
+                                              "(no pickled code is run)")
     p.add_argument("--output", type=Path, required=True, help="run directory to write")
     p.add_argument("--from", dest="library", choices=["torchvision", "detectron2", "mmdetection"],
                    default=None, help="the library that wrote the weights (default: recognised by key names)")
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="inference (or training) speed against torchvision on identical weights")
     p.add_argument("--train", action="store_true",
                    help="training steps instead: R50-FPN at 512 and 800 px, and the demo preset")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=_positive_int, default=None,
                    help="timed runs per row (default: 3, 5 with --train)")
     p.add_argument("--quick", action="store_true",
                    help="only the 512x512 input and small scaling tables (with --train: no 800 px row)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="a checkpoint -> one ONNX graph (any image size) for ONNX Runtime")
-    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
+    _add_checkpoint(p)
+    _add_overrides(p, "model.roi_heads.score_thresh=0.3")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (only onnx)")
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--verify-image", type=Path, default=None,
                    help="an image for the ONNX Runtime vs PyTorch check (default: a random one)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
 
+
+def _add_serve(sub) -> None:
     p = sub.add_parser(
         "serve", help="detection as a local web service and page (needs: pip install 'fpn[serve]')",
         description="Serve a detector over HTTP: POST /detect (multipart field 'image') returns JSON "
         "detections; GET /health; GET / is a page to drop an image on; the OpenAPI schema is at "
         "/openapi.json (docs at /docs). Requests queue for one model and are micro-batched.")
-    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
+    _add_checkpoint(p)
+    _add_overrides(p, "model.roi_heads.score_thresh=0.3")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8080, help="default 8080")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_positive_int, default=1,
                    help="server processes; each loads its own copy of the model, so memory multiplies "
                    "(default 1: one model, requests queued to it)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads per worker (default: torch's choice, one per core; with several "
                    "workers give each cores/workers)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change the model's config, repeatable, e.g. --set model.roi_heads.score_thresh=0.3")
+    p.add_argument("--device", default="auto", help=HELP["device"])
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds a request may wait and run before a 503 (default 30)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MiB)")
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest image, checked from its header before decoding (default 40)")
-    p.add_argument("--max-batch", type=int, default=4, help="images run in one forward at most (default 4)")
-    p.add_argument("--max-queue", type=int, default=16,
+    p.add_argument("--max-batch", type=_positive_int, default=4,
+                   help="images run in one forward at most (default 4)")
+    p.add_argument("--max-queue", type=_positive_int, default=16,
                    help="images that may wait; more get a 503 'busy' (default 16)")
 
+
+def _add_presets(sub) -> None:
     sub.add_parser("presets", help="list the config presets")
-    return parser
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="demo", help="a preset name or a YAML file (default: demo)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.base_lr=0.01")
+PARSERS = [_add_synth, _add_train, _add_eval, _add_proposals, _add_predict, _add_demo, _add_reproduce,
+           _add_convert, _add_bench, _add_export, _add_serve, _add_presets]
 
 
-def run(args: argparse.Namespace) -> int:
-    progress = not args.quiet
-    match args.command:
-        case "synth":
-            from fpn.data import synthetic
-
-            stats = synthetic.generate(args.out_dir, num_train=args.train, num_val=args.val,
-                                       image_size=args.image_size, seed=args.seed, progress=progress)
-            print(f"wrote {args.out_dir}: {stats}")
-        case "train":
-            from fpn.config import load_config
-            from fpn.jobs.training import run_train
-
-            cfg = load_config(args.config, args.overrides)
-            cfg.train.init = [*cfg.train.init, *map(str, args.init)]
-            result = run_train(cfg, args.output, resume=args.resume, progress=progress,
-                               evaluate=not args.no_eval)
-            if result["evaluation"] is not None:
-                print(result["evaluation"].summary())
-            print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
-        case "eval":
-            _eval(args, progress)
-        case "predict":
-            from fpn.jobs.prediction import run_predict
-
-            out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
-                              device=args.device, progress=progress, overrides=args.overrides)
-            print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
-        case "proposals":
-            from fpn.jobs.proposals import run_proposals
-
-            result = run_proposals(args.checkpoint, args.split, args.output, args.overrides,
-                                   progress=progress)
-            print(f"wrote {result['path']}: proposals for {result['images']} {args.split} images"
-                  + (f" ({len(result['skipped'])} unreadable skipped)" if result["skipped"] else ""))
-        case "demo":
-            from fpn.jobs.demo import run_demo
-
-            run_demo(args.output, overrides=args.overrides, progress=progress)
-        case "reproduce":
-            from fpn.jobs.reproduce import run_reproduction
-
-            run_reproduction(quick=args.quick, seeds=args.seeds, output=args.output, work=args.work,
-                             device=args.device)
-        case "convert":
-            _convert(args)
-        case "bench":
-            from fpn import benchmark, benchmark_train
-
-            run = benchmark_train.run if args.train else benchmark.run
-            repeats = args.repeats or (5 if args.train else 3)
-            report = run(repeats=repeats, quick=args.quick, threads=args.threads)
-            benchmark.publish_report(report, args.output)
-        case "export":
-            _export(args)
-        case "serve":
-            _serve(args)
-        case "presets":
-            from fpn.config import preset_descriptions
-
-            width = max(map(len, descriptions := preset_descriptions()), default=0)
-            print("\n".join(f"{name:<{width}}  {text}" for name, text in descriptions.items()))
-        case _:
-            build_parser().print_help()
-    return 0
+def build_parser() -> argparse.ArgumentParser:
+    return _build()[0]
 
 
-def _convert(args: argparse.Namespace) -> None:
-    """Write a run whose config reproduces the source library's model (docs/interop.md)."""
-    from fpn.config import Config, to_dict
-    from fpn.engine.checkpoint import save_checkpoint
-    from fpn.interop import convert_detector, describe, read_checkpoint
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's own parser by name."""
+    parser = argparse.ArgumentParser(prog="fpn", description="Feature Pyramid Networks for object detection.")
+    parser.add_argument("--version", action="version", version=f"fpn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in PARSERS:
+        add(sub)
+    return parser, dict(sub.choices)
 
-    foreign = convert_detector(read_checkpoint(args.weights), library=args.library)
-    foreign.build()  # loads strictly: every tensor has its place
-    path = save_checkpoint(args.output / "checkpoints", 0, foreign.state_dict, None,
-                           to_dict(Config(model=foreign.cfg)))
-    print(f"{describe(foreign)}; wrote {path}: use {args.output} with fpn predict / fpn eval")
+
+# ---------------------------------------------------------------------------------------------
+# overrides: one syntax on every command
 
 
-def _export(args: argparse.Namespace) -> None:
-    from fpn.api import Detector, load_image
-    from fpn.export import export_onnx, verify
+def _takes_value(parser: argparse.ArgumentParser, token: str) -> bool:
+    """Whether ``token`` is an option of ``parser`` that takes a value in the next token."""
+    action = parser._option_string_actions.get(token)  # argparse keeps no public map of its options
+    return action is not None and action.nargs != 0
 
-    model = Detector.from_checkpoint(args.checkpoint, "cpu").model
-    image = load_image(args.verify_image) if args.verify_image and not args.no_verify else None
+
+def split_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the arguments for argparse, the overrides in command-line order) of one command's arguments.
+
+    An override is a ``key=value`` item under ``model.``, ``data.`` or ``train.`` anywhere (not the
+    value of an option), or the value of ``--set``.
+    """
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--set" and i + 1 < len(argv):
+            overrides.append(argv[i + 1])
+            i += 2
+            continue
+        if token.startswith("--set="):
+            overrides.append(token.removeprefix("--set="))
+        elif OVERRIDE.match(token):
+            overrides.append(token)
+        else:
+            rest.append(token)
+            if _takes_value(parser, token) and i + 1 < len(argv):
+                rest.append(argv[i + 1])
+                i += 1
+        i += 1
+    return rest, overrides
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed, with every command's overrides in ``args.overrides`` (in order)."""
+    parser, commands = _build()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    at = next((i for i, token in enumerate(argv) if token in commands), None)
+    if at is None or not any(action.dest == "overrides" for action in commands[argv[at]]._actions):
+        return parser.parse_args(argv)
+    rest, overrides = split_overrides(commands[argv[at]], argv[at + 1:])
+    args = parser.parse_args([*argv[:at + 1], *rest])
+    args.overrides = [*overrides, *args.overrides]  # argparse only saw items that are not overrides
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# handlers: one job each, then what it did
+
+
+def _run_synth(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.data import synthetic
+
+    stats = synthetic.generate(args.out_dir, num_train=args.train, num_val=args.val,
+                               image_size=args.image_size, seed=args.seed, progress=progress)
+    print(f"wrote {args.out_dir}: {stats}")
+
+
+def _run_train(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.config import load_config
+    from fpn.jobs.training import run_train
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.train.init = [*cfg.train.init, *map(str, args.init)]
+    result = run_train(cfg, args.output, resume=args.resume, progress=progress, evaluate=not args.no_eval)
+    if result["evaluation"] is not None:
+        print(result["evaluation"].summary())
+    print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
+
+
+def _run_eval(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.evaluation import run_eval
+
+    result, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress)
+    print(result.summary())
+    print(f"metrics in {out}")
+
+
+def _run_proposals(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.proposals import run_proposals
+
+    result = run_proposals(args.checkpoint, args.split, args.output, args.overrides, progress=progress)
+    print(f"wrote {result['path']}: proposals for {result['images']} {args.split} images"
+          + (f" ({len(result['skipped'])} unreadable skipped)" if result["skipped"] else ""))
+
+
+def _run_predict(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.prediction import run_predict
+
+    out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
+                      device=args.device, progress=progress, overrides=args.overrides)
+    print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
+
+
+def _run_demo(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.demo import run_demo
+
+    run_demo(args.output, overrides=args.overrides, progress=progress)
+
+
+def _run_reproduce(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.reproduce import run_reproduction
+
+    run_reproduction(quick=args.quick, seeds=args.seeds, output=args.output, work=args.work,
+                     device=args.device)
+
+
+def _run_convert(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.conversion import run_convert
+
+    description, path = run_convert(args.weights, args.output, library=args.library)
+    print(f"{description}; wrote {path}: use {args.output} with fpn predict / fpn eval")
+
+
+def _run_bench(args: argparse.Namespace, progress: bool) -> None:
+    from fpn import benchmark, benchmark_train
+
+    run = benchmark_train.run if args.train else benchmark.run
+    report = run(repeats=args.repeats or (5 if args.train else 3), quick=args.quick, threads=args.threads)
+    benchmark.publish_report(report, args.output)
+
+
+def _run_export(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.export import run_export
+
     print(f"exporting to {args.output} (tracing the eval path; about half a minute)", flush=True)
-    path = export_onnx(model, args.output)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): input 'image' (3, H, W) float in [0, 1], "
-          "outputs 'boxes' (D, 4) xyxy in image pixels, 'scores' (D,), 'labels' (D,)")
-    if not args.no_verify:
-        what = args.verify_image or "a random 427x640 image"
-        check = verify(model, path, image)
-        print(f"ONNX Runtime vs PyTorch on {what}: {check['matched']}/{check['detections']} "
-              f"detections matched, max box diff {check['max_box_diff_px']:.4f} px, "
-              f"max score diff {check['max_score_diff']:.1e}")
-        if check["matched"] != check["detections"] or check["onnx_detections"] != check["detections"]:
-            raise ExportError(f"{path}: ONNX Runtime's detections differ from PyTorch's: {check}")
-        if check["detections"] == 0:
-            print("note: nothing was detected, so the check compared little; pass --verify-image "
-                  "with a real photo")
+    report = run_export(args.checkpoint, args.output, overrides=args.overrides,
+                        verify_outputs=not args.no_verify, verify_image=args.verify_image)
+    print("\n".join(report.lines()))
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _run_serve(args: argparse.Namespace, progress: bool) -> None:
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
@@ -261,21 +361,32 @@ def _serve(args: argparse.Namespace) -> None:
                        device=args.device, threads=args.threads, overrides=args.overrides, limits=limits))
 
 
-def _eval(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.jobs.evaluation import run_eval
+def _run_presets(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.config import preset_descriptions
 
-    result, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress)
-    print(result.summary())
-    print(f"metrics in {out}")
+    width = max(map(len, descriptions := preset_descriptions()), default=0)
+    print("\n".join(f"{name:<{width}}  {text}" for name, text in descriptions.items()))
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
+    "synth": _run_synth, "train": _run_train, "eval": _run_eval, "proposals": _run_proposals,
+    "predict": _run_predict, "demo": _run_demo, "reproduce": _run_reproduce, "convert": _run_convert,
+    "bench": _run_bench, "export": _run_export, "serve": _run_serve, "presets": _run_presets,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; 0 when it succeeded (a failure raises)."""
+    HANDLERS[args.command](args, not args.quiet)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fpn").setLevel(logging.DEBUG if args.debug else logging.INFO)
     if args.command is None:
-        parser.print_help()
+        build_parser().print_help()
         return 0
     try:
         return run(args)
