@@ -68,8 +68,7 @@ def test_variant_trains_and_predicts(preset):
     first, last = sum(totals[:5]) / 5, sum(totals[-10:]) / 10
     assert last < 0.7 * first, f"{preset}: loss {first:.3f} -> {last:.3f}"
 
-    model.eval()
-    model.cfg.roi_heads.score_thresh = 0.0
+    model = model.eval().with_changes({"roi_heads": {"score_thresh": 0.0}})  # the same weights
     with torch.no_grad():
         outputs = model(images, return_proposals=True)
     for image, out in zip(images, outputs, strict=True):
@@ -83,8 +82,7 @@ def test_variant_trains_and_predicts(preset):
 def test_boxes_come_back_in_original_pixels():
     """A 2x larger copy of an image gives 2x larger boxes: the resize is undone exactly."""
     torch.manual_seed(0)
-    model = FasterRCNN(load_config(None, TINY).model).eval()
-    model.cfg.roi_heads.score_thresh = 0.0
+    model = FasterRCNN(load_config(None, [*TINY, "model.roi_heads.score_thresh=0.0"]).model).eval()
     image = two_images()[0][0]
     # Nearest 2x upsampling, then the preprocessor's bilinear 0.5x resize (which averages each
     # 2x2 block), gives back the 128 x 160 network input exactly: only the scale differs.
@@ -116,3 +114,37 @@ def test_empty_image_and_crowd_regions_train():
     losses = model(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+
+
+def test_a_built_model_cannot_be_changed_behind_its_back():
+    """A built model's config and every part's settings are read-only copies: writing ``pixel_mean``
+    (copied into a buffer at construction) raises instead of silently doing nothing, the caller's
+    config stays the caller's, and ``with_changes`` rebuilds the model with the same weights."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY, "model.roi_heads.score_thresh=0.0"]).model
+    model = FasterRCNN(cfg).eval()
+    images = two_images()[0]
+    with torch.no_grad():
+        before = model(images)
+    for settings in (model.cfg.input, model.preprocess.settings):
+        with pytest.raises(dataclasses.FrozenInstanceError, match="read-only"):
+            settings.pixel_mean = [0.0, 0.0, 0.0]
+    with pytest.raises(TypeError):
+        model.cfg.input.pixel_mean[0] = 0.0  # a tuple
+    for settings, name in ((model.rpn.settings, "nms_thresh"), (model.roi_heads.settings, "score_thresh")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(settings, name, 0.9)
+    cfg.input.pixel_mean = [0.0, 0.0, 0.0]  # the caller's own config: the model keeps its copy
+    cfg.roi_heads.score_thresh = 0.99
+    with torch.no_grad():
+        after = model(images)
+    assert len(before[0]["boxes"]) > 10
+    for b, a in zip(before, after, strict=True):
+        assert all(torch.equal(b[k], a[k]) for k in b)
+    changed = model.with_changes({"input": {"pixel_mean": [0.0, 0.0, 0.0]}})
+    assert changed.preprocess.mean.flatten().tolist() == [0.0, 0.0, 0.0] and not changed.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in changed.state_dict().items())
+    with torch.no_grad():
+        assert not torch.equal(changed(images)[0]["scores"], before[0]["scores"])

@@ -264,9 +264,7 @@ def test_wrong_architectures_fail_in_one_line_naming_the_key_and_shapes(d2_state
 @torch.inference_mode()
 def test_converted_detector_runs_and_the_cli_writes_a_run_the_api_loads(d2_state, tmp_path, capsys):
     """(g) A forward in eval mode; then ``fpn convert`` on a .pkl, loaded by fpn.api."""
-    model = convert_detector(d2_state).build()
-    model.cfg.input.min_size_test, model.cfg.input.max_size = 96, 128
-    model.preprocess.cfg = model.cfg.input
+    model = convert_detector(d2_state).build().with_changes({"input": {"min_size_test": 96, "max_size": 128}})
     (result,) = model([torch.rand(3, 90, 120)])
     assert result["boxes"].shape[1] == 4 and len(result["boxes"]) == len(result["labels"])
 

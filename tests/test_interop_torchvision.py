@@ -30,10 +30,8 @@ def _set_input_size(model, min_size=MIN_SIZE, max_size=MAX_SIZE):
 
 
 def _ours_like(tv_model):
-    ours = from_torchvision(tv_model.state_dict())
-    ours.cfg.input.min_size_test = MIN_SIZE
-    ours.cfg.input.max_size = MAX_SIZE
-    return ours
+    return from_torchvision(tv_model.state_dict()).with_changes({"input": {"min_size_test": MIN_SIZE,
+                                                                           "max_size": MAX_SIZE}})
 
 
 def _images():

@@ -8,11 +8,13 @@ module's ``build_*`` function: there is no registry.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -272,8 +274,79 @@ class Config:
 
 
 def to_dict(cfg: Any) -> Any:
-    """A config (or part of one) as plain YAML-able Python values."""
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    """A config (or part of one, frozen or not) as plain YAML-able Python values."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list | tuple):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# read-only copies: what a built model keeps
+
+
+T = TypeVar("T")
+
+
+class ReadOnly:
+    """Base of the read-only twins ``frozen`` makes: assigning or deleting a field raises, and copies
+    are the object itself (nothing in it can change)."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(
+            f"cannot assign to field {name!r}: this config belongs to a built model and is read-only "
+            "(the model was built from it); change a copy (fpn.config.thawed) and build a new model")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo: dict):
+        return self
+
+    def __reduce__(self):
+        return frozen, (thawed(self),)
+
+
+@functools.cache
+def _read_only_class(cls: type) -> type:
+    """``cls`` with ``ReadOnly``'s behaviour: still an instance of ``cls`` for isinstance and typing."""
+    return type(f"ReadOnly{cls.__name__}", (ReadOnly, cls), {"__doc__": cls.__doc__, "__module__": __name__,
+                                                               "__eq__": _equal_as_dicts, "__hash__": None})
+
+
+def _equal_as_dicts(self, other: Any) -> bool:
+    return dataclasses.is_dataclass(other) and to_dict(self) == to_dict(other)
+
+
+def frozen(cfg: T) -> T:
+    """A read-only deep copy of a config or part of one: every dataclass is a read-only twin of its
+    class, lists are tuples and mappings read-only. Later changes to ``cfg`` do not reach it."""
+    if isinstance(cfg, ReadOnly):
+        return cfg
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        copy = object.__new__(_read_only_class(type(cfg)))
+        for f in dataclasses.fields(cfg):
+            object.__setattr__(copy, f.name, frozen(getattr(cfg, f.name)))
+        return copy
+    if isinstance(cfg, list | tuple):
+        return tuple(frozen(v) for v in cfg)
+    if isinstance(cfg, Mapping):
+        return types.MappingProxyType({k: frozen(v) for k, v in cfg.items()})
+    return cfg
+
+
+def thawed(cfg: T) -> T:
+    """An ordinary (mutable) deep copy of a config or part of one, frozen or not."""
+    cls = type(cfg).__mro__[2] if isinstance(cfg, ReadOnly) else type(cfg)  # ReadOnlyX -> ReadOnly -> X
+    return from_dict(cls, to_dict(cfg), cls.__name__)
 
 
 def _check_value(value: Any, annotation: Any, where: str) -> Any:
@@ -334,6 +407,8 @@ def merge(cfg: Any, values: dict[str, Any], where: str = "config") -> Any:
     """
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    if isinstance(cfg, ReadOnly):
+        cfg = thawed(cfg)
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = set(values) - names

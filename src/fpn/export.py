@@ -42,8 +42,7 @@ class ExportGraph(nn.Module):
 
     def __init__(self, model: FasterRCNN):
         super().__init__()
-        self.cfg = model.cfg
-        self.preprocess = model.preprocess
+        self.preprocess = model.preprocess  # its settings: read-only, as every part of a built model
         with torch.inference_mode(False):
             self.backbone = inference_copy(model.backbone, channels_last=False)
         self.neck = model.neck
@@ -52,15 +51,15 @@ class ExportGraph(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(3, H, W) in [0, 1] -> boxes (D, 4) in the image's pixels, scores (D,), labels (D,)."""
-        cfg = self.cfg
+        settings = self.preprocess.settings
         height, width = image.shape[-2], image.shape[-1]
-        scale = resize_scale((height, width), cfg.input.min_size_test, cfg.input.max_size)
+        scale = resize_scale((height, width), settings.min_size_test, settings.max_size)
         resized_h = torch.sym_int(torch.sym_float(height) * scale)
         resized_w = torch.sym_int(torch.sym_float(width) * scale)
         x = F.interpolate(self.preprocess.normalize(image)[None], size=(resized_h, resized_w),
                           mode="bilinear", align_corners=False)
-        padded_h = padded_size(resized_h, cfg.input.size_divisibility)
-        padded_w = padded_size(resized_w, cfg.input.size_divisibility)
+        padded_h = padded_size(resized_h, settings.size_divisibility)
+        padded_w = padded_size(resized_w, settings.size_divisibility)
         x = F.pad(x, (0, padded_w - resized_w, 0, padded_h - resized_h))
         features = self.neck(self.backbone(x))
         image_sizes = [(resized_h, resized_w)]

@@ -94,7 +94,7 @@ def detector_evaluators(model: Any, coco_gt: COCO, label_to_category_id: dict[in
     and (with ``with_proposals``, or for the RPN alone) proposal AR."""
     segment_head = getattr(model, "segment_proposals", None)
     if segment_head is not None:
-        return [MaskProposalEvaluator(coco_gt, mask_threshold=segment_head.cfg.mask_threshold)]
+        return [MaskProposalEvaluator(coco_gt, mask_threshold=segment_head.settings.mask_threshold)]
     return [BoxEvaluator(coco_gt, label_to_category_id), ProposalEvaluator(coco_gt, request=with_proposals)]
 
 

@@ -176,7 +176,6 @@ class ResNet(nn.Module):
 
     def __init__(self, cfg: BackboneConfig, last_stage: int = 5):
         super().__init__()
-        self.cfg = cfg
         norm = make_norm_factory(cfg)
         self.stem = Stem(cfg.width, norm)
         channels = stage_channels(cfg)

@@ -12,10 +12,12 @@ Shape shorthand: N images, P proposals per image, D detections per image.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from fpn.config import ModelConfig
+from fpn.config import ModelConfig, frozen, merge, thawed
 from fpn.errors import CheckpointError, ConfigError
 from fpn.model.backbone import FoldsFrozenNorm, ResNet
 from fpn.model.fuse import inference_copy, parameters_version
@@ -57,8 +59,11 @@ class FasterRCNN(nn.Module):
         if segments and cfg.input.test_scales:
             raise ConfigError("model.input.test_scales (the image pyramid) is not supported with "
                              "model.proposals=segments")
-        check_test_scales(cfg.input.test_scales)
-        self.cfg = cfg
+        self.test_scales = tuple(check_test_scales(cfg.input.test_scales))
+        # What the model was built from, read-only: every part below keeps its own read-only part of it
+        # (``fpn.config.frozen``), so nothing can change a built model's behaviour but rebuilding it
+        # (``with_changes``).
+        self.cfg = cfg = frozen(cfg)
         self.fast_inference = fast_inference
         self.compile_inference = compile_inference
         # On C4 the bottom-up pathway stops at res4 (the C4 baseline's res5 lives in its RoI head).
@@ -105,6 +110,20 @@ class FasterRCNN(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def with_changes(self, changes: dict[str, Any]) -> FasterRCNN:
+        """A new detector with this one's weights (on its device, in its mode), built from its config
+        changed by ``changes``, a nested mapping as ``fpn.config.merge`` takes (e.g.
+        ``{"input": {"min_size_test": 600}}``). A change that reshapes a weight is a ``ConfigError``."""
+        cfg = merge(thawed(self.cfg), changes, "changes")
+        model = FasterRCNN(cfg, fast_inference=self.fast_inference, compile_inference=self.compile_inference,
+                           fast_training=self.fast_training)
+        try:
+            model.load_state_dict(self.state_dict())
+        except RuntimeError as err:
+            raise ConfigError(f"changes {changes}: the weights no longer fit ({str(err).splitlines()[1:2]})"
+                              ) from None
+        return model.to(self.device).train(self.training)
 
     def load_parts(self, state_dict: dict[str, Tensor], *, source: str, allow_missing: bool = False
                    ) -> dict[str, list[str]]:
@@ -194,8 +213,8 @@ class FasterRCNN(nn.Module):
         """
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
-        if not self.training and self.cfg.input.test_scales:
-            return detect_on_image_pyramid(self, images, self.cfg.input.test_scales,
+        if not self.training and self.test_scales:
+            return detect_on_image_pyramid(self, images, self.test_scales,
                                            return_proposals=return_proposals, proposals=proposals)
         batch, targets = self.preprocess(images, targets, proposals=proposals)
         if self.segment_proposals is not None:  # docs/paper.md §5: the pyramid and the mask MLPs only
@@ -245,9 +264,10 @@ class FasterRCNN(nn.Module):
         """The RPN's anchors on an image of ``image_hw`` at test time, alone in its batch (Table 1)."""
         if self.rpn is None:
             return 0
-        scale = resize_scale(image_hw, self.cfg.input.min_size_test, self.cfg.input.max_size)
+        settings = self.preprocess.settings
+        scale = resize_scale(image_hw, settings.min_size_test, settings.max_size)
         resized = (int(image_hw[0] * scale), int(image_hw[1] * scale))  # as interpolate rounds
-        divisor = self.cfg.input.size_divisibility
+        divisor = settings.size_divisibility
         return self.rpn.num_anchors((padded_size(resized[0], divisor), padded_size(resized[1], divisor)))
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.box_format import TARGET_BOX_KEYS
-from fpn.config import InputConfig
+from fpn.config import InputConfig, frozen
 
 
 @dataclass
@@ -54,23 +54,28 @@ def rescale_boxes(boxes_xyxy: Tensor, from_hw: tuple[int, int], to_hw: tuple[int
 
 
 class Preprocessor(nn.Module):
-    """Images of any size (list of 3 x H x W floats in [0, 1], RGB) -> an ``ImageBatch``."""
+    """Images of any size (list of 3 x H x W floats in [0, 1], RGB) -> an ``ImageBatch``.
 
-    def __init__(self, cfg: InputConfig):
+    Args:
+        settings: ``model.input``; kept as a read-only copy (``fpn.config.frozen``), since the mean
+            and std buffers are made from it here, once.
+    """
+
+    def __init__(self, settings: InputConfig):
         super().__init__()
-        self.cfg = cfg
-        self.register_buffer("mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
+        self.settings = frozen(settings)
+        self.register_buffer("mean", torch.tensor(self.settings.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.settings.pixel_std).view(3, 1, 1), persistent=False)
 
     def normalize(self, image: Tensor) -> Tensor:
-        if self.cfg.pixel_scale != 1.0:
-            image = image * self.cfg.pixel_scale
-        if self.cfg.channel_order == "BGR":
+        if self.settings.pixel_scale != 1.0:
+            image = image * self.settings.pixel_scale
+        if self.settings.channel_order == "BGR":
             image = image.flip(0)
         return (image - self.mean) / self.std
 
     def resize(self, image: Tensor, min_size: int) -> Tensor:
-        scale = resize_scale(tuple(image.shape[-2:]), min_size, self.cfg.max_size)
+        scale = resize_scale(tuple(image.shape[-2:]), min_size, self.settings.max_size)
         graph = torch.jit.is_tracing() or torch.compiler.is_compiling()  # keep the op in a graph
         if isinstance(scale, float) and scale == 1.0 and not graph:
             return image  # bilinear at scale 1 samples every pixel at its own centre: the identity
@@ -79,7 +84,7 @@ class Preprocessor(nn.Module):
 
     def pad(self, images: list[Tensor]) -> Tensor:
         """Zero-pad to a common size, a multiple of ``size_divisibility``, at the bottom right."""
-        div = self.cfg.size_divisibility
+        div = self.settings.size_divisibility
         height = padded_size(max(img.shape[1] for img in images), div)
         width = padded_size(max(img.shape[2] for img in images), div)
         batch = images[0].new_zeros((len(images), 3, height, width))
@@ -110,9 +115,9 @@ class Preprocessor(nn.Module):
             if min_size is not None:
                 shorter = min_size
             elif self.training:
-                shorter = random.choice(self.cfg.min_size_train)
+                shorter = random.choice(self.settings.min_size_train)
             else:
-                shorter = self.cfg.min_size_test
+                shorter = self.settings.min_size_test
             img = self.resize(self.normalize(img), shorter)
             resized.append(img)
             if targets is not None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
-from fpn.config import BackboneConfig, RoIHeadConfig
+from fpn.config import BackboneConfig, RoIHeadConfig, frozen
 from fpn.model import boxes as box_ops
 from fpn.model.backbone import make_norm_factory, make_stage, stage_channels
 from fpn.model.loss_normalizer import loss_normalizer
@@ -152,16 +152,16 @@ class RoIHeads(nn.Module):
     """Sampling, pooling, head, predictor, losses and detections for Fast R-CNN on the pyramid.
 
     Args:
-        cfg: the head's settings.
+        settings: ``model.roi_heads`` (kept read-only).
         in_channels: channels of the levels it pools from.
         strides: the levels it pools from and their declared strides.
         backbone_cfg: needed only by the ``res5`` head, which is built like the backbone's res5.
     """
 
-    def __init__(self, cfg: RoIHeadConfig, in_channels: int, strides: dict[str, int],
+    def __init__(self, settings: RoIHeadConfig, in_channels: int, strides: dict[str, int],
                  backbone_cfg: BackboneConfig | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.settings = cfg = frozen(settings)
         self.pooler = MultiLevelRoIPooler(
             {level: strides[level] for level in cfg.levels}, output_size=cfg.pooler_resolution,
             sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned, kind=cfg.pooler,
@@ -202,7 +202,7 @@ class RoIHeads(nn.Module):
         Returns the sampled boxes per image, their labels (R,) (0 = background) and the
         regression targets (R, 4) (meaningful for the foreground only).
         """
-        cfg = self.cfg
+        cfg = self.settings
         sampled_boxes, sampled_labels, sampled_targets = [], [], []
         for image_proposals, target in zip(proposals, targets, strict=True):
             gt_boxes, gt_labels = target["boxes"], target["labels"]
@@ -241,7 +241,7 @@ class RoIHeads(nn.Module):
         fg = torch.nonzero(labels > 0).squeeze(1)
         deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[fg, labels[fg]]  # (R_fg, 4)
         loss_box = F.smooth_l1_loss(
-            deltas, regression_targets[fg], beta=self.cfg.smooth_l1_beta, reduction="sum"
+            deltas, regression_targets[fg], beta=self.settings.smooth_l1_beta, reduction="sum"
         ) / normalizer
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
@@ -252,7 +252,7 @@ class RoIHeads(nn.Module):
         Besides ``boxes``, ``scores``, ``labels``, each detection carries ``levels``: the k of the
         P_k its RoI (the proposal it was regressed from) was pooled from (Eq. 1, docs/paper.md §3).
         """
-        cfg = self.cfg
+        cfg = self.settings
         num_classes = class_logits.shape[1]
         boxes_all = box_ops.decode_boxes(box_deltas, torch.cat(proposals), cfg.box_weights,
                                          clamp_shrink=cfg.clamp_box_shrink)  # (R, K+1, 4)
