@@ -8,7 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from conftest import frozen_norm, randomise_norm_statistics
 from fpn.config import load_config
-from fpn.model.backbone import Bottleneck, conv_then_norm
+from fpn.model.conv_norm import ConvNorm, conv_then_norm
 from fpn.model.detector import FasterRCNN
 
 
@@ -93,8 +93,10 @@ def _pyramid_and_grads(model: FasterRCNN) -> tuple[dict, dict]:
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
 def test_fast_training_gives_the_plain_pyramid_and_gradients(norm):
     fast, plain = _tiny_detector(norm, True), _tiny_detector(norm, False)
-    assert all(m.fold_frozen_norm for m in fast.modules() if isinstance(m, Bottleneck))
-    assert not any(m.fold_frozen_norm for m in plain.modules() if isinstance(m, Bottleneck))
+    assert all(m.fold_frozen_norm for m in fast.modules() if isinstance(m, ConvNorm))
+    assert not any(m.fold_frozen_norm for m in plain.modules() if isinstance(m, ConvNorm))
+    with pytest.raises(AttributeError, match="chosen when the model is built"):
+        fast.fast_training = False  # a speed path is a constructor argument, not a switch
     fast_pyramid, fast_grads = _pyramid_and_grads(fast)
     plain_pyramid, plain_grads = _pyramid_and_grads(plain)
     torch.testing.assert_close(fast_pyramid, plain_pyramid, rtol=1e-9, atol=1e-9)
