@@ -137,13 +137,12 @@ class CocoDetection(Dataset):
     no image is decoded before it is asked for.
     """
 
-    def __init__(self, image_dir: str | Path, ann_file: str | Path, *, transforms=None,
-                 load_masks: bool = False, on_bad_annotations: Literal["error", "warn"] = "error"):
+    def __init__(self, image_dir: str | Path, ann_file: str | Path, *, load_masks: bool = False,
+                 on_bad_annotations: Literal["error", "warn"] = "error"):
         if on_bad_annotations not in ("error", "warn"):
             raise ValueError(f"on_bad_annotations must be 'error' or 'warn', not {on_bad_annotations!r}")
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
-        self.transforms = transforms
         self.load_masks = load_masks
         self.on_bad_annotations = on_bad_annotations
         data = load_coco_json(self.ann_file)
@@ -243,8 +242,6 @@ class CocoDetection(Dataset):
         for key in ("boxes", "labels", "masks"):
             if key in target:
                 target[key] = target[key][keep]
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
         return image, target
 
 
@@ -348,8 +345,3 @@ def _masks(segmentations: list[bytes], height: int, width: int, ann_file: Path) 
             masks[i] = decoded.reshape(height, width)
     return torch.from_numpy(masks)
 
-
-def collate_fn(batch: list) -> tuple[list, list]:
-    """A batch as (list of images, list of targets): images keep their own sizes."""
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)

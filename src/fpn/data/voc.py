@@ -54,10 +54,16 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int], keep_difficult: bo
 
 
 class VOCDetection(Dataset):
-    def __init__(self, root: str | Path, split: str = "train", *, transforms=None,
-                 class_names: list[str] | None = None, keep_difficult: bool = False):
+    """Images and boxes of a Pascal VOC split (``root/ImageSets/Main/{split}.txt``).
+
+    Item ``i`` is ``(image, target)`` as ``CocoDetection`` gives it; difficult objects are left out
+    of the targets unless ``keep_difficult`` (``ground_truth`` keeps them, flagged, for the VOC
+    metric). Labels are 1..K in the order of ``class_names`` (default: the 20 VOC classes).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", *, class_names: list[str] | None = None,
+                 keep_difficult: bool = False):
         self.root = Path(root)
-        self.transforms = transforms
         self.class_names = list(class_names or VOC_CLASSES)
         self.label_to_category_id = {i + 1: i + 1 for i in range(len(self.class_names))}
         self.keep_difficult = keep_difficult
@@ -83,8 +89,6 @@ class VOCDetection(Dataset):
                   "labels": torch.tensor(record["labels"], dtype=torch.int64),
                   "crowd_boxes": torch.zeros(0, 4), "image_id": index + 1,
                   "orig_size": tuple(int(s) for s in image.shape[-2:])}
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
         return image, target
 
     def ground_truth(self) -> list[dict[str, Any]]:
