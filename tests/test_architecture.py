@@ -27,7 +27,7 @@ ALLOWED = {
     "fpn.data": NEUTRAL,
     "fpn.model": NEUTRAL,
     "fpn.interop": NEUTRAL | {"fpn.model"},
-    "fpn.engine": NEUTRAL | {"fpn.model", "fpn.data"},
+    "fpn.engine": NEUTRAL | {"fpn.model", "fpn.data", "fpn.interop"},  # interop: train.init's sources
     "fpn.export": NEUTRAL | {"fpn.model"},
     "fpn.benchmark": NEUTRAL | {"fpn.model", "fpn.interop", "fpn.export"},
     # training-step speed against torchvision: builds models, batches and the trainer's optimizer

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from fpn.config import ConfigError, load_config, merge, parse_overrides
 from fpn.data import pil_to_tensor, read_image
 from fpn.device import resolve_device
-from fpn.errors import PathNotFoundError
+from fpn.engine.checkpoint import find_checkpoint, load_weights
 from fpn.model.detector import FasterRCNN
 
 ImageLike = str | Path | Image.Image | torch.Tensor
@@ -30,33 +30,6 @@ def load_image(path: str | Path) -> torch.Tensor:
     An unreadable image raises ``fpn.errors.DatasetError`` (a ``UserError``) naming the file.
     """
     return read_image(Path(path))
-
-
-def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(weights file, config file) for a run directory, a checkpoint directory or a weights file."""
-    from fpn.engine.checkpoint import latest_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise PathNotFoundError(f"{path}: no such run, checkpoint directory or weights file")
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        latest = latest_checkpoint(path / "checkpoints")
-        if latest is None:
-            raise PathNotFoundError(f"{path}: the run has no complete checkpoint yet "
-                                    f"(looked for {path / 'checkpoints'}/step_*/model.safetensors)")
-        path = latest
-    if path.is_dir():
-        weights, config = path / "model.safetensors", path / "config.yaml"
-        if not weights.is_file():
-            raise PathNotFoundError(
-                f"{path}: not a run or checkpoint directory (looked for {path / 'checkpoints'}/ "
-                f"of a run, or {weights.name} and {config.name} of a checkpoint)")
-    else:
-        weights, config = path, path.parent / "config.yaml"
-    if not config.is_file():
-        raise PathNotFoundError(f"{config}: not found (the config.yaml that describes {weights.name} "
-                                "must be in the same directory)")
-    return weights, config
 
 
 class Detector:
@@ -76,8 +49,6 @@ class Detector:
         ``model.*=value`` items (e.g. ``["model.input.test_scales=[400, 600, 800]"]``); a field
         that changes the shape of a weight makes the weights fail to load.
         """
-        from fpn.engine.checkpoint import load_weights
-
         weights, config = find_checkpoint(path)
         values = parse_overrides(overrides or [])
         if set(values) - {"model"}:

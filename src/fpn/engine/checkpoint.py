@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from fpn.engine.loop import TrainState
 from fpn.engine.rng import capture_rng_state, restore_rng_state
-from fpn.errors import CheckpointError, UnsafeCheckpointError, output_dir
+from fpn.errors import CheckpointError, PathNotFoundError, UnsafeCheckpointError, output_dir
 from fpn.safe_reading import read_safetensors, torch_load_safely
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ POINTER = "last_checkpoint"
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "latest_checkpoint",
            "load_checkpoint", "load_weights", "capture_rng_state", "restore_rng_state", "atomic_write_bytes",
-           "save_training_checkpoint", "resume_training"]
+           "save_training_checkpoint", "resume_training", "find_checkpoint"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,6 +127,35 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
             return named
     complete = _complete_checkpoints(directory)
     return complete[-1] if complete else None
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(weights file, config file) for a run directory, a checkpoint directory or a weights file.
+
+    The run layout: ``RUN/checkpoints/step_N/{model.safetensors, config.yaml}``; a weights file needs
+    its ``config.yaml`` beside it. A path that is none of these is a ``PathNotFoundError``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PathNotFoundError(f"{path}: no such run, checkpoint directory or weights file")
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise PathNotFoundError(f"{path}: the run has no complete checkpoint yet "
+                                    f"(looked for {path / 'checkpoints'}/step_*/model.safetensors)")
+        path = latest
+    if path.is_dir():
+        weights, config = path / "model.safetensors", path / "config.yaml"
+        if not weights.is_file():
+            raise PathNotFoundError(
+                f"{path}: not a run or checkpoint directory (looked for {path / 'checkpoints'}/ "
+                f"of a run, or {weights.name} and {config.name} of a checkpoint)")
+    else:
+        weights, config = path, path.parent / "config.yaml"
+    if not config.is_file():
+        raise PathNotFoundError(f"{config}: not found (the config.yaml that describes {weights.name} "
+                                "must be in the same directory)")
+    return weights, config
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict | None]:

@@ -10,8 +10,9 @@ from pycocotools.coco import COCO
 from torch import nn
 from torch.utils.data import Dataset
 
-from fpn.api import Detector, find_checkpoint
+from fpn.api import Detector
 from fpn.config import Config, load_config, merge, parse_overrides
+from fpn.engine.checkpoint import find_checkpoint
 from fpn.engine.coco_eval import as_coco
 from fpn.engine.evaluate import detector_evaluators, inference_on_dataset
 from fpn.engine.evaluators import Evaluator, VOCEvaluator

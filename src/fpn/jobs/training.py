@@ -9,12 +9,11 @@ from typing import Any
 from torch import nn
 
 from fpn.config import Config, ModelConfig
-from fpn.engine import distributed
+from fpn.engine import distributed, initialisation
 from fpn.engine.checkpoint import latest_checkpoint
 from fpn.engine.results import EvalResult, save_metrics
 from fpn.engine.rng import seed_everything
 from fpn.engine.train import train
-from fpn.jobs import initialisation
 from fpn.jobs.datasets import dataset_for, with_dataset_classes
 from fpn.jobs.evaluation import evaluate_model
 from fpn.model.detector import FasterRCNN
