@@ -136,17 +136,7 @@ def build_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
     ) -> DetectResponse:
         start = time.perf_counter()
         deadline = start + (timeout or settings.timeout)
-        if image.content_type and not image.content_type.startswith(IMAGE_PART_TYPES):
-            raise UploadRejected(415, f"the 'image' part has content type {image.content_type!r}; "
-                                      "expected image/*")
-        try:  # at most ``decode_slots`` images are decoded at once; the others wait, within the deadline
-            await asyncio.wait_for(decode_slots.acquire(), max(deadline - time.perf_counter(), 0.001))
-        except asyncio.TimeoutError:
-            raise HTTPException(503, "timed out waiting to decode the image; retry later") from None
-        try:
-            tensor = await run_in_threadpool(decode_image, await image.read(), max_pixels=max_pixels)
-        finally:
-            decode_slots.release()
+        tensor = await _decode(image, decode_slots, deadline, max_pixels)
         try:
             det = await batcher.detect(tensor, max(deadline - time.perf_counter(), 0.001))
         except (Busy, TimedOut) as err:
@@ -155,6 +145,22 @@ def build_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
                          time.perf_counter() - start)
 
     return app
+
+
+async def _decode(image: UploadFile, decode_slots: asyncio.Semaphore, deadline: float, max_pixels: int):
+    """The uploaded image as a tensor; at most ``decode_slots`` images are decoded at once, the others
+    wait, within the request's deadline (a 503 past it)."""
+    if image.content_type and not image.content_type.startswith(IMAGE_PART_TYPES):
+        raise UploadRejected(415, f"the 'image' part has content type {image.content_type!r}; "
+                                  "expected image/*")
+    try:
+        await asyncio.wait_for(decode_slots.acquire(), max(deadline - time.perf_counter(), 0.001))
+    except asyncio.TimeoutError:
+        raise HTTPException(503, "timed out waiting to decode the image; retry later") from None
+    try:
+        return await run_in_threadpool(decode_image, await image.read(), max_pixels=max_pixels)
+    finally:
+        decode_slots.release()
 
 
 def _response(det: dict, width: int, height: int, category_ids: list[int], min_score: float,
