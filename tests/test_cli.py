@@ -13,6 +13,7 @@ from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 
 
+@pytest.mark.slow
 def test_synth_train_eval_predict(tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["--quiet", "synth", str(data), "--train", "4", "--val", "2", "--image-size", "96"]) == 0
@@ -55,6 +56,7 @@ def test_console_script_version():
     assert result.stdout.startswith("fpn ")
 
 
+@pytest.mark.slow
 def test_convert_torchvision_weights_then_predict(tmp_path, tiny_synth, capsys):
     """A torchvision .pth becomes a checkpoint that fpn predict uses; a malicious one is refused."""
     import os

@@ -44,6 +44,7 @@ def test_all_ablation_rows_have_a_preset():
     assert set(PRESETS) <= set(list_presets())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_variant_trains_and_predicts(preset):
     torch.manual_seed(0)

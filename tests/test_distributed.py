@@ -28,6 +28,7 @@ def _train_args(root, run_dir):
             "train.warmup_iters=0", "train.device=cpu", "data.horizontal_flip=0.5"]
 
 
+@pytest.mark.slow
 def test_two_ranks_with_global_batch_4_match_one_process(tiny_synth, tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, "-m", "fpn", *_train_args(tiny_synth, single)], check=True,

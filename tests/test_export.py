@@ -16,6 +16,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
+@pytest.mark.slow
 def test_fpn_export_onnx_matches_pytorch_at_any_image_size(tmp_path, capsys):
     from fpn.export import OnnxDetector
 

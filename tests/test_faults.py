@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import TINY_MODEL, data_overrides
@@ -22,6 +23,7 @@ def _command(root, run_dir, *extra):
             "train.checkpoint_period=2", "train.warmup_iters=2", "train.device=cpu", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_nothing(tiny_synth, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(_command(tiny_synth, straight), check=True, capture_output=True)
@@ -48,6 +50,7 @@ def test_sigkill_then_resume_loses_nothing(tiny_synth, tmp_path):
     assert not different, f"killed after step {kill_after} (survivor {survivor.name}): {different[:3]} differ"
 
 
+@pytest.mark.slow
 def test_sigint_stops_cleanly_after_a_checkpoint(tiny_synth, tmp_path):
     run = tmp_path / "run"
     command = _command(tiny_synth, run)

@@ -69,6 +69,7 @@ def test_a_model_built_under_inference_mode_runs_the_fast_path():
     assert set(out[0]) == {"boxes", "scores", "labels", "levels"}
 
 
+@pytest.mark.slow
 def test_compiled_inference_path_gives_the_same_detections_at_new_sizes():
     from torch._dynamo.utils import counters
 

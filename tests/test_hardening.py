@@ -23,6 +23,7 @@ def _dirty_copy(root, tmp_path):
     return data, bad
 
 
+@pytest.mark.slow
 def test_an_unreadable_validation_image_is_skipped_and_the_rest_scored(tiny_synth, tmp_path, capsys):
     data, bad = _dirty_copy(tiny_synth, tmp_path)
     run = tmp_path / "run"
@@ -52,6 +53,7 @@ def test_an_unreadable_validation_image_is_skipped_and_the_rest_scored(tiny_synt
         assert abs(clean[key] - dirty[key]) < 1e-9, key
 
 
+@pytest.mark.slow
 def test_too_many_unreadable_validation_images_stop_the_evaluation(tiny_synth, tmp_path, capsys):
     data, _ = _dirty_copy(tiny_synth, tmp_path)
     overrides = [*TINY_MODEL, *data_overrides(data), "train.batch_size=2", "train.max_iter=1",
@@ -61,6 +63,7 @@ def test_too_many_unreadable_validation_images_stop_the_evaluation(tiny_synth, t
     assert "1 sample(s) could not be read (limit train.max_bad_samples=0)" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_predict_fails_when_no_input_can_be_read(tiny_synth, tmp_path, capsys):
     run = tmp_path / "run"
     overrides = [*TINY_MODEL, *data_overrides(tiny_synth), "train.batch_size=2", "train.max_iter=1",
@@ -167,6 +170,7 @@ def test_voc_map_through_the_evaluation(tmp_path):
     assert result.metrics["mAP_voc12"] == pytest.approx((1.0 + 0.5) / 2)  # dog and horse have positives
 
 
+@pytest.mark.slow
 def test_fpn_eval_on_pascal_voc_prints_the_voc_table(tmp_path, capsys):
     _voc_tree(tmp_path / "voc")
     run = tmp_path / "run"

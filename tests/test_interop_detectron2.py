@@ -261,6 +261,7 @@ def test_wrong_architectures_fail_in_one_line_naming_the_key_and_shapes(d2_state
         convert_detector({**d2_state, **mask})
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_converted_detector_runs_and_the_cli_writes_a_run_the_api_loads(d2_state, tmp_path, capsys):
     """(g) A forward in eval mode; then ``fpn convert`` on a .pkl, loaded by fpn.api."""

@@ -253,6 +253,7 @@ def test_a_checkpoint_with_python_objects_is_refused_in_one_line(tmp_path, mm_st
     assert "\n" not in str(err.value) and not marker.exists()
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_converted_detector_runs_and_the_cli_writes_a_run_the_api_loads(mm_state, tmp_path, capsys):
     """(g) A forward in eval mode; then ``fpn convert --from mmdetection`` on a .pth."""

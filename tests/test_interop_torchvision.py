@@ -69,6 +69,7 @@ def match_boxes(ref_boxes, ref_scores, ref_labels, boxes, scores, labels, box_to
     return unmatched
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_pyramid_and_proposals_match_torchvision(tv_model):
     ours = _ours_like(tv_model)
@@ -95,6 +96,7 @@ def test_pyramid_and_proposals_match_torchvision(tv_model):
         assert len(missing) <= 0.01 * len(ref), f"{len(missing)} of torchvision's proposals not found"
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_detections_match_torchvision(tv_model):
     ours = _ours_like(tv_model)
@@ -109,6 +111,7 @@ def test_detections_match_torchvision(tv_model):
         assert not unmatched, f"{len(unmatched)} of {len(ref['boxes'])} detections have no match"
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_published_frozen_bn_weights_use_eps_zero():
     """Published COCO weights come from FrozenBatchNorm2d models meant for eps 0 (docs/interop.md §8)."""
@@ -156,6 +159,7 @@ def test_conversion_refuses_unknown_and_misshapen_keys(tv_model):
         from_torchvision(state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
 @torch.inference_mode()
 def test_imagenet_resnet_weights_give_torchvision_features(depth):

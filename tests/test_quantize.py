@@ -22,6 +22,7 @@ def _model():
     return FasterRCNN(cfg).eval()
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_int8_pyramid_is_opt_in_and_close_to_fp32(caplog):
     model = _model()

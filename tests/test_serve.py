@@ -145,6 +145,7 @@ def assert_one_line_error(response: httpx.Response, status: int, words: str) -> 
     assert isinstance(detail, str) and "\n" not in detail and words in detail, detail
 
 
+@pytest.mark.slow
 def test_health_schema_and_page(server):
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["classes"] == ["circle", "square", "triangle"]
@@ -158,6 +159,7 @@ def test_health_schema_and_page(server):
     assert page.headers["content-type"].startswith("text/html")
 
 
+@pytest.mark.slow
 def test_detections_match_the_python_api(server, run_dir):
     """The JSON holds what ``fpn.api.Detector`` gives on the same image: boxes in the image's pixels,
     labels, names, the RoI level, and the same detections as COCO results."""
@@ -258,6 +260,7 @@ def content_length(reply: bytes) -> int:
     return 1 << 30
 
 
+@pytest.mark.slow
 def test_every_bad_upload_is_a_4xx_with_one_line_and_the_server_keeps_serving(server):
     url, good = server.url, photo_bytes()
     cases = [
@@ -285,6 +288,7 @@ def test_every_bad_upload_is_a_4xx_with_one_line_and_the_server_keeps_serving(se
         assert_still_serving(url)
 
 
+@pytest.mark.slow
 def test_a_100_mb_upload_is_refused_without_being_read(server):
     url = server.url
     # announced: refused from the Content-Length alone, after 1 MB of the 100 MB was sent
@@ -301,12 +305,14 @@ def test_a_100_mb_upload_is_refused_without_being_read(server):
     assert_still_serving(url)
 
 
+@pytest.mark.slow
 def test_a_request_over_its_timeout_gets_503_and_the_server_recovers(server):
     response = detect(server.url, photo_bytes(), timeout=0.001)
     assert_one_line_error(response, 503, "timed out")
     assert_still_serving(server.url)
 
 
+@pytest.mark.slow
 def test_concurrent_clients_share_one_model(server):
     """16 requests from 8 clients: no errors, and memory does not grow by a model per client."""
     images = [photo_bytes(seed=i) for i in range(16)]
@@ -332,6 +338,7 @@ def test_concurrent_clients_share_one_model(server):
     assert server.rss_mib() - rss_before < 200  # the tiny model is a few MB; 8 copies would not be the point
 
 
+@pytest.mark.slow
 def test_the_api_conforms_to_its_openapi_schema(server):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, Phase, given, settings
@@ -355,6 +362,7 @@ def test_the_api_conforms_to_its_openapi_schema(server):
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (Debian package "
                     "'chromium'; scripts/setup.sh installs it with apt-get when it can)")
+@pytest.mark.slow
 def test_the_page_draws_the_boxes_in_headless_chromium(server, tmp_path):
     """Upload through the page's file input; in a screenshot of the canvas, the edges of the box the
     page drew last carry its level's colour where the JSON puts the box, and are grey without it."""
@@ -429,6 +437,7 @@ def test_serve_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "pip install 'fpn[serve]'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_several_workers_each_serve(run_dir, tmp_path):
     """``--workers 2``: uvicorn's worker processes build the app from the options in the environment."""
     srv = Server(run_dir, ["--workers", "2", "--threads", "1"], tmp_path / "server.log")

@@ -142,6 +142,7 @@ def _metrics(path):
     return json.loads((path / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_rpn_alone_then_fast_rcnn_on_its_proposals(tiny_synth, tmp_path, capsys):
     rpn = tmp_path / "rpn"
     assert main(["--quiet", "train", "--config", "rpn_c_fpn", "--output", str(rpn),
@@ -172,6 +173,7 @@ def test_rpn_alone_then_fast_rcnn_on_its_proposals(tiny_synth, tmp_path, capsys)
     assert 0.0 <= _metrics(tmp_path / "fast_eval")["AP"] <= 1.0
 
 
+@pytest.mark.slow
 def test_proposals_from_a_file_give_the_same_ap_as_the_rpn_inline(tiny_synth, tmp_path):
     """Faster R-CNN's weights, evaluated end to end and as Fast R-CNN on its written proposals."""
     run = tmp_path / "faster"
@@ -216,6 +218,7 @@ def test_perfect_proposals_have_an_average_recall_of_one(tiny_synth):
     assert proposal_ar(coco, shifted, image_ids)["AR@100"] < 1.0
 
 
+@pytest.mark.slow
 def test_fast_rcnn_configs_need_matching_proposal_files(tiny_synth, tmp_path, capsys):
     args = ["--quiet", "train", "--config", "fast_c_fpn", "--output", str(tmp_path / "run")]
     assert main([*args, *_cli_args(tiny_synth)]) == 2
@@ -251,6 +254,7 @@ def test_proposal_file_round_trip_and_corruption(tmp_path):
         ProposalFile(truncated)
 
 
+@pytest.mark.slow
 def test_the_four_step_alternating_schedule_shares_the_features(tiny_synth, tmp_path, capsys):
     """Table 5: RPN; Fast R-CNN on its proposals; RPN on frozen shared features; Fast R-CNN again."""
     from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint

@@ -39,6 +39,7 @@ def _weights(run_dir):
     return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))[0]
 
 
+@pytest.mark.slow
 def test_stop_and_resume_gives_identical_weights(tiny_synth, tmp_path):
     dataset = build_dataset(_cfg(tiny_synth, 6).data, "train")  # 6 images, batch 2: 3 steps an epoch
     straight = tmp_path / "straight"
@@ -118,6 +119,7 @@ def test_tensorboard_scalars_when_installed(tiny_synth, tmp_path, monkeypatch):
     assert written[0] == ("dir", str(tmp_path / "run" / "tensorboard"))
 
 
+@pytest.mark.slow
 def test_hooks_run_in_order_between_steps_and_extra_hooks_are_appended(tiny_synth, tmp_path):
     """A user's hook sees every step after the default ones (log, checkpoint, evaluate) and is told
     when training ends, also when it fails."""
