@@ -19,26 +19,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from conftest import TINY_MODEL
+from conftest import make_untrained_run
 from fpn.api import Detector
 from fpn.data.inputs import ImageInputError, array_image_tensor
 from fpn.results import CSV_COLUMNS, Detections
 from fpn.visualize import PALETTE
-
-TINY_RUN = [*TINY_MODEL, "model.roi_heads.num_classes=3", "model.class_names=[circle, square, triangle]",
-            "model.category_ids=[11, 12, 13]", "model.roi_heads.canonical_scale=32"]
-
-
-def make_run(root: Path) -> Path:
-    """An untrained run of the tiny detector (random weights, seeded), as ``fpn train`` lays it out."""
-    from fpn.config import Config, load_config, to_dict
-    from fpn.engine.checkpoint import save_checkpoint
-    from fpn.model.detector import FasterRCNN
-
-    torch.manual_seed(0)
-    model = FasterRCNN(load_config("demo", TINY_RUN).model)
-    save_checkpoint(root / "checkpoints", 0, model.state_dict(), None, to_dict(Config(model=model.cfg)))
-    return root
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (120, 90)) -> np.ndarray:
@@ -54,7 +39,7 @@ def photo(seed: int = 0, size: tuple[int, int] = (120, 90)) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("run") / "runs" / "demo")
+    return make_untrained_run(tmp_path_factory.mktemp("run") / "runs" / "demo")
 
 
 @pytest.fixture(scope="module")

@@ -143,10 +143,11 @@ class Detections:
         return path
 
     def records(self) -> list[dict[str, Any]]:
-        """One dict per detection: ``box`` [x1, y1, x2, y2], ``score``, ``label``, ``category_id``,
-        ``name``, ``level`` (None without RoI heads)."""
+        """One dict per detection: ``box`` [x1, y1, x2, y2] (to 0.01 px), ``score`` (unrounded, so that
+        a threshold applied to it still holds), ``label``, ``category_id``, ``name``, ``level`` (None
+        without RoI heads)."""
         levels = self.levels.tolist() if self.levels is not None else [None] * len(self)
-        return [{"box": [round(v, 2) for v in box], "score": round(score, 5), "label": label,
+        return [{"box": [round(v, 2) for v in box], "score": score, "label": label,
                  "category_id": category_id, "name": name, "level": level}
                 for box, score, label, category_id, name, level in zip(
                     self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), self.category_ids,
