@@ -240,6 +240,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     grad_clip_norm: float | None = None
     checkpoint_period: int = 5000
+    keep_checkpoints: int = 3  # the newest checkpoints kept in RUN/checkpoints; 0 keeps every one
     eval_period: int = 0  # 0: only at the end
     log_period: int = 20
     seed: int = 0
