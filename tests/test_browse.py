@@ -144,3 +144,23 @@ def test_bad_paths_are_one_line(coco, tmp_path, capsys):
     assert "pass --images DIR" in err and err.count("\n") == 1
     images = str(coco / "images")
     assert main(["browse", str(moved), "--images", images, "--output", str(tmp_path / "o")]) == 0
+
+
+def test_a_voc_format_set_of_its_own_classes(tmp_path, capsys):
+    root = tmp_path / "voc"
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    Image.new("RGB", (64, 48), GREY).save(root / "JPEGImages" / "a.jpg")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("a\n")
+    (root / "Annotations" / "a.xml").write_text(
+        "<annotation><object><name>widget</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax>"
+        "<ymax>30</ymax></bndbox></object></annotation>")  # no size: read from the image's header
+    assert main(["browse", str(root), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown class 'widget'" in err and "data.voc_classes" in err
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"base: demo\ndata: {{format: voc, voc_root: {root}, voc_classes: [gadget, widget]}}\n")
+    for data in ([str(root)], []):  # the folder named, or the config's own data
+        assert main(["browse", *data, "--config", str(config), "--output", str(tmp_path / "o")]) == 0
+        summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+        assert summary["class_counts"] == {"gadget": 0, "widget": 1}

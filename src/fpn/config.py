@@ -213,6 +213,8 @@ class DataConfig:
     val_images: str = "data/synth/val/images"
     val_annotations: str = "data/synth/val/annotations.json"
     voc_root: str = ""
+    # The class names of a VOC-format set, in label order; empty: Pascal VOC's 20 classes.
+    voc_classes: list[str] = field(default_factory=list)
     # Fixed proposals for Fast R-CNN (model.proposals=given), written by `fpn proposals`; at most
     # model.rpn.post_nms_top_n_train (training) / post_nms_top_n_test (evaluation) are used per image.
     train_proposals: str = ""

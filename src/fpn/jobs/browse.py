@@ -65,7 +65,8 @@ def open_dataset(data: str | Path | None, *, images: str | Path | None = None, s
                  cfg: Config | None = None) -> CocoDetection | VOCDetection:
     """A COCO or VOC dataset from a path: an annotation JSON (images in ``images``, else the folder
     ``images`` beside it, else the JSON's folder), a VOC root (``Annotations``, ``ImageSets/Main``,
-    ``JPEGImages``; ``split`` names the list), a folder holding ``annotations.json`` (and ``images/``),
+    ``JPEGImages``; ``split`` names the list; the classes are ``data.voc_classes``, else Pascal's
+    20), a folder holding ``annotations.json`` (and ``images/``),
     or the root of ``fpn synth`` (``<split>/annotations.json``). ``data=None``: the config's data."""
     if data is None:
         return build_dataset((cfg or load_config("demo")).data, split)
@@ -73,7 +74,7 @@ def open_dataset(data: str | Path | None, *, images: str | Path | None = None, s
     if path.is_file():
         return _coco(path, images)
     if (path / "Annotations").is_dir() and (path / "ImageSets" / "Main").is_dir():
-        return VOCDetection(path, split=split)
+        return VOCDetection(path, split=split, class_names=cfg.data.voc_classes if cfg else None)
     for candidate in (path / "annotations.json", path / split / "annotations.json"):
         if candidate.is_file():
             return _coco(candidate, images)
