@@ -159,7 +159,9 @@ def _predict_source(detector: Detector, source: Source, drawn_dir: Path, summary
         return [_segments(detector, source, image, drawn_dir / source.drawn)]
     det = detector(image)
     det.source, det.image = str(source.path), None
-    drawable = det.above(float(det.scores[DRAWN_PROPOSALS - 1])) if _rpn_alone(det, DRAWN_PROPOSALS) else det
+    drawable = det
+    if _rpn_alone(det, DRAWN_PROPOSALS):  # the best DRAWN_PROPOSALS (and any tied with the last)
+        drawable = det.above(float(det.scores.sort(descending=True).values[DRAWN_PROPOSALS - 1]))
     save_picture(drawable.plot(score_thresh=detector.score_thresh, colour_by=colour_by, image=to_pil(image)),
                  _mkdir(drawn_dir / source.drawn))
     return [det]
