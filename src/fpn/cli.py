@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("predictions"))
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="keep detections scored at least this, in predictions.json, predictions.csv and the "
-                        "drawings alike (default 0.5; 0.05 keeps all the evaluation scores)")
+                        "drawings alike (default 0.5; 0.05: all the detections the evaluation scores)")
     p.add_argument("--colour-by", choices=["class", "level"], default="class",
                    help="box colours: one per class (default), or per pyramid level P2..P5 (Eq. 1)")
     p.add_argument("--device", default="auto")
