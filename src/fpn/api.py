@@ -30,6 +30,7 @@ from fpn.model.detector import FasterRCNN
 from fpn.results import Detections
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+FILE_BATCH = 4  # image files read and run per forward pass
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -102,14 +103,15 @@ class Detector:
         return cls(path, device, overrides=overrides, **options)
 
     def __call__(self, images: ImageLike | Sequence[ImageLike], *, score_thresh: float | None = None,
-                 batch_size: int = 4, progress: bool = False, return_proposals: bool = False,
+                 batch_size: int | None = None, progress: bool = False, return_proposals: bool = False,
                  paste_masks: bool = True) -> Detections | list[Detections]:
         """Detections of one image, or a list of them for a folder, a list or a 4-D batch.
 
         Images: a file path; a folder (its images, recursively, in path order); a PIL image; a
         NumPy array or a tensor (uint8 = 0..255, float = 0..1; H x W x 3 or 3 x H x W, RGB;
-        ``fpn.data.inputs``); or a list of any of these. They run ``batch_size`` at a time.
-        ``score_thresh`` overrides the detector's for this call.
+        ``fpn.data.inputs``); or a list of any of these. They run ``batch_size`` per forward pass
+        (default: a list of images in memory all at once, files ``FILE_BATCH`` at a time, so that a
+        folder is never read whole). ``score_thresh`` overrides the detector's for this call.
 
         A run of the RPN alone gives its proposals as boxes (label 0, "object", scores =
         objectness); segment proposals give their masks in ``extras["masks"]`` (docs/paper.md §5).
@@ -118,6 +120,8 @@ class Detector:
                       or (isinstance(images, str | Path) and Path(images).is_dir()))
         items = list(_expand(images if isinstance(images, list | tuple) else [images]))
         thresh = self.score_thresh if score_thresh is None else score_thresh
+        if batch_size is None:
+            batch_size = FILE_BATCH if any(isinstance(i, str | Path) for i in items) else max(1, len(items))
         results = []
         bar = tqdm(total=len(items), desc="detect", disable=not progress)
         for start in range(0, len(items), batch_size):
