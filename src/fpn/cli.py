@@ -1,5 +1,5 @@
-"""The ``fpn`` command line: synth | train | eval | proposals | predict | demo | reproduce | convert | bench |
-export | serve | presets.
+"""The ``fpn`` command line: synth | train | eval | proposals | predict | browse | demo | reproduce |
+convert | bench | export | serve | presets.
 
 Each command is a parser (``_add_<command>``) and a handler (``_run_<command>``) that calls one job
 (``fpn.jobs``) and prints what it did. Config overrides have one syntax on every command that
@@ -33,6 +33,7 @@ HELP = {
     "set": "the same as a key=value item (repeatable)",
     "device": "cpu, cuda, cuda:N or auto (default: cuda when present)",
     "config": "a preset name (fpn presets lists them) or a YAML file (default: demo)",
+    "colour_by": "box colours: one per class (default), or per pyramid level P2..P5 (Eq. 1)",
 }
 
 
@@ -93,14 +94,45 @@ def _add_proposals(sub) -> None:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="detect objects in images or folders")
+    p = sub.add_parser(
+        "predict", help="detect objects in images, folders or videos",
+        description="Write predictions.json (COCO-style: bbox x, y, width, height), predictions.csv "
+        "(x1, y1, x2, y2) and drawn copies under DIR/drawn/, named after the inputs' paths relative to "
+        "the folder they share; a video gives an annotated DIR/drawn/<path>.mp4 (needs the video extra).")
     _add_checkpoint(p)
-    p.add_argument("inputs", nargs="+", type=Path, help="images or folders")
+    p.add_argument("inputs", nargs="+", type=Path, help="images, videos or folders of them")
     _add_overrides(p, "model.input.test_scales=[600,800]")
     p.add_argument("--output", type=Path, default=Path("predictions"),
-                   help="folder for predictions.json and the drawn images (default: predictions)")
-    p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold (default 0.3)")
+                   help="folder for predictions.json, predictions.csv and the drawn images "
+                        "(default: predictions)")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="keep detections scored at least this, in predictions.json, predictions.csv and the "
+                        "drawings alike (default 0.5; 0.05: all the detections the evaluation scores)")
+    p.add_argument("--colour-by", choices=["class", "level"], default="class", help=HELP["colour_by"])
     p.add_argument("--device", default="auto", help=HELP["device"])
+
+
+def _add_browse(sub) -> None:
+    p = sub.add_parser(
+        "browse", help="look at a dataset before training: ground truth drawn, class counts, object sizes, "
+                       "the share of objects per pyramid level",
+        description="Draws the ground truth of a few images into DIR/gt/ and writes class_counts.png, "
+        "object_sizes.png (COCO's small/medium/large buckets), levels.png (the pyramid level Eq. 1 gives "
+        "each object under --config) and summary.json. DATA: a COCO annotation file, a folder with "
+        "annotations.json (and images/), an `fpn synth` folder, or a Pascal VOC root; none: the config's "
+        "data.")
+    p.add_argument("data", type=Path, nargs="?", default=None, metavar="DATA",
+                   help="the dataset to look at (default: the config's data)")
+    p.add_argument("--output", type=Path, required=True, help="where the pictures and charts go")
+    p.add_argument("--images", type=Path, default=None,
+                   help="the image folder of a COCO annotation file (default: images/ beside it, or its "
+                        "folder)")
+    p.add_argument("--split", default="train", help="VOC's ImageSets/Main list, or the split of an "
+                   "`fpn synth` folder or of the config's data (default train)")
+    p.add_argument("--config", default="demo",
+                   help="preset or YAML whose model the levels are for (default demo)")
+    p.add_argument("--num-images", type=int, default=16, help="images drawn (default 16)")
+    p.add_argument("--colour-by", choices=["class", "level"], default="class", help=HELP["colour_by"])
 
 
 def _add_demo(sub) -> None:
@@ -190,8 +222,8 @@ def _add_presets(sub) -> None:
     sub.add_parser("presets", help="list the config presets")
 
 
-PARSERS = [_add_synth, _add_train, _add_eval, _add_proposals, _add_predict, _add_demo, _add_reproduce,
-           _add_convert, _add_bench, _add_export, _add_serve, _add_presets]
+PARSERS = [_add_synth, _add_train, _add_eval, _add_proposals, _add_predict, _add_browse, _add_demo,
+           _add_reproduce, _add_convert, _add_bench, _add_export, _add_serve, _add_presets]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,9 +334,21 @@ def _run_proposals(args: argparse.Namespace, progress: bool) -> None:
 def _run_predict(args: argparse.Namespace, progress: bool) -> None:
     from fpn.jobs.prediction import run_predict
 
-    out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
-                      device=args.device, progress=progress, overrides=args.overrides)
-    print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
+    summary = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
+                          device=args.device, progress=progress, overrides=args.overrides,
+                          colour_by=args.colour_by)
+    print(f"wrote {summary.describe()}")
+
+
+def _run_browse(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.browse import run_browse
+
+    summary = run_browse(args.data, args.output, images=args.images, split=args.split, config=args.config,
+                         num_images=args.num_images, colour_by=args.colour_by)
+    print(summary.text())
+    charts = ", ".join(summary.charts) or "no charts (pip install matplotlib)"
+    print(f"wrote {len(summary.drawn)} drawn images in {args.output / 'gt'}, {charts} and summary.json "
+          f"in {args.output}")
 
 
 def _run_demo(args: argparse.Namespace, progress: bool) -> None:
@@ -370,8 +414,9 @@ def _run_presets(args: argparse.Namespace, progress: bool) -> None:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
     "synth": _run_synth, "train": _run_train, "eval": _run_eval, "proposals": _run_proposals,
-    "predict": _run_predict, "demo": _run_demo, "reproduce": _run_reproduce, "convert": _run_convert,
-    "bench": _run_bench, "export": _run_export, "serve": _run_serve, "presets": _run_presets,
+    "predict": _run_predict, "browse": _run_browse, "demo": _run_demo, "reproduce": _run_reproduce,
+    "convert": _run_convert, "bench": _run_bench, "export": _run_export, "serve": _run_serve,
+    "presets": _run_presets,
 }
 
 

@@ -57,11 +57,13 @@ class MetricsWriter(HookBase):
 class PeriodicCheckpointer(HookBase):
     """A checkpoint every ``period`` steps, at the end, and when a stop was requested (rank 0 only).
 
-    A run of ``max_iter: 0`` saves its initialised model as step 0.
+    A run of ``max_iter: 0`` saves its initialised model as step 0. The newest ``keep`` checkpoints
+    are kept (``train.keep_checkpoints``; 0: all).
     """
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], *, period: int, enabled: bool):
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, period: int, enabled: bool, keep: int = 3):
         self.run_dir, self.config, self.period, self.enabled = Path(run_dir), config, period, enabled
+        self.keep = keep
 
     def before_train(self) -> None:
         if self.enabled and self.trainer.max_iter == 0:  # no step: the initialised model is the run
@@ -75,7 +77,7 @@ class PeriodicCheckpointer(HookBase):
     def save(self) -> Path:
         loop = self.trainer
         return save_training_checkpoint(self.run_dir, loop.model, loop.optimizer, loop.scheduler, loop.state,
-                                        self.config)
+                                        self.config, keep=self.keep)
 
 
 class PeriodicEvaluator(HookBase):

@@ -86,7 +86,7 @@ class Trainer:
             hooks.append(self.heads_only)
         hooks += [MetricsWriter(metrics, period=tcfg.log_period),
                   PeriodicCheckpointer(self.run_dir, to_dict(self.cfg), period=tcfg.checkpoint_period,
-                                       enabled=main)]
+                                       enabled=main, keep=tcfg.keep_checkpoints)]
         if self.evaluate_fn is not None:
             hooks.append(PeriodicEvaluator(self.evaluate_fn, metrics, period=tcfg.eval_period))
         return hooks

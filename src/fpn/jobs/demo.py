@@ -33,7 +33,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, overrides: list[str] | None =
     result = run_train(cfg, out_dir, resume=(out_dir / "checkpoints").is_dir(), progress=progress)
     print(result["evaluation"].summary())
     drawn = run_predict(out_dir, sorted(Path(cfg.data.val_images).glob("*.png"))[:DRAWN_IMAGES],
-                        out_dir / "predictions", progress=False)
+                        out_dir / "predictions", progress=False).out_dir
     seconds = time.perf_counter() - start
     summary = {"seconds": seconds, "metrics": result["evaluation"].metrics}
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
