@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import COCO_REAL
 from fpn.data import CocoDetection, DatasetError
 
-REAL = Path(os.environ.get("FPN_COCO_REAL",
-                           Path(__file__).resolve().parents[2] / "shared/data/coco-real-160"))
+REAL = COCO_REAL
 
 
 def _write(tmp_path: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:

@@ -19,6 +19,7 @@ from fpn.config import ModelConfig
 from fpn.model.backbone import FoldsFrozenNorm, ResNet
 from fpn.model.fuse import inference_copy, parameters_version
 from fpn.model.image_pyramid import check_test_scales, detect_on_image_pyramid
+from fpn.model.layout import speed_path_memory_format
 from fpn.model.neck import build_neck
 from fpn.model.preprocess import ImageBatch, Preprocessor, padded_size, rescale_boxes, resize_scale
 from fpn.model.roi_heads import MultiLevelRoIPooler, RoIHeads
@@ -42,6 +43,14 @@ class FasterRCNN(nn.Module):
     on, and RoIAlign runs as a sparse matrix product whose backward pass is multithreaded
     (``fpn.model.roi_align``; ``fpn bench --train`` measures all three). The same function to
     float rounding; ``fast_training = False`` runs the plain modules.
+
+    Channels-last memory is used by both speed paths only when every convolution of the
+    bottom-up pathway and the pyramid has a multiple of 16 channels (``model.backbone.width``,
+    ``model.neck.channels``; ``fpn.model.layout.channels_last_is_safe``): at width 8, oneDNN's
+    AVX-512 channels-last kernels crashed the training process (issue 25). Other configs keep
+    the plain layout in training and in the inference copy, decided from the config alone, so a
+    config computes the same numbers on every host whatever its instruction set.
+    ``memory_format`` holds the choice.
     """
 
     def __init__(self, cfg: ModelConfig, fast_inference: bool = True, compile_inference: bool = False,
@@ -60,6 +69,7 @@ class FasterRCNN(nn.Module):
         self.cfg = cfg
         self.fast_inference = fast_inference
         self.compile_inference = compile_inference
+        self.memory_format = speed_path_memory_format(cfg)  # of the speed paths' images and copy
         # On C4 the bottom-up pathway stops at res4 (the C4 baseline's res5 lives in its RoI head).
         on_c4 = cfg.neck.kind == "single_scale" and cfg.neck.single_level == "c4"
         self.preprocess = Preprocessor(cfg.input)
@@ -138,19 +148,20 @@ class FasterRCNN(nn.Module):
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
         if self.training and self.fast_training:
-            return self.neck(self.backbone(images.contiguous(memory_format=torch.channels_last)))
+            return self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))
         if self.training or not self.fast_inference:
             return self.neck(self.backbone(images))
         backbone = self._inference_backbone()
-        return self.neck(backbone(images.contiguous(memory_format=torch.channels_last)))
+        return self.neck(backbone(images.contiguous(memory_format=self.memory_format)))
 
     def _inference_backbone(self) -> nn.Module:
-        """The folded, channels-last copy of the backbone, rebuilt when the weights change."""
+        """The folded copy of the backbone (channels-last where safe), rebuilt when the weights change."""
         version = (parameters_version(self.backbone), self.compile_inference)
         cached = self.__dict__.get("_inference_backbone_cache")  # not a submodule: no state_dict entry
         if cached is None or cached[0] != version:
             with torch.inference_mode(False):  # ordinary tensors, usable outside inference mode too
-                backbone = inference_copy(self.backbone)
+                backbone = inference_copy(self.backbone,
+                                          channels_last=self.memory_format == torch.channels_last)
             if self.compile_inference:
                 backbone = torch.compile(backbone, dynamic=True)
             cached = (version, backbone)
