@@ -38,8 +38,7 @@ def _conv_input_formats(model: FasterRCNN, training: bool) -> list[torch.memory_
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
         model.train(training)
-        batch, _ = model.preprocess([torch.rand(3, 64, 48)], None if not training else
-                                    [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0]]), "labels": torch.tensor([1])}])
+        batch, _ = model.preprocess([torch.rand(3, 64, 48)])
         with torch.no_grad():
             model.features(batch.tensor)
     finally:
@@ -53,7 +52,8 @@ def _conv_input_formats(model: FasterRCNN, training: bool) -> list[torch.memory_
     (16, 24, torch.contiguous_format),    # the pyramid's d = 24 is not
 ])
 def test_the_first_convolution_receives_the_layout_the_config_allows(width, channels, expected):
-    cfg = load_config(None, [*SMALL, f"model.backbone.width={width}", f"model.neck.channels={channels}"]).model
+    overrides = [*SMALL, f"model.backbone.width={width}", f"model.neck.channels={channels}"]
+    cfg = load_config(None, overrides).model
     assert channels_last_is_safe(cfg) == (expected == torch.channels_last)
     model = FasterRCNN(cfg)
     for training in (True, False):  # the training fast path and the folded inference copy
@@ -95,25 +95,42 @@ def _photos(tmp_path: Path, count: int) -> tuple[Path, Path]:
         Image.fromarray(pixels).save(folder / f"{i}.jpg")
         images.append({"id": i + 1, "file_name": f"{i}.jpg", "width": width, "height": height})
         annotations += [{"id": 10 * i + k, "image_id": i + 1, "category_id": 1 + k % 2, "iscrowd": 0,
-                         "bbox": [40.0 * k + 10, 30.0 * k + 20, 120.0, 90.0], "area": 10800.0} for k in range(3)]
+                         "bbox": [40.0 * k + 10, 30.0 * k + 20, 120.0, 90.0], "area": 10800.0}
+                        for k in range(3)]
     ann_file = tmp_path / "annotations.json"
     ann_file.write_text(json.dumps({"images": images, "annotations": annotations,
                                     "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
     return folder, ann_file
 
 
-@pytest.mark.skipif(not _has_avx512f(), reason="the CPU has no AVX-512 (no avx512f in /proc/cpuinfo)")
-def test_the_width_8_training_step_that_crashed_oneDNN_on_avx512_exits_0(tmp_path):
-    """Issue 25, point 1: this command exited 139 in the first backward pass with oneDNN's AVX-512
-    kernels (it passed with ONEDNN_MAX_CPU_ISA=AVX2); with the layout guard it trains to the end."""
+def _train_in_a_subprocess(tmp_path: Path, width: int, isa: str) -> subprocess.CompletedProcess:
+    """The command of issue 25 at backbone ``width``, 2 steps on 8 photos, oneDNN capped at ``isa``,
+    on one thread (with two, the corrupted kernel may spin instead of crashing)."""
     images, annotations = _photos(tmp_path, 8)
     command = [sys.executable, "-m", "fpn", "--quiet", "train", "--config", "demo", "--no-eval",
-               "model.backbone.width=8", "model.neck.channels=32", "model.roi_heads.fc_dim=64",
+               f"model.backbone.width={width}", "model.neck.channels=32", "model.roi_heads.fc_dim=64",
                "train.max_iter=2", "train.device=cpu", "data.num_workers=0",
                f"data.train_images={images}", f"data.train_annotations={annotations}",
                f"data.val_images={images}", f"data.val_annotations={annotations}",
                "--output", str(tmp_path / "run")]
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(not _has_avx512f(), reason="the CPU has no AVX-512 (no avx512f in /proc/cpuinfo)")
+def test_the_width_8_training_step_that_crashed_oneDNN_on_avx512_exits_0(tmp_path):
+    """Issue 25, point 1: this command exited 139 in the first backward pass with oneDNN's AVX-512
+    kernels (it passed with ONEDNN_MAX_CPU_ISA=AVX2); with the layout guard it trains to the end."""
+    result = _train_in_a_subprocess(tmp_path, 8, "AVX512_CORE")
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert (tmp_path / "run" / "checkpoints" / "step_0000002").is_dir()
+
+
+def test_the_width_4_training_step_that_crashes_oneDNN_on_avx2_exits_0(tmp_path):
+    """The same fault one vector width down, reproduced on an AVX2 host: at width 4 the 1x1 stride-2
+    shortcut of res3 has 4 input channels, fewer than AVX2's 8 floats, and its channels-last
+    weight gradient (jit_1x1:avx2) wrote out of bounds (exit 139 or a hang before the guard;
+    docs/upstream/onednn_avx512_channels_last.md). With the guard it runs in the plain layout."""
+    result = _train_in_a_subprocess(tmp_path, 4, "AVX2")
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     assert (tmp_path / "run" / "checkpoints" / "step_0000002").is_dir()
