@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from fpn import __version__
+from fpn.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("train", help="train a detector")
-    _add_config_args(p)
+    p.add_argument("--config", default=None,
+                   help="a preset name or a YAML file (default: demo; with --resume, the run's own config)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.base_lr=0.01")
     p.add_argument("--output", type=Path, default=Path("runs/train"), help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint, with its own config; "
+                        "only the schedule's length (train.max_iter, train.lr_steps), periods, device and "
+                        "evaluation settings may be changed")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a run: delete its checkpoints, metrics and "
+                        "evaluations first")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
     p.add_argument("--init", action="append", default=[], type=Path, metavar="WEIGHTS",
                    help="start from these weights (repeatable; appended to train.init): an fpn run, a "
@@ -63,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthesise data, train a CPU-sized FPN, evaluate, draw")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over instead of resuming the run in --output (deletes its checkpoints)")
 
     p = sub.add_parser("reproduce",
                        help="the paper's Tables 1, 2, 3 and 6 in miniature: train, evaluate, report")
@@ -133,11 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="demo", help="a preset name or a YAML file (default: demo)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.base_lr=0.01")
-
-
 def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     match args.command:
@@ -148,15 +154,14 @@ def run(args: argparse.Namespace) -> int:
                                        image_size=args.image_size, seed=args.seed, progress=progress)
             print(f"wrote {args.out_dir}: {stats}")
         case "train":
-            from fpn.config import load_config
             from fpn.engine import evaluate as ev
             from fpn.jobs.evaluation import skipped_note
-            from fpn.jobs.training import run_train
+            from fpn.jobs.training import requested_config, run_train
 
-            cfg = load_config(args.config, args.overrides)
+            cfg = requested_config(args.config, args.overrides, args.output, resume=args.resume)
             cfg.train.init = [*cfg.train.init, *map(str, args.init)]
-            result = run_train(cfg, args.output, resume=args.resume, progress=progress,
-                               evaluate=not args.no_eval)
+            result = run_train(cfg, args.output, resume=args.resume, overwrite=args.overwrite,
+                               progress=progress, evaluate=not args.no_eval)
             if result["metrics"]:
                 print(ev.format_table(result["metrics"]))
                 if "voc_table" in result["metrics"]:
@@ -183,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         case "demo":
             from fpn.jobs.demo import run_demo
 
-            run_demo(args.output, overrides=args.overrides, progress=progress)
+            run_demo(args.output, overrides=args.overrides, progress=progress, overwrite=args.overwrite)
         case "reproduce":
             from fpn.jobs.reproduce import run_reproduction
 
@@ -279,7 +284,7 @@ def _eval(args: argparse.Namespace, progress: bool) -> None:
 
 # ConfigError, DatasetError, CheckpointError, ConversionError are ValueErrors; a non-finite loss
 # is a FloatingPointError: all are reported in one line.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, PermissionError,
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, ValueError, PermissionError,
                                                 FloatingPointError)
 
 

@@ -51,6 +51,13 @@ def info() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or not distributed), also before the process group is joined (torchrun's RANK)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (just ``[obj]`` when not distributed)."""
     current = info()

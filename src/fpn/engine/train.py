@@ -447,8 +447,11 @@ def _resume(run_dir: Path, model, optimizer, scheduler) -> TrainState | None:
         log.warning("%s: no checkpoint to resume from; starting from step 0", run_dir)
         return None
     weights, train_state, _ = ckpt.load_checkpoint(latest)
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(train_state["optimizer"])
+    ckpt.load_model_weights(model, weights, latest)
+    try:
+        optimizer.load_state_dict(train_state["optimizer"])
+    except ValueError as err:  # another set of trained parameters (freeze_at, frozen neck, ...)
+        raise ckpt.CheckpointError(f"{latest}: its optimiser state does not fit this model ({err})") from None
     scheduler.load_state_dict(train_state["scheduler"])
     ckpt.restore_rng_state(train_state["rng"])
     log.info("resumed from %s (step %d)", latest, train_state["step"])
