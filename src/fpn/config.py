@@ -222,6 +222,9 @@ class DataConfig:
     # COCO annotations naming unknown image or category ids, and repeated image ids: "error"
     # refuses the file; "warn" drops them (keeping the first of repeated images) with a warning.
     on_bad_annotations: Literal["error", "warn"] = "error"
+    # A COCO file_name that is absolute or leaves the image folder ("../../x.jpg") is refused naming
+    # the image; true reads it anyway (an annotation file from elsewhere could name any file).
+    allow_outside_image_paths: bool = False
 
 
 @dataclass

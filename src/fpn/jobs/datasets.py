@@ -25,7 +25,8 @@ def build_dataset(data: DataConfig, split: str, *, load_masks: bool = False) -> 
                     raise FileNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
                                             "`fpn synth DIR` makes the built-in benchmark)")
             return CocoDetection(images, annotations, load_masks=load_masks,
-                                 on_bad_annotations=data.on_bad_annotations)
+                                 on_bad_annotations=data.on_bad_annotations,
+                                 allow_outside_image_paths=data.allow_outside_image_paths)
         case "voc":
             return VOCDetection(data.voc_root, split=split)
     raise ValueError(f"unknown data format {data.format!r}")
