@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change the model's config, repeatable, e.g. --set model.roi_heads.score_thresh=0.3")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds a request may wait and run before a 503 (default 30)")
+    p.add_argument("--hang-timeout", type=float, default=None,
+                   help="seconds a forward pass may run before it is abandoned and a new worker thread "
+                   "serves the queue (default: half of --timeout)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MiB)")
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest image, checked from its header before decoding (default 40)")
@@ -264,7 +267,8 @@ def _serve(args: argparse.Namespace) -> None:
     from fpn.serve.server import ServeOptions, serve
 
     limits = ServeSettings(max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-                           timeout=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue)
+                           timeout=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
+                           hang_timeout=args.hang_timeout)
     serve(ServeOptions(str(args.checkpoint), host=args.host, port=args.port, workers=args.workers,
                        device=args.device, threads=args.threads, overrides=args.overrides, limits=limits))
 
