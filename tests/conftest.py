@@ -108,17 +108,18 @@ def _coco_real() -> Path:
 COCO_REAL = _coco_real()
 
 
-def coco_real_subset(out_dir, count: int, *, first: int = 0):
-    """An annotation file in ``out_dir`` for ``count`` photos of coco-real-160 (from the ``first``
-    in file order), with its annotations and every category; the images stay where they are.
-    Returns (images folder, annotation file)."""
+def coco_real_subset(out_dir, count: int = 0, *, first: int = 0, indices: list[int] | None = None):
+    """An annotation file in ``out_dir`` for some photos of coco-real-160 (``count`` from the
+    ``first`` in file order, or those at ``indices``), with their annotations and every category;
+    the images stay where they are. Returns (images folder, annotation file)."""
     import json
 
     data = json.loads((COCO_REAL / "annotations.json").read_text())
-    images = data["images"][first:first + count]
+    chosen = range(first, first + count) if indices is None else indices
+    images = [data["images"][i] for i in chosen]
     ids = {img["id"] for img in images}
     subset = {"images": images, "categories": data["categories"],
               "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
-    ann_file = Path(out_dir) / f"coco_real_{first}_{count}.json"
+    ann_file = Path(out_dir) / f"coco_real_{len(images)}_{'_'.join(map(str, chosen))[:40]}.json"
     ann_file.write_text(json.dumps(subset))
     return COCO_REAL / "images", ann_file

@@ -360,7 +360,8 @@ class Trainer:
 
     def step(self, images: list[Tensor], targets: list[dict]) -> dict[str, float]:
         """One SGD step on a batch (the model in training mode); the loss terms, their total and the
-        learning rate used."""
+        learning rate used. Under torchrun the losses are those of the global batch (the mean over
+        the ranks) and ``local_loss`` is this rank's."""
         images, targets = _to_device(images, targets, self.device)
         if self.heads_only is not None:
             self.heads_only.apply(self.state.step)
@@ -379,7 +380,11 @@ class Trainer:
         self.scheduler.step()
         self.state.step += 1
         self.state.index_in_epoch += 1
-        return {"loss": total.item(), "lr": lr, **{k: v.item() for k, v in losses.items()}}
+        local = {"loss": total.item(), **{k: v.item() for k, v in losses.items()}}
+        logged = distributed.mean_over_ranks(local)  # the global batch's losses, as one process logs them
+        if self.dist.enabled:
+            logged["local_loss"] = local["loss"]  # this rank's share (rank 0's in the log)
+        return {**logged, "lr": lr}
 
     def after_step(self, losses: dict[str, float], metrics: MetricsLog, stop_requested: bool) -> None:
         """The hooks between steps: log, checkpoint, evaluate."""
