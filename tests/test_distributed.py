@@ -100,3 +100,30 @@ def test_mixed_precision_is_off_on_the_cpu():
     assert not scaler.is_enabled()
     loss = torch.tensor(2.0, requires_grad=True)
     assert scaler.scale(loss) is loss
+
+
+def test_evaluation_shards_are_whole_batches_of_one_process(monkeypatch):
+    """Rank r evaluates batches r, r + N, ... of the batches one process makes, so every image is
+    padded with the same neighbours (its detections do not depend on the process count)."""
+    from fpn.engine import distributed
+    from fpn.jobs.datasets import val_loader
+
+    def batches(world_size: int, rank: int) -> list[list[int]]:
+        monkeypatch.setattr(distributed, "info", lambda: distributed.DistInfo(rank, world_size))
+        return [[t["index"] for t in targets] for _, targets, _ in val_loader(Indices(11), batch_size=2)]
+
+    one = batches(1, 0)
+    assert one == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10]]
+    shards = [batches(3, rank) for rank in range(3)]
+    assert shards == [one[0::3], one[1::3], one[2::3]]
+
+
+class Indices(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.zeros(3, 4, 4), {"index": i}

@@ -68,11 +68,14 @@ def label_to_category_id(cfg: Config) -> dict[int, int]:
 def val_loader(dataset: Dataset, batch_size: int = 2, workers: int = 0) -> DataLoader:
     """In order, unreadable images skipped (batches of ``(images, targets, skipped messages)``).
 
-    Under torchrun, rank r takes images r, r + world_size, ...
+    Under torchrun, rank r takes the batches r, r + world_size, ... of the batches one process
+    would make: each image is padded with the same neighbours, so its detections are the same.
     """
     dist = distributed.info()
     if dist.enabled:
-        dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+        starts = range(dist.rank * batch_size, len(dataset), dist.world_size * batch_size)
+        dataset = Subset(dataset, [i for start in starts for i in range(start, min(start + batch_size,
+                                                                                     len(dataset)))])
     return DataLoader(SkippingUnreadable(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_readable)
 
