@@ -91,6 +91,26 @@ def frozen_norm(*, weight: float, bias: float, mean: float, var: float):
     return norm
 
 
+# The tiny detector with three named classes and a level mapper scaled down (canonical 32 px instead
+# of 224) so that the RoIs of small test images land on several pyramid levels.
+TINY_RUN = [*TINY_MODEL, "model.roi_heads.num_classes=3", "model.class_names=[circle, square, triangle]",
+            "model.category_ids=[11, 12, 13]", "model.roi_heads.canonical_scale=32"]
+
+
+def make_untrained_run(root, extra=()):
+    """A run of the tiny detector with seeded random weights, laid out as ``fpn train`` writes one."""
+    import torch
+
+    from fpn.config import Config, load_config, to_dict
+    from fpn.engine.checkpoint import save_checkpoint
+    from fpn.model.detector import FasterRCNN
+
+    torch.manual_seed(0)
+    model = FasterRCNN(load_config("demo", [*TINY_RUN, *extra]).model)
+    save_checkpoint(root / "checkpoints", 0, model.state_dict(), None, to_dict(Config(model=model.cfg)))
+    return root
+
+
 def _coco_real() -> Path:
     """$FPN_COCO_REAL, else the first ``shared/data/coco-real-160`` beside the repository or one of
     the folders above it (a git worktree sits deeper than the checkout)."""

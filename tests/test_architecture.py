@@ -14,7 +14,8 @@ import fpn
 PACKAGE_ROOT = Path(fpn.__file__).parent
 
 # Which top-level parts of fpn each part may import (besides itself). Neutral helpers at the bottom.
-NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize"}
+NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize",
+           "fpn.results"}
 ALLOWED = {
     "fpn.errors": set(),
     "fpn.config": {"fpn.errors"},
@@ -22,6 +23,7 @@ ALLOWED = {
     "fpn.box_format": set(),
     "fpn.detections": set(),
     "fpn.visualize": set(),
+    "fpn.results": {"fpn.box_format", "fpn.visualize"},  # Detections: drawn and written
     "fpn.data": NEUTRAL,
     "fpn.model": NEUTRAL,
     "fpn.interop": NEUTRAL | {"fpn.model"},

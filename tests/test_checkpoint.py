@@ -84,3 +84,35 @@ def test_wrappers_truncation_and_missing_files(tmp_path):
         load_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match="no such file"):
         load_foreign_weights(tmp_path / "none.pth")
+
+
+@pytest.mark.parametrize(("umask", "folder_mode", "file_mode"),
+                         [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640), (0o077, 0o700, 0o600)])
+def test_checkpoints_follow_the_umask(tmp_path, umask, folder_mode, file_mode):
+    """What any new file gets under the umask, not the 0700 / 0600 of Python's temporary files."""
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "checkpoints", 1, {"w": torch.zeros(2)}, {"step": 1}, {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == folder_mode
+    for name in ("model.safetensors", "train_state.pt", "config.yaml"):
+        assert stat.S_IMODE((path / name).stat().st_mode) == file_mode, name
+    assert stat.S_IMODE((tmp_path / "checkpoints" / "last_checkpoint").stat().st_mode) == file_mode
+
+
+def test_keep_checkpoints_is_the_training_config_s(tiny_synth, tmp_path):
+    from conftest import TINY_MODEL, data_overrides
+    from fpn.cli import main
+
+    def steps_kept(run, keep):
+        args = [*TINY_MODEL, *data_overrides(tiny_synth), "train.batch_size=2", "train.max_iter=4",
+                "train.warmup_iters=1", "train.device=cpu", "train.checkpoint_period=1",
+                f"train.keep_checkpoints={keep}"]
+        assert main(["--quiet", "train", "--config", "demo", "--output", str(run), "--no-eval", *args]) == 0
+        return sorted(int(p.name[5:]) for p in (run / "checkpoints").glob("step_*"))
+
+    assert steps_kept(tmp_path / "two", 2) == [3, 4]
+    assert steps_kept(tmp_path / "all", 0) == [1, 2, 3, 4]

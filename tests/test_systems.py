@@ -153,7 +153,7 @@ def test_rpn_alone_then_fast_rcnn_on_its_proposals(tiny_synth, tmp_path, capsys)
     # 96-px images pad to 96x96: 769 cells on P2..P6 (see above), 3 anchors each
     assert rpn_metrics["anchors_per_image"] == 769 * 3 and "AP" not in rpn_metrics
     assert main(["--quiet", "predict", str(rpn), str(tiny_synth / "val" / "images"),
-                 "--output", str(tmp_path / "drawn")]) == 0
+                 "--output", str(tmp_path / "drawn"), "--score-thresh", "0"]) == 0
     assert len(list((tmp_path / "drawn" / "drawn").glob("*.png"))) == 3
     records = json.loads((tmp_path / "drawn" / "predictions.json").read_text())
     assert records and all(set(r) == {"file_name", "bbox", "score"} for r in records)

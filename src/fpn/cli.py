@@ -1,5 +1,5 @@
-"""The ``fpn`` command line: synth | train | eval | proposals | predict | demo | reproduce | convert | bench |
-export | serve | presets.
+"""The ``fpn`` command line: synth | train | eval | proposals | predict | browse | demo | reproduce |
+convert | bench | export | serve | presets.
 
 Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
 corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
@@ -60,14 +60,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val"], required=True)
     p.add_argument("--output", type=Path, required=True, help="the proposal file to write")
 
-    p = sub.add_parser("predict", help="detect objects in images or folders")
+    p = sub.add_parser(
+        "predict", help="detect objects in images, folders or videos",
+        description="Write predictions.json (COCO-style: bbox x, y, width, height), predictions.csv "
+        "(x1, y1, x2, y2) and drawn copies under DIR/drawn/, named after the inputs' paths relative to "
+        "the folder they share; a video gives an annotated DIR/drawn/<path>.mp4 (needs the video extra).")
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("inputs", nargs="+", type=Path, help="images or folders")
+    p.add_argument("inputs", nargs="+", type=Path, help="images, videos or folders of them")
     p.add_argument("--output", type=Path, default=Path("predictions"))
-    p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="keep detections scored at least this, in predictions.json, predictions.csv and the "
+                        "drawings alike (default 0.5; 0.05: all the detections the evaluation scores)")
+    p.add_argument("--colour-by", choices=["class", "level"], default="class",
+                   help="box colours: one per class (default), or per pyramid level P2..P5 (Eq. 1)")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change the model's config, repeatable, e.g. --set model.input.test_scales=[600,800]")
+
+    p = sub.add_parser(
+        "browse", help="look at a dataset before training: ground truth drawn, class counts, object sizes, "
+                       "the share of objects per pyramid level",
+        description="Draws the ground truth of a few images into DIR/gt/ and writes class_counts.png, "
+        "object_sizes.png (COCO's small/medium/large buckets), levels.png (the pyramid level Eq. 1 gives "
+        "each object under --config) and summary.json. DATA: a COCO annotation file, a folder with "
+        "annotations.json (and images/), an `fpn synth` folder, or a Pascal VOC root; none: the config's "
+        "data.")
+    p.add_argument("data", type=Path, nargs="?", default=None, metavar="DATA")
+    p.add_argument("--output", type=Path, required=True, help="where the pictures and charts go")
+    p.add_argument("--images", type=Path, default=None,
+                   help="the image folder of a COCO annotation file (default: images/ beside it, or its "
+                        "folder)")
+    p.add_argument("--split", default="train", help="VOC's ImageSets/Main list, or the split of an "
+                   "`fpn synth` folder or of the config's data (default train)")
+    p.add_argument("--config", default="demo",
+                   help="preset or YAML whose model the levels are for (default demo)")
+    p.add_argument("--num-images", type=int, default=16, help="images drawn (default 16)")
+    p.add_argument("--colour-by", choices=["class", "level"], default="class",
+                   help="box colours in the drawings: per class (default) or per pyramid level")
 
     p = sub.add_parser("demo", help="synthesise data, train a CPU-sized FPN, evaluate, draw")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -178,9 +207,10 @@ def run(args: argparse.Namespace) -> int:
         case "predict":
             from fpn.jobs.prediction import run_predict
 
-            out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
-                              device=args.device, progress=progress, overrides=args.overrides)
-            print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
+            summary = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
+                                  device=args.device, progress=progress, overrides=args.overrides,
+                                  colour_by=args.colour_by)
+            print(f"wrote {summary.describe()}")
         case "proposals":
             from fpn.jobs.proposals import run_proposals
 
@@ -188,6 +218,15 @@ def run(args: argparse.Namespace) -> int:
                                    progress=progress)
             print(f"wrote {result['path']}: proposals for {result['images']} {args.split} images"
                   + (f" ({len(result['skipped'])} unreadable skipped)" if result["skipped"] else ""))
+        case "browse":
+            from fpn.jobs.browse import run_browse
+
+            summary = run_browse(args.data, args.output, images=args.images, split=args.split,
+                                 config=args.config, num_images=args.num_images, colour_by=args.colour_by)
+            print(summary.text())
+            print(f"wrote {len(summary.drawn)} drawn images in {args.output / 'gt'}, "
+                  f"{', '.join(summary.charts) or 'no charts (pip install matplotlib)'} and summary.json "
+                  f"in {args.output}")
         case "demo":
             from fpn.jobs.demo import run_demo
 

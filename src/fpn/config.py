@@ -213,6 +213,8 @@ class DataConfig:
     val_images: str = "data/synth/val/images"
     val_annotations: str = "data/synth/val/annotations.json"
     voc_root: str = ""
+    # The class names of a VOC-format set, in label order; empty: Pascal VOC's 20 classes.
+    voc_classes: list[str] = field(default_factory=list)
     # Fixed proposals for Fast R-CNN (model.proposals=given), written by `fpn proposals`; at most
     # model.rpn.post_nms_top_n_train (training) / post_nms_top_n_test (evaluation) are used per image.
     train_proposals: str = ""
@@ -243,6 +245,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     grad_clip_norm: float | None = None
     checkpoint_period: int = 5000
+    keep_checkpoints: int = 3  # the newest checkpoints kept in RUN/checkpoints; 0 keeps every one
     eval_period: int = 0  # 0: only at the end
     log_period: int = 20
     seed: int = 0

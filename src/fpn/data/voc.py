@@ -32,7 +32,7 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int], keep_difficult: bo
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in class_to_label:
-            raise DatasetError(f"{path}: unknown class {name!r}")
+            raise DatasetError(f"{path}: unknown class {name!r} (name a set's classes in data.voc_classes)")
         is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
         if is_difficult and not keep_difficult:
             continue

@@ -9,7 +9,9 @@ Layout of a run's ``checkpoints/`` folder::
 
 A checkpoint folder is written under a temporary name, flushed to disk, then renamed into place;
 the pointer file is replaced atomically after it. A process killed at any moment leaves either
-the previous checkpoint or the new one, never a torn one.
+the previous checkpoint or the new one, never a torn one. Folders and files get the modes the
+user's umask gives any new file (0755 / 0644 under the usual 022), not the private 0700 / 0600 of
+Python's temporary files, so a team sharing a machine can read each other's runs.
 """
 
 from __future__ import annotations
@@ -53,10 +55,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (``os.umask`` sets it
+    for every thread for an instant)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename (mode from the umask)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -76,7 +93,8 @@ def _fsync_file(path: Path) -> None:
 def save_checkpoint(directory: str | Path, step: int, model_state: Mapping[str, torch.Tensor],
                     train_state: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
                     keep: int = 3) -> Path:
-    """Write ``directory/step_{step:07d}`` atomically, point ``last_checkpoint`` at it, prune.
+    """Write ``directory/step_{step:07d}`` atomically, point ``last_checkpoint`` at it, and keep only
+    the newest ``keep`` checkpoints (``train.keep_checkpoints``; 0 or less keeps all).
 
     Returns the checkpoint folder.
     """
@@ -85,6 +103,7 @@ def save_checkpoint(directory: str | Path, step: int, model_state: Mapping[str, 
     final = directory / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}.", suffix=".tmp"))
     try:
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700
         # clone: safetensors refuses tensors that share storage, and needs contiguous ones
         weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
         save_file(weights, str(tmp / "model.safetensors"))
@@ -95,6 +114,8 @@ def save_checkpoint(directory: str | Path, step: int, model_state: Mapping[str, 
         if config is not None:
             (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             _fsync_file(tmp / "config.yaml")
+        for file in tmp.iterdir():  # safetensors writes its file 0600
+            file.chmod(0o666 & ~current_umask())
         if final.exists():  # the same step written again (e.g. a stop right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -40,7 +40,7 @@ RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "eval", "tensorboard")
 # decays; a decay already passed changes the rate from the resumed step on).
 SAFE_ON_RESUME = (
     "train.max_iter", "train.lr_steps", "train.checkpoint_period", "train.eval_period",
-    "train.log_period", "train.device", "train.amp", "train.max_bad_samples",
+    "train.log_period", "train.keep_checkpoints", "train.device", "train.amp", "train.max_bad_samples",
     "data.num_workers", "data.on_bad_annotations",
     "data.val_images", "data.val_annotations", "data.val_proposals",
     "model.input.min_size_test", "model.input.test_scales",

@@ -443,7 +443,7 @@ def _save(run_dir: Path, model, optimizer, scheduler, state: TrainState, cfg: Co
         "rng": ckpt.capture_rng_state(),
     }
     return ckpt.save_checkpoint(run_dir / "checkpoints", state.step, model.state_dict(), train_state,
-                                to_dict(cfg))
+                                to_dict(cfg), keep=cfg.train.keep_checkpoints)
 
 
 def _resume(run_dir: Path, model, optimizer, scheduler) -> TrainState | None:

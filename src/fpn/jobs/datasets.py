@@ -28,7 +28,7 @@ def build_dataset(data: DataConfig, split: str, *, load_masks: bool = False) -> 
                                  on_bad_annotations=data.on_bad_annotations,
                                  allow_outside_image_paths=data.allow_outside_image_paths)
         case "voc":
-            return VOCDetection(data.voc_root, split=split)
+            return VOCDetection(data.voc_root, split=split, class_names=data.voc_classes or None)
     raise ValueError(f"unknown data format {data.format!r}")
 
 

@@ -38,7 +38,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, overrides: list[str] | None =
     metrics = result["metrics"]
     print(ev.format_table(metrics))
     drawn = run_predict(out_dir, sorted(Path(cfg.data.val_images).glob("*.png"))[:DRAWN_IMAGES],
-                        out_dir / "predictions", progress=False)
+                        out_dir / "predictions", progress=False).out_dir
     seconds = time.perf_counter() - start
     summary = {"seconds": seconds, "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
