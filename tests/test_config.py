@@ -29,6 +29,10 @@ def test_every_preset_loads_and_round_trips(preset, tmp_path):
     cfg = load_config(preset)
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+    # and to the byte: a resumed run rewrites its config.yaml unchanged (a default of 32 for a
+    # float field came back as 32.0 once)
+    save_config(load_config(tmp_path / "c.yaml"), tmp_path / "again.yaml")
+    assert (tmp_path / "again.yaml").read_text() == (tmp_path / "c.yaml").read_text()
 
 
 def test_preset_inherits_and_replaces_anchor_sizes():

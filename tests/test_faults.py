@@ -15,12 +15,14 @@ import torch
 
 from conftest import TINY_MODEL, data_overrides
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
+from fpn.engine.metrics_file import read_metrics
 
 
 def _command(root, run_dir, *extra):
     return [sys.executable, "-m", "fpn.cli", "--quiet", "train", "--config", "demo", "--output", str(run_dir),
             "--no-eval", *TINY_MODEL, *data_overrides(root), "train.batch_size=2", "train.max_iter=8",
-            "train.checkpoint_period=2", "train.warmup_iters=2", "train.device=cpu", *extra]
+            "train.checkpoint_period=2", "train.warmup_iters=2", "train.log_period=1", "train.device=cpu",
+            *extra]
 
 
 @pytest.mark.slow
@@ -48,6 +50,8 @@ def test_sigkill_then_resume_loses_nothing(tiny_synth, tmp_path):
     assert latest_checkpoint(killed / "checkpoints").name == "step_0000008"
     different = [k for k in expected if not torch.equal(expected[k], got[k])]
     assert not different, f"killed after step {kill_after} (survivor {survivor.name}): {different[:3]} differ"
+    # the log holds each step once: records after the survivor were trained (and logged) again
+    assert [r["step"] for r in read_metrics(killed / "metrics.jsonl")] == list(range(1, 9))
 
 
 @pytest.mark.slow

@@ -483,3 +483,93 @@ def test_the_batcher_micro_batches_refuses_when_full_and_recovers_from_timeouts(
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+class SleepingDetector:
+    """A stand-in model whose forward pass sleeps until released (a hung forward), and returns at once
+    otherwise; it records how many forward passes have returned."""
+
+    def __init__(self, sleeps_while: callable):
+        self.sleeps_while, self.release, self.returned = sleeps_while, threading.Event(), 0
+
+    def __call__(self, images):
+        if any(self.sleeps_while(image) for image in images):
+            self.release.wait(120)
+        self.returned += 1
+        return [{"boxes": torch.zeros(0, 4)} for _ in images]
+
+
+def test_the_watchdog_replaces_a_hung_worker_and_serves_the_queue():
+    """Issue 25, point 7: a forward that never returns must not block the requests behind it."""
+    from fpn.serve.batcher import Batcher, Hung, TimedOut
+
+    async def scenario():
+        detector = SleepingDetector(lambda image: image.shape[-1] == 77)
+        batcher = Batcher(detector, max_batch=1, max_queue=8, hang_seconds=0.5, max_hung=2)
+        await batcher.start()
+        hanging = asyncio.create_task(batcher.detect(torch.zeros(3, 8, 77, dtype=torch.uint8), 30))
+        await asyncio.sleep(0.05)  # the worker is in the hung forward
+        start = time.monotonic()
+        served = await batcher.detect(torch.zeros(3, 8, 8, dtype=torch.uint8), 10)  # queued behind it
+        waited = time.monotonic() - start
+        assert "boxes" in served and waited < 8  # without the watchdog: only when the sleeper returns
+        with pytest.raises(TimedOut, match="did not answer within 0.5 s"):
+            await hanging  # answered by the watchdog, long before its own 30 s
+        assert batcher.workers_replaced == 1 and batcher.hung == 1 and batcher.answering
+        # a second hung forward: two abandoned threads, so the batcher stops taking work
+        second = asyncio.create_task(batcher.detect(torch.zeros(3, 8, 77, dtype=torch.uint8), 30))
+        with pytest.raises(TimedOut):
+            await second
+        assert batcher.hung == 2 and not batcher.answering
+        with pytest.raises(Hung, match="not answering"):
+            await batcher.detect(torch.zeros(3, 8, 8, dtype=torch.uint8), 10)
+        detector.release.set()  # the hung forwards return at last: their results are dropped
+        for _ in range(100):
+            if batcher.hung == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert batcher.hung == 0 and batcher.answering
+        assert "boxes" in await batcher.detect(torch.zeros(3, 8, 8, dtype=torch.uint8), 10)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_model_gets_503_over_http_and_the_next_request_is_served(run_dir):
+    """The same through the app: a 503 for the hung request at the hang timeout, a 200 for the
+    request behind it, and /health counting the replaced worker."""
+    from fastapi.testclient import TestClient
+
+    from fpn.api import Detector
+    from fpn.serve.app import ServeSettings, build_app
+
+    detector = Detector.from_checkpoint(run_dir, "cpu")
+    sleeper = SleepingDetector(lambda image: image.shape[-1] == 77)
+    real_call = detector.__class__.__call__
+
+    class Sleepy(Detector):
+        def __call__(self, images, **kwargs):
+            sleeper(images)
+            return real_call(self, images, **kwargs)
+
+    detector.__class__ = Sleepy
+    app = build_app(detector, ServeSettings(timeout=8.0, hang_timeout=1.0, max_batch=1))
+    with TestClient(app) as client:
+        def post(data):
+            return client.post("/detect", files={"image": ("p.png", data, "image/png")})
+
+        results = {}
+        hung = threading.Thread(target=lambda: results.setdefault("hung", post(png_bytes(size=(77, 60)))))
+        hung.start()
+        time.sleep(0.3)
+        behind = post(png_bytes(size=(64, 60)))
+        hung.join(60)
+        assert behind.status_code == 200, behind.text
+        assert_one_line_error(results["hung"], 503, "did not answer")
+        health = client.get("/health").json()
+        assert health["workers_replaced"] == 1 and health["hung"] == 1 and health["status"] == "ok"
+        sleeper.release.set()  # the abandoned forward returns: no thread left running at exit
+        deadline = time.monotonic() + 60
+        while client.get("/health").json()["hung"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/health").json()["hung"] == 0

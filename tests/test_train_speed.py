@@ -58,8 +58,9 @@ def test_trainable_batchnorm_is_never_folded():
 
 
 def _tiny_detector(norm: str, fast: bool) -> FasterRCNN:
+    # width 16 and d = 16: channel counts that let the fast path use channels-last (fpn.model.layout)
     torch.manual_seed(0)
-    cfg = load_config(None, ["model.backbone.depth=50", "model.backbone.width=8",
+    cfg = load_config(None, ["model.backbone.depth=50", "model.backbone.width=16",
                              f"model.backbone.norm={norm}", "model.backbone.freeze_at=2",
                              "model.neck.channels=16", "model.roi_heads.fc_dim=32",
                              "model.input.min_size_train=[128]", "model.input.max_size=128",
@@ -93,6 +94,7 @@ def _pyramid_and_grads(model: FasterRCNN) -> tuple[dict, dict]:
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
 def test_fast_training_gives_the_plain_pyramid_and_gradients(norm):
     fast, plain = _tiny_detector(norm, True), _tiny_detector(norm, False)
+    assert fast.memory_format == torch.channels_last
     assert all(m.fold_frozen_norm for m in fast.modules() if isinstance(m, ConvNorm))
     assert not any(m.fold_frozen_norm for m in plain.modules() if isinstance(m, ConvNorm))
     with pytest.raises(AttributeError, match="chosen when the model is built"):

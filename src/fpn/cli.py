@@ -65,11 +65,18 @@ def _add_synth(sub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a detector")
-    p.add_argument("--config", default="demo", help=HELP["config"])
+    p.add_argument("--config", default=None,
+                   help="a preset name or a YAML file (default: demo; with --resume, the run's own config)")
     _add_overrides(p, "train.base_lr=0.01")
     p.add_argument("--output", type=Path, default=Path("runs/train"),
                    help="run directory (default: runs/train)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint, with its own config; "
+                        "only the schedule's length (train.max_iter, train.lr_steps), periods, device and "
+                        "evaluation settings may be changed")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a run: delete its checkpoints, metrics and "
+                        "evaluations first")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
     p.add_argument("--init", action="append", default=[], type=Path, metavar="WEIGHTS",
                    help="start from these weights (repeatable; appended to train.init): an fpn run, a "
@@ -140,6 +147,8 @@ def _add_demo(sub) -> None:
     _add_overrides(p, "train.max_iter=300")
     p.add_argument("--output", type=Path, default=Path("runs/demo"),
                    help="run directory (default: runs/demo)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over instead of resuming the run in --output (deletes its checkpoints)")
 
 
 def _add_reproduce(sub) -> None:
@@ -209,6 +218,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--device", default="auto", help=HELP["device"])
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds a request may wait and run before a 503 (default 30)")
+    p.add_argument("--hang-timeout", type=float, default=None,
+                   help="seconds a forward pass may run before it is abandoned and a new worker thread "
+                   "serves the queue (default: half of --timeout)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MiB)")
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest image, checked from its header before decoding (default 40)")
@@ -304,12 +316,12 @@ def _run_synth(args: argparse.Namespace, progress: bool) -> None:
 
 
 def _run_train(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.config import load_config
-    from fpn.jobs.training import run_train
+    from fpn.jobs.training import requested_config, run_train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = requested_config(args.config, args.overrides, args.output, resume=args.resume)
     cfg.train.init = [*cfg.train.init, *map(str, args.init)]
-    result = run_train(cfg, args.output, resume=args.resume, progress=progress, evaluate=not args.no_eval)
+    result = run_train(cfg, args.output, resume=args.resume, overwrite=args.overwrite, progress=progress,
+                       evaluate=not args.no_eval)
     if result["evaluation"] is not None:
         print(result["evaluation"].summary())
     print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
@@ -354,7 +366,7 @@ def _run_browse(args: argparse.Namespace, progress: bool) -> None:
 def _run_demo(args: argparse.Namespace, progress: bool) -> None:
     from fpn.jobs.demo import run_demo
 
-    run_demo(args.output, overrides=args.overrides, progress=progress)
+    run_demo(args.output, overrides=args.overrides, progress=progress, overwrite=args.overwrite)
 
 
 def _run_reproduce(args: argparse.Namespace, progress: bool) -> None:
@@ -400,7 +412,8 @@ def _run_serve(args: argparse.Namespace, progress: bool) -> None:
     from fpn.serve.server import ServeOptions, serve
 
     limits = ServeSettings(max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-                           timeout=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue)
+                           timeout=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
+                           hang_timeout=args.hang_timeout)
     serve(ServeOptions(str(args.checkpoint), host=args.host, port=args.port, workers=args.workers,
                        device=args.device, threads=args.threads, overrides=args.overrides, limits=limits))
 

@@ -60,7 +60,7 @@ class AnchorConfig:
     """One anchor scale per level, three aspect ratios (docs/paper.md §2)."""
 
     sizes: dict[str, list[float]] = field(
-        default_factory=lambda: {"p2": [32], "p3": [64], "p4": [128], "p5": [256], "p6": [512]}
+        default_factory=lambda: {"p2": [32.0], "p3": [64.0], "p4": [128.0], "p5": [256.0], "p6": [512.0]}
     )
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     # torchvision rounds its cell anchors to integers ([-23, -11, 23, 11] for 32 px at 1:2).
@@ -139,7 +139,7 @@ class SegmentProposalConfig:
     mlps: Literal["5x5", "7x7", "dual"] = "dual"
     # Object scale, max(width, height) in resized-image pixels, that the 5x5 MLP proposes on each level.
     object_scales: dict[str, float] = field(
-        default_factory=lambda: {"p2": 32, "p3": 64, "p4": 128, "p5": 256, "p6": 512}
+        default_factory=lambda: {"p2": 32.0, "p3": 64.0, "p4": 128.0, "p5": 256.0, "p6": 512.0}
     )
     # The 7x7 MLP proposes the half-octave scales: object_scales times this factor (7 ≈ 5·√2).
     half_octave_factor: float = 2**0.5
@@ -224,6 +224,9 @@ class DataConfig:
     # COCO annotations naming unknown image or category ids, and repeated image ids: "error"
     # refuses the file; "warn" drops them (keeping the first of repeated images) with a warning.
     on_bad_annotations: Literal["error", "warn"] = "error"
+    # A COCO file_name that is absolute or leaves the image folder ("../../x.jpg") is refused naming
+    # the image; true reads it anyway (an annotation file from elsewhere could name any file).
+    allow_outside_image_paths: bool = False
 
 
 @dataclass

@@ -71,7 +71,15 @@ class VOCDetection(Dataset):
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise DatasetError(f"{split_file}: split file not found")
-        self.ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        self.ids = []
+        for number, line in enumerate(split_file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            image_id = line.split()[0]  # a file name in Annotations/ and JPEGImages/: never a path
+            if image_id in (".", "..") or "/" in image_id or "\\" in image_id:
+                raise DatasetError(f"{split_file}: line {number}: {image_id!r} is not an image id (a file "
+                                   "name without folders, as 2008_000123)")
+            self.ids.append(image_id)
         self.records = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml", class_to_label, keep_difficult)
                         for i in self.ids]
 

@@ -192,6 +192,27 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return weights, train_state, config
 
 
+def load_model_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor],
+                       source: str | Path) -> None:
+    """Load a checkpoint's weights into ``model``, or one ``CheckpointError`` line saying why they do
+    not fit (a tensor of another shape, or tensors missing or left over), instead of a list of all."""
+    own = model.state_dict()
+    reshaped = [k for k in own if k in weights and weights[k].shape != own[k].shape]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if reshaped:
+        key = reshaped[0]
+        raise CheckpointError(f"{source}: does not fit this model: {key} has shape "
+                              f"{tuple(weights[key].shape)} there, {tuple(own[key].shape)} here "
+                              f"({len(reshaped)} tensor(s) differ; a model built from another config?)")
+    if missing or unexpected:
+        parts = [f"{len(missing)} tensor(s) missing (first: {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} not in this model (first: {unexpected[0]})"] if unexpected else []
+        raise CheckpointError(f"{source}: does not fit this model: {', '.join(parts)}; a model built from "
+                              "another config?")
+    model.load_state_dict(weights)
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``model.safetensors`` file (``CheckpointError`` if missing or damaged)."""
     return read_safetensors(path)
@@ -228,8 +249,11 @@ def resume_training(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     if train_state is None:
         raise CheckpointError(f"{latest}: no train_state.pt (weights only): start a new run with "
                               f"train.init={latest} instead of resuming")
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(train_state["optimizer"])
+    load_model_weights(model, weights, latest)
+    try:
+        optimizer.load_state_dict(train_state["optimizer"])
+    except ValueError as err:  # another set of trained parameters (freeze_at, frozen neck, ...)
+        raise CheckpointError(f"{latest}: its optimiser state does not fit this model ({err})") from None
     scheduler.load_state_dict(train_state["scheduler"])
     restore_rng_state(train_state["rng"])
     log.info("resumed from %s (step %d)", latest, train_state["step"])

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from fpn.data.order import DataPosition
+from fpn.engine.distributed import info as distributed_info
+from fpn.engine.distributed import mean_over_ranks
 from fpn.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,8 @@ class TrainLoop:
 
     def step(self, images: list[Tensor], targets: list[dict]) -> dict[str, float]:
         """One SGD step on a batch (the model in training mode); the loss terms, their total and
-        the learning rate used."""
+        the learning rate used. Under torchrun the losses are those of the global batch (the mean
+        over the ranks) and ``local_loss`` is this rank's."""
         images = [img.to(self.device, non_blocking=True) for img in images]
         targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
                    for t in targets]
@@ -180,4 +183,8 @@ class TrainLoop:
         self.scaler.update()
         self.scheduler.step()
         self.state.step += 1
-        return {"loss": total.item(), "lr": lr, **{k: v.item() for k, v in losses.items()}}
+        local = {"loss": total.item(), **{k: v.item() for k, v in losses.items()}}
+        logged = mean_over_ranks(local)  # the global batch's losses, as one process logs them
+        if distributed_info().enabled:
+            logged["local_loss"] = local["loss"]  # this rank's share (rank 0's in the log)
+        return {**logged, "lr": lr}

@@ -24,6 +24,7 @@ from fpn.errors import CheckpointError, ConfigError
 from fpn.model.backbone import ResNet
 from fpn.model.fuse import InferenceCopy
 from fpn.model.image_pyramid import check_test_scales, detect_on_image_pyramid
+from fpn.model.layout import speed_path_memory_format
 from fpn.model.neck import build_neck
 from fpn.model.preprocess import ImageBatch, Preprocessor, padded_size, rescale_boxes, resize_scale
 from fpn.model.roi_align import roi_align_for_training
@@ -64,6 +65,13 @@ class FasterRCNN(nn.Module):
 
     In training mode the speed paths chosen when the model is built run (``fast_training``: True for
     all of them, False for none, or a ``TrainingSpeedPaths``): the same function to float rounding.
+
+    Channels-last memory is used (in training and in the inference copy) only when every
+    convolution of the bottom-up pathway and the pyramid has a multiple of 16 channels
+    (``model.backbone.width``, ``model.neck.channels``; ``fpn.model.layout.channels_last_is_safe``):
+    at width 8, oneDNN's AVX-512 channels-last kernels crashed the training process (issue 25).
+    Other configs keep the plain layout, decided from the config alone, so a config computes the
+    same numbers on every host whatever its instruction set. ``memory_format`` holds the choice.
     """
 
     def __init__(self, cfg: ModelConfig, fast_inference: bool = True, compile_inference: bool = False,
@@ -87,6 +95,7 @@ class FasterRCNN(nn.Module):
         self.compile_inference = compile_inference
         self.training_paths = paths = TrainingSpeedPaths.of(fast_training)
         self.inference_backbone = InferenceCopy()  # not a submodule: nothing in the state dict
+        self.memory_format = speed_path_memory_format(cfg)  # of the speed paths' images and copy
         # On C4 the bottom-up pathway stops at res4 (the C4 baseline's res5 lives in its RoI head).
         on_c4 = cfg.neck.kind == "single_scale" and cfg.neck.single_level == "c4"
         self.preprocess = Preprocessor(cfg.input)
@@ -180,12 +189,13 @@ class FasterRCNN(nn.Module):
         """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
         if self.training:
             if self.training_paths.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+                images = images.contiguous(memory_format=self.memory_format)
             return self.neck(self.backbone(images))
         if not self.fast_inference:
             return self.neck(self.backbone(images))
-        backbone = self.inference_backbone.of(self.backbone, compile=self.compile_inference)
-        return self.neck(backbone(images.contiguous(memory_format=torch.channels_last)))
+        backbone = self.inference_backbone.of(self.backbone, compile=self.compile_inference,
+                                               channels_last=self.memory_format == torch.channels_last)
+        return self.neck(backbone(images.contiguous(memory_format=self.memory_format)))
 
     def forward(
         self,

@@ -90,7 +90,7 @@ def parameters_version(module: nn.Module) -> tuple:
 
 
 class InferenceCopy:
-    """The folded, channels-last copy of a module that inference runs, rebuilt whenever the module's
+    """The folded (and, by default, channels-last) copy of a module that inference runs, rebuilt whenever the module's
     weights change (``parameters_version``), optionally through ``torch.compile``.
 
     A detector holds one as a plain attribute: the copy is not a submodule, so it adds nothing to
@@ -101,12 +101,13 @@ class InferenceCopy:
         self.version: tuple | None = None
         self.module: nn.Module | None = None
 
-    def of(self, module: nn.Module, *, compile: bool = False) -> nn.Module:
-        """The copy of ``module``, made (or made again) if its weights or ``compile`` changed."""
-        version = (parameters_version(module), compile)
+    def of(self, module: nn.Module, *, compile: bool = False, channels_last: bool = True) -> nn.Module:
+        """The copy of ``module``, made (or made again) if its weights, ``compile`` or the layout
+        changed."""
+        version = (parameters_version(module), compile, channels_last)
         if self.module is None or self.version != version:
             with torch.inference_mode(False):  # ordinary tensors, usable outside inference mode too
-                copy_ = inference_copy(module)
+                copy_ = inference_copy(module, channels_last=channels_last)
             self.module = torch.compile(copy_, dynamic=True) if compile else copy_
             self.version = version
         return self.module

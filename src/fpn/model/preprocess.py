@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from fpn.box_format import TARGET_BOX_KEYS
 from fpn.config import InputConfig, frozen
+from fpn.model.across_processes import largest_across_processes
 
 
 @dataclass
@@ -83,10 +84,16 @@ class Preprocessor(nn.Module):
                              recompute_scale_factor=True, align_corners=False)[0]
 
     def pad(self, images: list[Tensor]) -> Tensor:
-        """Zero-pad to a common size, a multiple of ``size_divisibility``, at the bottom right."""
+        """Zero-pad to a common size, a multiple of ``size_divisibility``, at the bottom right.
+
+        In training under DistributedDataParallel the size is that of the largest image of the
+        global batch, on every process (``fpn.model.across_processes``), as one process pads it.
+        """
         div = self.settings.size_divisibility
-        height = padded_size(max(img.shape[1] for img in images), div)
-        width = padded_size(max(img.shape[2] for img in images), div)
+        height, width = max(img.shape[1] for img in images), max(img.shape[2] for img in images)
+        if self.training:
+            height, width = largest_across_processes(height, width, device=images[0].device)
+        height, width = padded_size(height, div), padded_size(width, div)
         batch = images[0].new_zeros((len(images), 3, height, width))
         for i, img in enumerate(images):
             batch[i, :, : img.shape[1], : img.shape[2]].copy_(img)
@@ -101,8 +108,8 @@ class Preprocessor(nn.Module):
         Target ``masks`` stay in the original pixels: the segment-proposal head maps its regions
         back to them instead of resizing every full mask (docs/paper.md §5).
 
-        In training the shorter side is drawn from ``min_size_train`` per image; in eval it is
-        ``min_size_test``. ``min_size`` replaces either (one scale of an image pyramid).
+        In training the shorter side is drawn from ``min_size_train`` per image (``training_size``);
+        in eval it is ``min_size_test``. ``min_size`` replaces either (one scale of an image pyramid).
         """
         if proposals is not None and len(proposals) != len(images):
             raise ValueError(f"{len(proposals)} proposal sets for {len(images)} images")
@@ -115,7 +122,7 @@ class Preprocessor(nn.Module):
             if min_size is not None:
                 shorter = min_size
             elif self.training:
-                shorter = random.choice(self.settings.min_size_train)
+                shorter = training_size(self.settings.min_size_train, targets[i] if targets is not None else None)
             else:
                 shorter = self.settings.min_size_test
             img = self.resize(self.normalize(img), shorter)
@@ -127,6 +134,16 @@ class Preprocessor(nn.Module):
             proposals = [rescale_boxes(boxes.to(torch.float32), from_hw, to_hw)
                          for boxes, from_hw, to_hw in zip(proposals, original_sizes, sizes, strict=True)]
         return ImageBatch(self.pad(resized), sizes, original_sizes, proposals), new_targets
+
+
+def training_size(sizes: list[int], target: dict | None) -> int:
+    """The shorter side drawn for one training image: from the image's own random stream when its
+    target carries a ``sample_seed`` (so the draw does not depend on which images share its batch
+    or its process: N processes draw what one does), else from Python's global one."""
+    if len(sizes) == 1:
+        return sizes[0]
+    seed = target.get("sample_seed") if target is not None else None
+    return (random if seed is None else random.Random(int(seed))).choice(sizes)
 
 
 def _rescale_target(target: dict[str, Tensor], from_hw: tuple[int, int], to_hw: tuple[int, int]
