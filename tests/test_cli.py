@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,53 @@ def test_every_option_of_every_command_has_one_help_text():
     checkpoint = {a.help for n, c in commands.items() for a in c._actions if a.dest == "checkpoint"
                   and n != "proposals"}
     assert checkpoint == {HELP["checkpoint"]}
+
+
+def test_demo_synthesises_trains_evaluates_draws_and_resumes(tmp_path, monkeypatch, capsys, caplog):
+    """``fpn demo`` end to end on a tiny budget: the data it lacks is generated (4 + 2 images of 96 px
+    instead of 600 + 100 of 256), the tiny model trains 2 steps, is evaluated and draws the
+    validation images; called again with a larger budget it goes on from its checkpoint."""
+    import logging
+
+    from fpn.engine.checkpoint import latest_checkpoint
+    from fpn.jobs import demo
+
+    monkeypatch.setattr(demo, "DEMO_TRAIN_IMAGES", 4)
+    monkeypatch.setattr(demo, "DEMO_VAL_IMAGES", 2)
+    monkeypatch.setattr(demo, "DEMO_IMAGE_SIZE", 96)
+    data, out = tmp_path / "synth", tmp_path / "demo"
+    overrides = [*TINY_MODEL, *data_overrides(data), "train.batch_size=2", "train.warmup_iters=1",
+                 "train.device=cpu"]
+    assert main(["--quiet", "demo", "--output", str(out), *overrides, "train.max_iter=2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"generating the synthetic benchmark in {data}" in printed and "AP50" in printed
+    assert len(list((data / "train" / "images").glob("*.png"))) == 4
+    assert len(list((data / "val" / "images").glob("*.png"))) == 2
+    assert latest_checkpoint(out / "checkpoints").name == "step_0000002"
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert {"AP", "AP50", "AR@100"} <= set(summary["metrics"]) and summary["seconds"] > 0
+    assert all(0.0 <= summary["metrics"][key] <= 1.0 for key in ("AP", "AP50", "AR@100"))
+    drawn = sorted((out / "predictions" / "drawn").glob("*.png"))
+    assert [p.name for p in drawn] == sorted(p.name for p in (data / "val" / "images").glob("*.png"))
+
+    with caplog.at_level(logging.INFO, logger="fpn"):
+        assert main(["--quiet", "demo", "--output", str(out), *overrides, "train.max_iter=3"]) == 0
+    assert "generating" not in capsys.readouterr().out  # the data is there now
+    assert re.search(r"resumed from \S+step_0000002 \(step 2\)", caplog.text), caplog.text
+    assert latest_checkpoint(out / "checkpoints").name == "step_0000003"
+
+
+@pytest.mark.slow
+def test_bench_quick_agrees_with_torchvision_and_writes_its_report(tmp_path):
+    """``fpn bench --quick``: exit 0, and the report (printed and written) has the 512x512 row, whose
+    detections all match torchvision's on the same weights. (Its timings are not asserted.)"""
+    script = Path(sys.executable).parent / "fpn"
+    report = tmp_path / "bench.md"
+    command = [str(script), "--quiet", "bench", "--quick", "--repeats", "1", "--output", str(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = report.read_text()
+    assert text.strip() in result.stdout
+    rows = re.findall(r"^\| 1 x 512x512[^|]*\((\d+)/(\d+) matched\)", text, flags=re.MULTILINE)
+    assert rows, text
+    assert all(matched == total and int(total) > 0 for matched, total in rows), rows

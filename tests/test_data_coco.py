@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from conftest import COCO_REAL
 from fpn.data import CocoDetection, DatasetError
@@ -68,7 +69,7 @@ def test_edge_cases(tmp_path, caplog):
     torch.testing.assert_close(ds[1][0][:, 0, 0], torch.full((3,), 128 / 255))  # greyscale replicated
 
 
-def test_polygon_and_rle_masks(tmp_path):
+def test_polygon_and_rle_masks(tmp_path, capsys):
     images = [{"id": 1, **_image(tmp_path, "a.png", size=(8, 6))}]
     square = np.zeros((6, 8), dtype=np.uint8)
     square[1:4, 2:6] = 1  # rows 1..3, columns 2..5
@@ -77,14 +78,24 @@ def test_polygon_and_rle_masks(tmp_path):
     # uncompressed RLE runs in column-major order: 2 columns of 6 zeros, then 4 x (1 zero, 3 ones, 2 zeros)
     uncompressed = {"size": [6, 8], "counts": [13, 3, 3, 3, 3, 3, 3, 3, 14]}
     polygon = [[2.0, 1.0, 6.0, 1.0, 6.0, 4.0, 2.0, 4.0]]
-    anns = [{"id": i + 1, "image_id": 1, "category_id": 3, "bbox": [2, 1, 4, 3], "iscrowd": 0,
-             "segmentation": seg} for i, seg in enumerate([compressed, uncompressed, polygon])]
-    ds = CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS), load_masks=True)
-    masks = ds[0][1]["masks"]
-    assert masks.shape == (3, 6, 8)
+    triangle = [[1.0, 0.5, 7.5, 1.0, 3.0, 5.5]]
+    two_parts = [[0.0, 0.0, 2.5, 0.0, 2.5, 2.0, 0.0, 2.0], [5.0, 3.0, 8.0, 3.0, 8.0, 6.0, 5.0, 6.0]]
+    segmentations = [(compressed, [2, 1, 4, 3]), (uncompressed, [2, 1, 4, 3]), (polygon, [2, 1, 4, 3]),
+                     (triangle, [1, 0.5, 6.5, 5]), (two_parts, [0, 0, 8, 6])]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 3, "bbox": bbox, "iscrowd": 0, "segmentation": seg}
+            for i, (seg, bbox) in enumerate(segmentations)]
+    ann_file = _write(tmp_path, images, anns, CATS)
+    masks = CocoDetection(tmp_path / "img", ann_file, load_masks=True)[0][1]["masks"]
+    assert masks.shape == (5, 6, 8)
     for mask in masks[:2]:
         assert np.array_equal(mask.numpy(), square)
-    assert masks[2].sum() >= square.sum() and masks[2][~torch.from_numpy(square).bool()].sum() <= 10
+    # polygons, one or several per object: rasterised exactly as pycocotools' own COCO.annToMask does
+    coco = COCO(str(ann_file))
+    capsys.readouterr()  # COCO() prints its progress
+    for mask, ann_id in zip(masks[2:], (3, 4, 5), strict=True):
+        want = coco.annToMask(coco.anns[ann_id])
+        assert want.sum() > 0 and np.array_equal(mask.numpy(), want), f"annotation {ann_id}"
+    assert masks[4][0, 0] == 1 and masks[4][5, 7] == 1  # both parts of the two-part object
 
 
 @pytest.mark.parametrize("content, problem", [

@@ -202,7 +202,8 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, image_dir: str | Path, ann_file: str | Path, *, load_masks: bool = False,
-                 on_bad_annotations: Literal["error", "warn"] = "error", allow_outside_image_paths: bool = False):
+                 on_bad_annotations: Literal["error", "warn"] = "error",
+                 allow_outside_image_paths: bool = False):
         if on_bad_annotations not in ("error", "warn"):
             raise ValueError(f"on_bad_annotations must be 'error' or 'warn', not {on_bad_annotations!r}")
         self.image_dir = Path(image_dir)

@@ -90,8 +90,8 @@ def parameters_version(module: nn.Module) -> tuple:
 
 
 class InferenceCopy:
-    """The folded (and, by default, channels-last) copy of a module that inference runs, rebuilt whenever the module's
-    weights change (``parameters_version``), optionally through ``torch.compile``.
+    """The folded (and, by default, channels-last) copy of a module that inference runs, rebuilt
+    whenever the module's weights change (``parameters_version``), optionally through ``torch.compile``.
 
     A detector holds one as a plain attribute: the copy is not a submodule, so it adds nothing to
     the state dict and is never trained.

@@ -122,7 +122,8 @@ class Preprocessor(nn.Module):
             if min_size is not None:
                 shorter = min_size
             elif self.training:
-                shorter = training_size(self.settings.min_size_train, targets[i] if targets is not None else None)
+                target = targets[i] if targets is not None else None
+                shorter = training_size(self.settings.min_size_train, target)
             else:
                 shorter = self.settings.min_size_test
             img = self.resize(self.normalize(img), shorter)
