@@ -8,17 +8,16 @@ Training time excludes the time spent in the periodic evaluations themselves.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from fpn.engine.metrics_file import read_metrics
 from fpn.jobs.demo import run_demo
 
 
 def curve(metrics_file: Path) -> list[dict]:
     rows, eval_seconds = [], 0.0
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_metrics(metrics_file):  # past a line a killed run left half-written
         if "eval" in record:
             train_seconds = record["time"] - eval_seconds - record["eval_seconds"]
             eval_seconds += record["eval_seconds"]

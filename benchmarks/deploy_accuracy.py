@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
     args = parser.parse_args()
     cfg = load_config(find_checkpoint(args.run)[1])
-    model = Detector.from_checkpoint(args.run, "cpu").model.eval()
+    model = Detector.from_checkpoint(args.run, "cpu", precision="fp32").model.eval()
     val_set = build_dataset(cfg.data, "val")
     train_set = build_dataset(cfg.data, "train")
     coco_gt = coco_ground_truth(val_set)
@@ -43,8 +43,9 @@ def main() -> None:
     def evaluate(name: str, detector) -> list[str]:
         start = time.perf_counter()
         with torch.inference_mode():
-            metrics = ev.evaluate_detector(detector, val_loader(val_set), coco_gt, label_to_category_id(cfg),
-                                           with_proposals=False, progress=False)
+            result = ev.evaluate_detector(detector, val_loader(val_set), coco_gt, label_to_category_id(cfg),
+                                          with_proposals=False, progress=False)
+        metrics = result.metrics
         seconds = (time.perf_counter() - start) / len(val_set)
         print(f"{name}: AP {100 * metrics['AP']:.1f}", flush=True)
         return [name, *(f"{100 * metrics[k]:.1f}" for k in KEYS), f"{1000 * seconds:.0f}"]

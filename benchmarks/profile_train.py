@@ -11,6 +11,7 @@ import time
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from fpn.bench.training import optimizer_for, setting
+from fpn.model.detector import FasterRCNN
 
 
 def phases(model, optimizer, batch) -> dict[str, float]:
@@ -41,7 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     build, batch, size = setting(args.setting)
     model = build()
-    model.fast_training = not args.plain
+    if args.plain:  # the same weights, built without the speed paths
+        plain = FasterRCNN(model.cfg, fast_training=False)
+        plain.load_state_dict(model.state_dict())
+        model = plain.train()
     optimizer = optimizer_for(model, size)
     phases(model, optimizer, batch)  # warm-up
     print(phases(model, optimizer, batch))

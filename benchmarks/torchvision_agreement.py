@@ -29,8 +29,8 @@ def main() -> None:
     tv = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
     tv.roi_heads.box_predictor.cls_score.bias[3] += 6.0
     tv.transform.min_size, tv.transform.max_size = (args.min_size,), args.max_size
-    ours = from_torchvision(tv.state_dict())
-    ours.cfg.input.min_size_test, ours.cfg.input.max_size = args.min_size, args.max_size
+    ours = from_torchvision(tv.state_dict()).with_changes({"input": {"min_size_test": args.min_size,
+                                                                     "max_size": args.max_size}})
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 333, 517, generator=g), torch.rand(3, 480, 300, generator=g),
               torch.rand(3, 401, 401, generator=g)]

@@ -3,39 +3,31 @@
     python benchmarks/train_speed_paths.py [--setting r50_512|demo] [--repeats 3]
 
 Prints the median step time of each variant and its ratio to the plain modules
-(``FasterRCNN.fast_training = False``). The variants share weights and the batch.
+(``FasterRCNN(cfg, fast_training=False)``). The variants share weights and the batch.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
 from fpn.bench.common import markdown_table
 from fpn.bench.training import interleaved, optimizer_for, setting, train_step
-from fpn.model.backbone import FoldsFrozenNorm
-from fpn.model.detector import FasterRCNN
-from fpn.model.roi_heads import MultiLevelRoIPooler
+from fpn.model.detector import FasterRCNN, TrainingSpeedPaths
+
+VARIANTS = {
+    "plain": TrainingSpeedPaths.of(False),
+    "fold": TrainingSpeedPaths(fold_frozen_norm=True, channels_last=False, sparse_roi_align=False),
+    "channels-last": TrainingSpeedPaths(fold_frozen_norm=False, channels_last=True, sparse_roi_align=False),
+    "sparse RoIAlign": TrainingSpeedPaths(fold_frozen_norm=False, channels_last=False, sparse_roi_align=True),
+    "all": TrainingSpeedPaths(),
+}
 
 
-class ChannelsLastOnly(FasterRCNN):
-    """Channels-last images without the fold and the sparse RoIAlign."""
-
-    def features(self, images):
-        return self.neck(self.backbone(images.contiguous(memory_format=torch.channels_last)))
-
-
-def variant(model: FasterRCNN, name: str) -> FasterRCNN:
-    model.fast_training = name == "all"
-    if name == "channels-last":
-        model.__class__ = ChannelsLastOnly
-    for module in model.modules():
-        if name == "fold" and isinstance(module, FoldsFrozenNorm):
-            module.fold_frozen_norm = True
-        if name == "sparse RoIAlign" and isinstance(module, MultiLevelRoIPooler):
-            module.sparse_roi_align = True
-    return model
+def variant(model: FasterRCNN, paths: TrainingSpeedPaths) -> FasterRCNN:
+    """``model``'s weights in a detector built with only these speed paths."""
+    twin = FasterRCNN(model.cfg, fast_training=paths)
+    twin.load_state_dict(model.state_dict())
+    return twin.train()
 
 
 def main() -> None:
@@ -44,8 +36,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     build, batch, size = setting(args.setting)
-    names = ["plain", "fold", "channels-last", "sparse RoIAlign", "all"]
-    models = {name: variant(build(), name) for name in names}
+    names = list(VARIANTS)
+    models = {name: variant(build(), paths) for name, paths in VARIANTS.items()}
     optimizers = {name: optimizer_for(m, size) for name, m in models.items()}
     steps = {name: (lambda name=name: train_step(models[name], optimizers[name], batch)) for name in names}
     timed = interleaved(steps, args.repeats)

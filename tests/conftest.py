@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 # ResNet-18 at width 8, d = 32, 96-px images: the paper's architecture at a size that trains in
@@ -86,3 +89,57 @@ def frozen_norm(*, weight: float, bias: float, mean: float, var: float):
     norm.running_mean.fill_(mean)
     norm.running_var.fill_(var)
     return norm
+
+
+# The tiny detector with three named classes and a level mapper scaled down (canonical 32 px instead
+# of 224) so that the RoIs of small test images land on several pyramid levels.
+TINY_RUN = [*TINY_MODEL, "model.roi_heads.num_classes=3", "model.class_names=[circle, square, triangle]",
+            "model.category_ids=[11, 12, 13]", "model.roi_heads.canonical_scale=32"]
+
+
+def make_untrained_run(root, extra=()):
+    """A run of the tiny detector with seeded random weights, laid out as ``fpn train`` writes one."""
+    import torch
+
+    from fpn.config import Config, load_config, to_dict
+    from fpn.engine.checkpoint import save_checkpoint
+    from fpn.model.detector import FasterRCNN
+
+    torch.manual_seed(0)
+    model = FasterRCNN(load_config("demo", [*TINY_RUN, *extra]).model)
+    save_checkpoint(root / "checkpoints", 0, model.state_dict(), None, to_dict(Config(model=model.cfg)))
+    return root
+
+
+def _coco_real() -> Path:
+    """$FPN_COCO_REAL, else the first ``shared/data/coco-real-160`` beside the repository or one of
+    the folders above it (a git worktree sits deeper than the checkout)."""
+    if "FPN_COCO_REAL" in os.environ:
+        return Path(os.environ["FPN_COCO_REAL"])
+    repository = Path(__file__).resolve().parents[1]
+    for folder in repository.parents:
+        if (folder / "shared/data/coco-real-160").is_dir():
+            return folder / "shared/data/coco-real-160"
+    return repository.parent / "shared/data/coco-real-160"
+
+
+# 160 real COCO photos with their annotations, kept outside the repository (never copied into
+# it); tests that need real photos are skipped where it is absent.
+COCO_REAL = _coco_real()
+
+
+def coco_real_subset(out_dir, count: int = 0, *, first: int = 0, indices: list[int] | None = None):
+    """An annotation file in ``out_dir`` for some photos of coco-real-160 (``count`` from the
+    ``first`` in file order, or those at ``indices``), with their annotations and every category;
+    the images stay where they are. Returns (images folder, annotation file)."""
+    import json
+
+    data = json.loads((COCO_REAL / "annotations.json").read_text())
+    chosen = range(first, first + count) if indices is None else indices
+    images = [data["images"][i] for i in chosen]
+    ids = {img["id"] for img in images}
+    subset = {"images": images, "categories": data["categories"],
+              "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
+    ann_file = Path(out_dir) / f"coco_real_{len(images)}_{'_'.join(map(str, chosen))[:40]}.json"
+    ann_file.write_text(json.dumps(subset))
+    return COCO_REAL / "images", ann_file

@@ -79,9 +79,26 @@ def test_exif_rotation_follows_the_recorded_size(tmp_path, recorded, expected_sh
 @pytest.mark.parametrize("size", [(1, 1), (200, 10000), (10000, 200)])
 @torch.no_grad()
 def test_extreme_image_sizes_go_through_the_detector(size):
+    """A 1x1 image and 1:50 strips give detections inside the image, in its own pixels.
+
+    The network sees 96 x 96, 1 x 95 and 95 x 1 pixels (the resize rule, then padding to 32).
+    Random weights score each of the 81 classes about 1/81, below the 0.05 threshold, so one class's
+    logit is raised (as ``fpn.bench.reference`` does for its random detector): there are detections to check.
+    """
+    torch.manual_seed(0)
     model = FasterRCNN(load_config(None, TINY_MODEL).model).eval()
-    out = model([torch.rand(3, *size)])[0]
-    assert bool((out["boxes"][:, 2] <= size[1]).all() and (out["boxes"][:, 3] <= size[0]).all())
+    model.roi_heads.box_predictor.cls_score.bias[1] += 6.0
+    height, width = size
+    out = model([torch.rand(3, height, width, generator=torch.Generator().manual_seed(1))])[0]
+    boxes = out["boxes"]
+    assert len(boxes) > 0, "no detections: nothing to check"
+    assert bool(torch.isfinite(boxes).all() and torch.isfinite(out["scores"]).all())
+    slack = 1e-6 * max(size)  # float32 rounding of the scale back to the image (0.01 px at 10000)
+    assert bool((boxes[:, :2] >= 0).all() and (boxes[:, 2:] >= boxes[:, :2]).all())
+    assert bool((boxes[:, 2] <= width + slack).all() and (boxes[:, 3] <= height + slack).all())
+    # in the image's pixels, not the network's: the boxes reach past the middle of both sides
+    assert boxes[:, 2].max() > width / 2 and boxes[:, 3].max() > height / 2
+    assert bool((out["labels"] == 1).any())
 
 
 def test_infinite_coordinates_are_dropped(tmp_path):

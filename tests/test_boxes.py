@@ -135,8 +135,7 @@ def test_intersection_over_area():
 @settings(max_examples=60, deadline=None)
 @given(boxes_xyxy(5), boxes_xyxy(4))
 def test_iou_is_symmetric_and_bounded(a, b):
-    from torchvision.ops import box_iou
-
+    """fpn's box_iou (the one the matcher uses): symmetric, in [0, 1], 1 on the diagonal."""
     iou = box_iou(a, b)
     torch.testing.assert_close(iou, box_iou(b, a).T)
     assert bool(((iou >= 0) & (iou <= 1 + 1e-9)).all())

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 
 
+@pytest.mark.slow
 def test_synth_train_eval_predict(tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["--quiet", "synth", str(data), "--train", "4", "--val", "2", "--image-size", "96"]) == 0
@@ -22,14 +26,16 @@ def test_synth_train_eval_predict(tmp_path, capsys):
     assert "AP50" in out and "AR@1000" in out
     assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
 
-    assert main(["--quiet", "eval", str(run), "--output", str(tmp_path / "eval")]) == 0
+    # overrides after an option, and as --set: one syntax on every command
+    assert main(["--quiet", "eval", str(run), "--output", str(tmp_path / "eval"), "data.num_workers=0"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"AP", "AP50", "AR@100", "AR@1000"} <= set(metrics) and metrics["num_images"] == 2
     results = json.loads((tmp_path / "eval" / "coco_results.json").read_text())
     assert all(r["category_id"] in range(1, 6) for r in results)
 
     preds = tmp_path / "preds"
-    assert main(["--quiet", "predict", str(run), str(data / "val" / "images"), "--output", str(preds)]) == 0
+    assert main(["--quiet", "predict", str(run), str(data / "val" / "images"), "--output", str(preds),
+                 "--set", "model.roi_heads.detections_per_image=50"]) == 0
     assert len(list((preds / "drawn").glob("*.png"))) == 2
     records = json.loads((preds / "predictions.json").read_text())
     assert all({"file_name", "bbox", "score", "category_name", "level"} <= set(r) for r in records)
@@ -51,6 +57,7 @@ def test_console_script_version():
     assert result.stdout.startswith("fpn ")
 
 
+@pytest.mark.slow
 def test_convert_torchvision_weights_then_predict(tmp_path, tiny_synth, capsys):
     """A torchvision .pth becomes a checkpoint that fpn predict uses; a malicious one is refused."""
     import os
@@ -77,3 +84,131 @@ def test_convert_torchvision_weights_then_predict(tmp_path, tiny_synth, capsys):
     err = capsys.readouterr().err
     assert "evil.pth: refusing" in err and "Traceback" not in err
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_bug_prints_its_traceback_and_a_user_error_does_not(monkeypatch, capsys):
+    """Only fpn.errors.UserError is one line: a bare ValueError from deep inside is a bug."""
+    import fpn.config
+    from fpn.errors import ConfigError
+
+    def broken():
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(fpn.config, "preset_descriptions", broken)
+    assert main(["presets"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ValueError: an internal inconsistency" in err
+    assert "fpn presets: unexpected ValueError (a bug in fpn" in err
+
+    def refused():
+        raise ConfigError("model.neck.channels: expected int, got 'wide'")
+
+    monkeypatch.setattr(fpn.config, "preset_descriptions", refused)
+    assert main(["presets"]) == 2
+    assert capsys.readouterr().err == "fpn presets: error: model.neck.channels: expected int, got 'wide'\n"
+
+
+OVERRIDING_COMMANDS = {  # command -> its arguments besides the overrides
+    "train": ["--config", "demo", "--output", "RUN"],
+    "eval": ["RUN", "--output", "OUT"],
+    "proposals": ["RUN", "--split", "val", "--output", "FILE"],
+    "predict": ["RUN", "a.png", "b", "--output", "OUT", "--score-thresh", "0.5"],
+    "demo": ["--output", "RUN"],
+    "export": ["RUN", "--output", "m.onnx", "--no-verify"],
+    "serve": ["RUN", "--port", "9000", "--device", "cpu"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OVERRIDING_COMMANDS))
+def test_one_override_syntax_on_every_command_before_or_after_options(command):
+    """key=value anywhere after the command (between positionals too), or --set key=value, in order."""
+    from fpn.cli import parse
+
+    rest = OVERRIDING_COMMANDS[command]
+    plain = vars(parse([command, *rest]))
+    a, b = "model.roi_heads.score_thresh=0.2", "model.input.test_scales=[96, 128]"
+    c = "model.rpn.nms_thresh=0.6"
+    cut = 2 if rest[0].startswith("--") else 1  # after the first option and its value, or positional
+    for argv in ([command, a, *rest, b, "--set", c],  # before the options, after them, and --set
+                 [command, *rest[:cut], a, *rest[cut:], "--set=" + b, c],  # in between
+                 [command, "--set", a, *rest, b, c]):
+        args = vars(parse(["--quiet", *argv]))
+        assert args["overrides"] == [a, b, c], argv
+        # everything else parsed as without the overrides
+        assert {k: v for k, v in args.items() if k not in ("overrides", "quiet")} == \
+            {k: v for k, v in plain.items() if k not in ("overrides", "quiet")}
+
+
+def test_option_values_are_never_taken_for_overrides_and_other_items_are_errors(capsys):
+    from fpn.cli import parse
+
+    args = parse(["predict", "RUN", "--output", "train.x=1", "img.png"])  # a folder named like an override
+    assert str(args.output) == "train.x=1" and args.overrides == []
+    assert [str(p) for p in args.inputs] == ["img.png"]
+    assert main(["train", "--config", "demo", "--output", "/nowhere", "colour=red"]) == 2  # not a config key
+    assert "unknown field" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_has_one_help_text():
+    from fpn.cli import HELP, _build
+
+    parser, commands = _build()
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"fpn {name} {action.option_strings or action.dest}: no help text"
+    # the shared options say the same thing everywhere they appear
+    device = {a.help for c in commands.values() for a in c._actions if "--device" in a.option_strings}
+    assert device == {HELP["device"]}
+    checkpoint = {a.help for n, c in commands.items() for a in c._actions if a.dest == "checkpoint"
+                  and n != "proposals"}
+    assert checkpoint == {HELP["checkpoint"]}
+
+
+def test_demo_synthesises_trains_evaluates_draws_and_resumes(tmp_path, monkeypatch, capsys, caplog):
+    """``fpn demo`` end to end on a tiny budget: the data it lacks is generated (4 + 2 images of 96 px
+    instead of 600 + 100 of 256), the tiny model trains 2 steps, is evaluated and draws the
+    validation images; called again with a larger budget it goes on from its checkpoint."""
+    import logging
+
+    from fpn.engine.checkpoint import latest_checkpoint
+    from fpn.jobs import demo
+
+    monkeypatch.setattr(demo, "DEMO_TRAIN_IMAGES", 4)
+    monkeypatch.setattr(demo, "DEMO_VAL_IMAGES", 2)
+    monkeypatch.setattr(demo, "DEMO_IMAGE_SIZE", 96)
+    data, out = tmp_path / "synth", tmp_path / "demo"
+    overrides = [*TINY_MODEL, *data_overrides(data), "train.batch_size=2", "train.warmup_iters=1",
+                 "train.device=cpu"]
+    assert main(["--quiet", "demo", "--output", str(out), *overrides, "train.max_iter=2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"generating the synthetic benchmark in {data}" in printed and "AP50" in printed
+    assert len(list((data / "train" / "images").glob("*.png"))) == 4
+    assert len(list((data / "val" / "images").glob("*.png"))) == 2
+    assert latest_checkpoint(out / "checkpoints").name == "step_0000002"
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert {"AP", "AP50", "AR@100"} <= set(summary["metrics"]) and summary["seconds"] > 0
+    assert all(0.0 <= summary["metrics"][key] <= 1.0 for key in ("AP", "AP50", "AR@100"))
+    drawn = sorted((out / "predictions" / "drawn").glob("*.png"))
+    assert [p.name for p in drawn] == sorted(p.name for p in (data / "val" / "images").glob("*.png"))
+
+    with caplog.at_level(logging.INFO, logger="fpn"):
+        assert main(["--quiet", "demo", "--output", str(out), *overrides, "train.max_iter=3"]) == 0
+    assert "generating" not in capsys.readouterr().out  # the data is there now
+    assert re.search(r"resumed from \S+step_0000002 \(step 2\)", caplog.text), caplog.text
+    assert latest_checkpoint(out / "checkpoints").name == "step_0000003"
+
+
+@pytest.mark.slow
+def test_bench_quick_agrees_with_torchvision_and_writes_its_report(tmp_path):
+    """``fpn bench --quick``: exit 0, and the report (printed and written) has the 512x512 row, whose
+    detections all match torchvision's on the same weights. (Its timings are not asserted.)"""
+    script = Path(sys.executable).parent / "fpn"
+    report = tmp_path / "bench.md"
+    command = [str(script), "--quiet", "bench", "--quick", "--repeats", "1", "--output", str(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = report.read_text()
+    assert text.strip() in result.stdout
+    rows = re.findall(r"^\| 1 x 512x512[^|]*\((\d+)/(\d+) matched\)", text, flags=re.MULTILINE)
+    assert rows, text
+    assert all(matched == total and int(total) > 0 for matched, total in rows), rows

@@ -29,6 +29,10 @@ def test_every_preset_loads_and_round_trips(preset, tmp_path):
     cfg = load_config(preset)
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+    # and to the byte: a resumed run rewrites its config.yaml unchanged (a default of 32 for a
+    # float field came back as 32.0 once)
+    save_config(load_config(tmp_path / "c.yaml"), tmp_path / "again.yaml")
+    assert (tmp_path / "again.yaml").read_text() == (tmp_path / "c.yaml").read_text()
 
 
 def test_preset_inherits_and_replaces_anchor_sizes():
@@ -84,3 +88,28 @@ def test_every_preset_has_a_one_line_description(capsys):
     for line, (name, text) in zip(lines, descriptions.items(), strict=True):
         assert line.startswith(f"{name} ") and line.endswith(f"  {text}")
     assert len({line.index(text) for line, text in zip(lines, descriptions.values(), strict=True)}) == 1
+
+
+def test_frozen_is_a_read_only_deep_copy_and_thawed_gives_an_ordinary_one():
+    import copy
+    import dataclasses
+    import pickle
+
+    from fpn.config import ModelConfig, frozen, thawed, to_dict
+
+    cfg = load_config("demo")
+    model_cfg = frozen(cfg.model)
+    assert isinstance(model_cfg, ModelConfig) and model_cfg.input.pixel_mean == (0.485, 0.456, 0.406)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model_cfg.rpn.anchors.aspect_ratios = [1.0]
+    with pytest.raises(TypeError):
+        model_cfg.rpn.anchors.sizes["p2"] = [8]  # a read-only mapping
+    cfg.model.rpn.anchors.sizes["p2"].append(99.0)  # later changes to the original do not reach it
+    assert model_cfg.rpn.anchors.sizes["p2"] == (16.0,)
+    assert copy.deepcopy(model_cfg) is model_cfg and frozen(model_cfg) is model_cfg
+    assert pickle.loads(pickle.dumps(model_cfg)) == model_cfg
+    plain = thawed(model_cfg)
+    assert type(plain) is ModelConfig and to_dict(plain) == to_dict(model_cfg)
+    plain.input.pixel_mean[0] = 0.0  # an ordinary, independent copy
+    assert model_cfg.input.pixel_mean[0] == 0.485
+    assert to_dict(model_cfg)["rpn"]["anchors"]["sizes"]["p3"] == [32.0]  # plain lists and dicts again

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
+from conftest import COCO_REAL
 from fpn.data import CocoDetection, DatasetError
 
-REAL = Path(os.environ.get("FPN_COCO_REAL",
-                           Path(__file__).resolve().parents[2] / "shared/data/coco-real-160"))
+REAL = COCO_REAL
 
 
 def _write(tmp_path: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:
@@ -67,7 +69,7 @@ def test_edge_cases(tmp_path, caplog):
     torch.testing.assert_close(ds[1][0][:, 0, 0], torch.full((3,), 128 / 255))  # greyscale replicated
 
 
-def test_polygon_and_rle_masks(tmp_path):
+def test_polygon_and_rle_masks(tmp_path, capsys):
     images = [{"id": 1, **_image(tmp_path, "a.png", size=(8, 6))}]
     square = np.zeros((6, 8), dtype=np.uint8)
     square[1:4, 2:6] = 1  # rows 1..3, columns 2..5
@@ -76,14 +78,24 @@ def test_polygon_and_rle_masks(tmp_path):
     # uncompressed RLE runs in column-major order: 2 columns of 6 zeros, then 4 x (1 zero, 3 ones, 2 zeros)
     uncompressed = {"size": [6, 8], "counts": [13, 3, 3, 3, 3, 3, 3, 3, 14]}
     polygon = [[2.0, 1.0, 6.0, 1.0, 6.0, 4.0, 2.0, 4.0]]
-    anns = [{"id": i + 1, "image_id": 1, "category_id": 3, "bbox": [2, 1, 4, 3], "iscrowd": 0,
-             "segmentation": seg} for i, seg in enumerate([compressed, uncompressed, polygon])]
-    ds = CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS), load_masks=True)
-    masks = ds[0][1]["masks"]
-    assert masks.shape == (3, 6, 8)
+    triangle = [[1.0, 0.5, 7.5, 1.0, 3.0, 5.5]]
+    two_parts = [[0.0, 0.0, 2.5, 0.0, 2.5, 2.0, 0.0, 2.0], [5.0, 3.0, 8.0, 3.0, 8.0, 6.0, 5.0, 6.0]]
+    segmentations = [(compressed, [2, 1, 4, 3]), (uncompressed, [2, 1, 4, 3]), (polygon, [2, 1, 4, 3]),
+                     (triangle, [1, 0.5, 6.5, 5]), (two_parts, [0, 0, 8, 6])]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 3, "bbox": bbox, "iscrowd": 0, "segmentation": seg}
+            for i, (seg, bbox) in enumerate(segmentations)]
+    ann_file = _write(tmp_path, images, anns, CATS)
+    masks = CocoDetection(tmp_path / "img", ann_file, load_masks=True)[0][1]["masks"]
+    assert masks.shape == (5, 6, 8)
     for mask in masks[:2]:
         assert np.array_equal(mask.numpy(), square)
-    assert masks[2].sum() >= square.sum() and masks[2][~torch.from_numpy(square).bool()].sum() <= 10
+    # polygons, one or several per object: rasterised exactly as pycocotools' own COCO.annToMask does
+    coco = COCO(str(ann_file))
+    capsys.readouterr()  # COCO() prints its progress
+    for mask, ann_id in zip(masks[2:], (3, 4, 5), strict=True):
+        want = coco.annToMask(coco.anns[ann_id])
+        assert want.sum() > 0 and np.array_equal(mask.numpy(), want), f"annotation {ann_id}"
+    assert masks[4][0, 0] == 1 and masks[4][5, 7] == 1  # both parts of the two-part object
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -244,3 +256,117 @@ def test_start_up_decodes_no_image(tmp_path, monkeypatch):
     ds = CocoDetection(tmp_path, _write(tmp_path, images, anns, CATS))
     assert len(ds) == 1000 and ds.stats["kept"] == 1000 and not opened
     assert not hasattr(ds, "_coco_dict")  # the parsed JSON is not kept
+
+
+# ---- file names that would be read from outside the image folder (issue 25, point 5)
+
+@pytest.mark.parametrize("file_name", ["/etc/passwd", "../../../../etc/passwd", "sub/../../a.png",
+                                       "..\\..\\a.png", "C:\\images\\a.png", "\\\\server\\share\\a.png"])
+def test_a_file_name_outside_the_image_folder_is_refused_naming_the_image(tmp_path, file_name):
+    images = [{"id": 1, **_image(tmp_path, "a.png")},
+              {"id": 7, "file_name": file_name, "width": 40, "height": 30}]
+    with pytest.raises(DatasetError) as err:
+        CocoDetection(tmp_path / "img", _write(tmp_path, images, [], CATS))
+    message = str(err.value)
+    assert "image 7" in message and "data.allow_outside_image_paths" in message and "\n" not in message
+
+
+def test_file_names_inside_the_folder_load_and_outside_ones_when_allowed(tmp_path):
+    _image(tmp_path, "a.png")
+    (tmp_path / "img" / "sub").mkdir()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(tmp_path / "img" / "sub" / "b.png")
+    Image.new("RGB", (20, 10), (200, 0, 0)).save(tmp_path / "outside.png")  # beside the image folder
+    inside = [{"id": 1, "file_name": "./a.png"}, {"id": 2, "file_name": "sub/b.png"},
+              {"id": 3, "file_name": "sub/../a.png"}]
+    ds = CocoDetection(tmp_path / "img", _write(tmp_path, inside, [], CATS))
+    assert [tuple(ds[i][0].shape) for i in range(3)] == [(3, 30, 40)] * 3
+    outside = _write(tmp_path, [*inside, {"id": 4, "file_name": "../outside.png"}], [], CATS)
+    ds = CocoDetection(tmp_path / "img", outside, allow_outside_image_paths=True)  # the user opted in
+    torch.testing.assert_close(ds[3][0][:, 0, 0], torch.tensor([200 / 255, 0.0, 0.0]))
+
+
+def test_the_opt_in_is_a_config_field(tmp_path, tiny_synth):
+    from fpn.config import load_config
+    from fpn.jobs.datasets import build_dataset
+
+    ann = json.loads((tiny_synth / "train" / "annotations.json").read_text())
+    ann["images"][0]["file_name"] = f"../../train/images/{ann['images'][0]['file_name']}"
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    paths = [f"data.train_images={tiny_synth}/val/images", f"data.train_annotations={tmp_path}/ann.json"]
+    with pytest.raises(DatasetError, match=f"image {ann['images'][0]['id']}: file_name"):
+        build_dataset(load_config(None, paths).data, "train")
+    data = load_config(None, [*paths, "data.allow_outside_image_paths=true"]).data
+    assert build_dataset(data, "train")[0][0].shape[0] == 3  # read from the train folder
+
+
+# ---- annotations pycocotools cannot take get our one-line error (issue 25, point 6)
+
+MALFORMED = [
+    ([10, 10, 30, 10, 30, 20], "a polygon must be a list of numbers"),  # a flat list, not a list of polygons
+    ([[10, 10, 30]], "a polygon has 3 coordinates"),
+    ([[10, "a", 30, 10, 30, 20]], "a polygon must be a list of numbers"),
+    ("10 10 30 10", "expected polygons (a list) or an RLE (an object), got str"),
+    ({"counts": "PQ0"}, "an RLE needs 'size'"),
+    ({"size": [30, 40], "counts": {"a": 1}}, "an RLE needs 'counts'"),
+    ([{"size": [30, 40], "counts": "PQ0"}], "a polygon must be a list of numbers"),
+]
+
+
+def _pycocotools_fails_on(segmentation) -> bool:
+    """Whether pycocotools' own conversion of a ground-truth segmentation raises (COCO.annToRLE)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "height": 30, "width": 40}], "categories": [{"id": 3}],
+                    "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5],
+                                     "area": 25, "iscrowd": 0, "segmentation": segmentation}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    try:
+        mask_utils.decode(coco.annToRLE(coco.anns[1]))
+    except Exception:  # noqa: BLE001 - pycocotools raises bare Exception, TypeError, KeyError...
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("segmentation", "problem"), MALFORMED)
+def test_a_malformed_segmentation_is_our_error_naming_the_annotation(tmp_path, segmentation, problem):
+    assert _pycocotools_fails_on(segmentation)  # what users met before: pycocotools' own exception
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0,
+             "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]]},
+            {"id": 42, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0,
+             "segmentation": segmentation}]
+    ann_file = _write(tmp_path, images, anns, CATS)
+    with pytest.raises(DatasetError) as err:
+        CocoDetection(tmp_path / "img", ann_file)
+    message = str(err.value)
+    assert "annotation 42" in message and problem in message and "\n" not in message
+    ds = CocoDetection(tmp_path / "img", ann_file, on_bad_annotations="warn", load_masks=True)
+    assert ds.stats["bad_segmentation"] == 1 and ds[0][1]["masks"].shape == (1, 30, 40)
+    assert ds.coco_gt().getAnnIds() == [1]  # the evaluation leaves it out too
+
+
+@pytest.mark.parametrize("segmentation", [None, [], [[1, 1, 6, 1, 6, 6, 1, 6]], [[1, 1, 6, 6]],
+                                          {"size": [30, 40], "counts": [0, 5, 1195]},
+                                          {"size": [30, 40], "counts": "0PQ0"}])
+def test_well_formed_segmentations_pass(tmp_path, segmentation):
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0,
+             "segmentation": segmentation}]
+    assert CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS)).stats["kept"] == 1
+
+
+def test_two_categories_with_one_id_are_refused(tmp_path):
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    cats = [{"id": 3, "name": "cat"}, {"id": 17, "name": "dog"}, {"id": 3, "name": "cow"}]
+    with pytest.raises(DatasetError, match=r"categories\[0\] and categories\[2\] have the same id 3 "
+                                           r"\('cat' and 'cow'\)"):
+        CocoDetection(tmp_path / "img", _write(tmp_path, images, [], cats))
+
+
+@pytest.mark.parametrize("image_id", ["000001.jpg", "1", True, 1.0])
+def test_image_ids_that_are_not_integers_are_refused(tmp_path, image_id):
+    images = [{"id": 1, **_image(tmp_path, "a.png")}, {"id": image_id, **_image(tmp_path, "b.png")}]
+    with pytest.raises(DatasetError, match=r"images\[1\] has id .*: image ids must be integers"):
+        CocoDetection(tmp_path / "img", _write(tmp_path, images, [], CATS))

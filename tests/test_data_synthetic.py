@@ -20,6 +20,7 @@ def split(tmp_path_factory):
     return out, stats
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, split):
     out, _ = split
     again = tmp_path / "again"

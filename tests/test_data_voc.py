@@ -28,3 +28,16 @@ def test_voc_tree(tmp_path):
     assert len(VOCDetection(tmp_path, "train", keep_difficult=True)[0][1]["boxes"]) == 2
     coco = as_coco(ds.to_coco_dict())
     assert coco.loadAnns(coco.getAnnIds())[0]["bbox"] == [0.0, 1.0, 20.0, 29.0]
+
+
+def test_a_split_line_that_is_a_path_is_refused(tmp_path):
+    import pytest
+
+    from fpn.data import DatasetError
+
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / sub).mkdir(parents=True)
+    (tmp_path / "Annotations" / "x.xml").write_text(XML)
+    (tmp_path / "ImageSets/Main/train.txt").write_text("x\n\n../../../etc/passwd\n")
+    with pytest.raises(DatasetError, match=r"train.txt: line 3: '../../../etc/passwd' is not an image id"):
+        VOCDetection(tmp_path, "train")

@@ -108,10 +108,11 @@ def test_evaluate_detector_loop_end_to_end():
         return outs
 
     loader = [([torch.full((3, 4, 4), float(i)) for i in GT_BOXES], [{"image_id": i} for i in GT_BOXES])]
-    metrics = evaluate_detector(oracle, loader, _gt_dict(), CATEGORY_IDS, progress=False)
-    assert metrics["AP"] == pytest.approx(1.0) and metrics["AR@100"] == pytest.approx(1.0)
-    assert metrics["num_images"] == 2 and len(metrics["coco_results"]) == 5
-    table = format_table(metrics)
+    result = evaluate_detector(oracle, loader, _gt_dict(), CATEGORY_IDS, progress=False)
+    assert result.metrics["AP"] == pytest.approx(1.0) and result.metrics["AR@100"] == pytest.approx(1.0)
+    assert result.num_images == 2 and len(result.coco_results) == 5
+    assert all(isinstance(v, float) for v in result.metrics.values())  # numbers only, by name
+    table = format_table(result.metrics)
     assert "AP50" in table and "100.0" in table
 
 
@@ -133,11 +134,12 @@ def test_saved_results_are_cocos_format_and_score_the_same(tmp_path):
         return outs
 
     loader = [([torch.full((3, 4, 4), float(i)) for i in GT_BOXES], [{"image_id": i} for i in GT_BOXES])]
-    metrics = evaluate_detector(model, loader, _gt_dict(), CATEGORY_IDS, progress=False)
+    result = evaluate_detector(model, loader, _gt_dict(), CATEGORY_IDS, progress=False)
+    metrics = result.metrics
     assert 0.1 < metrics["AP"] < 0.95
     standard = {"image_id", "category_id", "bbox", "score"}
-    assert all(set(r) == standard for r in metrics["coco_results"])  # evaluation did not add keys
-    save_metrics(metrics, tmp_path)
+    assert all(set(r) == standard for r in result.coco_results)  # evaluation did not add keys
+    save_metrics(result, tmp_path)
     saved = json.loads((tmp_path / "coco_results.json").read_text())
     assert len(saved) == 5 and all(set(r) == standard for r in saved)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -150,3 +152,54 @@ def test_saved_results_are_cocos_format_and_score_the_same(tmp_path):
         evaluator.summarize()
     assert evaluator.stats[0] == pytest.approx(metrics["AP"])
     assert json.loads((tmp_path / "metrics.json").read_text())["AP"] == pytest.approx(metrics["AP"])
+
+
+def test_evaluators_are_composed_by_a_list_and_ask_the_model_for_what_they_need():
+    """Each evaluator adds its own numbers; one that finds nothing to measure adds none; the model is
+    called with the keyword arguments the evaluators ask for, and a user's evaluator plugs in."""
+    from fpn.engine.coco_eval import as_coco
+    from fpn.engine.evaluate import inference_on_dataset
+    from fpn.engine.evaluators import BoxEvaluator, Evaluator, ProposalEvaluator
+    from fpn.engine.results import EvalResult
+
+    gt_outputs = dict(zip(GT_BOXES, _outputs(), strict=True))
+    calls = []
+
+    def model(images, **kwargs):
+        calls.append(kwargs)
+        outs = [dict(gt_outputs[int(image[0, 0, 0].item())]) for image in images]
+        if kwargs.get("return_proposals"):
+            for out in outs:
+                out["proposals"], out["objectness"] = out["boxes"], out["scores"]
+        return outs
+
+    class CountBoxes(Evaluator):  # a family of one's own: the mean number of boxes per image
+        def reset(self):
+            self.counts = []
+
+        def process(self, image_ids, images, outputs):
+            self.counts += [len(out["boxes"]) for out in outputs]
+
+        def evaluate(self):
+            return EvalResult(metrics={"boxes_per_image": sum(self.counts) / len(self.counts)})
+
+    loader = [([torch.full((3, 4, 4), float(i)) for i in GT_BOXES], [{"image_id": i} for i in GT_BOXES])]
+    coco = as_coco(_gt_dict())
+    boxes_only = [BoxEvaluator(coco, CATEGORY_IDS), ProposalEvaluator(coco, request=False), CountBoxes()]
+    result = inference_on_dataset(model, loader, boxes_only, progress=False)
+    assert calls == [{}]  # nobody asked for proposals
+    assert set(result.metrics) == {"AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l", "boxes_per_image",
+                                   "seconds_per_image"}
+    assert result.metrics["boxes_per_image"] == 2.5 and result.metrics["AP"] == pytest.approx(1.0)
+    with_proposals = [BoxEvaluator(coco, CATEGORY_IDS), ProposalEvaluator(coco)]
+    result = inference_on_dataset(model, loader, with_proposals, progress=False)
+    assert calls[-1] == {"return_proposals": True} and result.metrics["AR@100"] == pytest.approx(1.0)
+    assert result.to_json()["num_images"] == 2 and "AP" in result.summary()
+
+    def rpn_alone(images, **kwargs):  # proposals only: the box evaluator has nothing to score
+        return [{"proposals": gt_outputs[int(image[0, 0, 0].item())]["boxes"],
+                 "objectness": gt_outputs[int(image[0, 0, 0].item())]["scores"]} for image in images]
+
+    result = inference_on_dataset(rpn_alone, loader, with_proposals, progress=False)
+    assert "AP" not in result.metrics and result.metrics["AR@100"] == pytest.approx(1.0)
+    assert result.coco_results == []

@@ -23,6 +23,7 @@ def _dirty_copy(root, tmp_path):
     return data, bad
 
 
+@pytest.mark.slow
 def test_an_unreadable_validation_image_is_skipped_and_the_rest_scored(tiny_synth, tmp_path, capsys):
     data, bad = _dirty_copy(tiny_synth, tmp_path)
     run = tmp_path / "run"
@@ -52,6 +53,7 @@ def test_an_unreadable_validation_image_is_skipped_and_the_rest_scored(tiny_synt
         assert abs(clean[key] - dirty[key]) < 1e-9, key
 
 
+@pytest.mark.slow
 def test_too_many_unreadable_validation_images_stop_the_evaluation(tiny_synth, tmp_path, capsys):
     data, _ = _dirty_copy(tiny_synth, tmp_path)
     overrides = [*TINY_MODEL, *data_overrides(data), "train.batch_size=2", "train.max_iter=1",
@@ -61,6 +63,7 @@ def test_too_many_unreadable_validation_images_stop_the_evaluation(tiny_synth, t
     assert "1 sample(s) could not be read (limit train.max_bad_samples=0)" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_predict_fails_when_no_input_can_be_read(tiny_synth, tmp_path, capsys):
     run = tmp_path / "run"
     overrides = [*TINY_MODEL, *data_overrides(tiny_synth), "train.batch_size=2", "train.max_iter=1",
@@ -149,23 +152,25 @@ def test_voc_map_through_the_evaluation(tmp_path):
         return {"boxes": torch.tensor(boxes, dtype=torch.float32),
                 "scores": torch.linspace(0.9, 0.5, len(boxes)), "labels": torch.tensor(labels)}
 
-    metrics = evaluate_model(_Replay([perfect("a"), perfect("b")]), dataset, cfg, progress=False)
+    result = evaluate_model(_Replay([perfect("a"), perfect("b")]), dataset, cfg, progress=False)
     # every object found, the difficult cat too (VOC neither rewards nor punishes it)
-    assert metrics["mAP_voc07"] == pytest.approx(1.0) and metrics["mAP_voc12"] == pytest.approx(1.0)
-    per_class = metrics["voc_per_class"]
+    assert result.metrics["mAP_voc07"] == pytest.approx(1.0)
+    assert result.metrics["mAP_voc12"] == pytest.approx(1.0)
+    per_class = result.per_class["voc"]
     assert per_class["dog"]["positives"] == 2 and per_class["cat"]["positives"] == 0
     assert per_class["cat"]["AP_voc12"] is None  # no positives: left out of the mean, stored as null
     # a false horse ranked above the true one in image b: horse AP12 = 0.5 (precision 1/2 at recall 1)
     wrong = perfect("b", extra=[("horse", [0.0, 0.0, 20.0, 20.0])])
     wrong["scores"] = torch.tensor([0.9, 0.5, 0.95])
-    metrics = evaluate_model(_Replay([perfect("a"), wrong]), dataset, cfg, progress=False)
+    result = evaluate_model(_Replay([perfect("a"), wrong]), dataset, cfg, progress=False)
     assert per_class["horse"]["AP_voc12"] == 1.0
-    assert metrics["voc_per_class"]["horse"]["AP_voc12"] == pytest.approx(0.5)
+    assert result.per_class["voc"]["horse"]["AP_voc12"] == pytest.approx(0.5)
     # 11-point: precision 0.5 at every recall level -> 0.5
-    assert metrics["voc_per_class"]["horse"]["AP_voc07"] == pytest.approx(0.5)
-    assert metrics["mAP_voc12"] == pytest.approx((1.0 + 0.5) / 2)  # dog and horse have positives
+    assert result.per_class["voc"]["horse"]["AP_voc07"] == pytest.approx(0.5)
+    assert result.metrics["mAP_voc12"] == pytest.approx((1.0 + 0.5) / 2)  # dog and horse have positives
 
 
+@pytest.mark.slow
 def test_fpn_eval_on_pascal_voc_prints_the_voc_table(tmp_path, capsys):
     _voc_tree(tmp_path / "voc")
     run = tmp_path / "run"

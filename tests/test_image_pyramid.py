@@ -187,6 +187,7 @@ def test_bad_scales_are_one_line_errors():
         detect_on_image_pyramid(model, _images(), [96, 128])
 
 
+@pytest.mark.slow
 def test_eval_and_predict_on_a_pyramid_end_to_end(tmp_path, tiny_synth, capsys):
     run = tmp_path / "run"
     overrides = [*TINY_MODEL, "model.roi_heads.score_thresh=0.0", *data_overrides(tiny_synth),
@@ -210,7 +211,8 @@ def test_eval_and_predict_on_a_pyramid_end_to_end(tmp_path, tiny_synth, capsys):
 
     def predict(name, *extra):
         out = tmp_path / name
-        assert main(["--quiet", "predict", str(run), str(image), "--output", str(out), *extra]) == 0
+        assert main(["--quiet", "predict", str(run), str(image), "--output", str(out),
+                     "--score-thresh", "0.05", *extra]) == 0
         return json.loads((tmp_path / name / "predictions.json").read_text())
 
     sets = ["--set", "model.input.test_scales=[64,96,128]", "--set", "model.input.max_size=128"]

@@ -261,12 +261,11 @@ def test_wrong_architectures_fail_in_one_line_naming_the_key_and_shapes(d2_state
         convert_detector({**d2_state, **mask})
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_converted_detector_runs_and_the_cli_writes_a_run_the_api_loads(d2_state, tmp_path, capsys):
     """(g) A forward in eval mode; then ``fpn convert`` on a .pkl, loaded by fpn.api."""
-    model = convert_detector(d2_state).build()
-    model.cfg.input.min_size_test, model.cfg.input.max_size = 96, 128
-    model.preprocess.cfg = model.cfg.input
+    model = convert_detector(d2_state).build().with_changes({"input": {"min_size_test": 96, "max_size": 128}})
     (result,) = model([torch.rand(3, 90, 120)])
     assert result["boxes"].shape[1] == 4 and len(result["boxes"]) == len(result["labels"])
 
@@ -282,6 +281,34 @@ def test_converted_detector_runs_and_the_cli_writes_a_run_the_api_loads(d2_state
     assert detector.model.cfg.backbone.stride_in_1x1 and detector.class_names[0] == "person"
     torch.testing.assert_close(detector.model.roi_heads.box_predictor.cls_score.bias[0],
                                d2_state["roi_heads.box_predictor.cls_score.bias"][80])
+
+
+def test_a_detectron2_pth_converts_as_its_pkl_does(d2_state, tmp_path, capsys):
+    """``fpn convert`` on a .pth as detectron2's own trainer writes it (DetectionCheckpointer: the
+    tensors under "model", beside the optimizer, scheduler and iteration) gives the run that the
+    model-zoo .pkl of the same tensors gives: the same description, config and weights."""
+    from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+    pth = tmp_path / "model_0089999.pth"
+    optimizer = {"state": {i: {"momentum_buffer": torch.zeros(2)} for i in range(2)},
+                 "param_groups": [{"lr": 0.02, "params": [0, 1]}]}
+    scheduler = {"last_epoch": 89999, "base_lrs": [0.02]}
+    torch.save({"model": d2_state, "optimizer": optimizer, "scheduler": scheduler, "iteration": 89999}, pth)
+    pkl = tmp_path / "model_final_280758.pkl"
+    pkl.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in d2_state.items()},
+                                  "__author__": "Detectron2 Model Zoo"}, protocol=4))
+    said = {}
+    for name, path in (("pth", pth), ("pkl", pkl)):
+        assert main(["convert", str(path), "--output", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        said[name] = capsys.readouterr().out.split("; wrote")[0]
+    assert said["pth"] == said["pkl"] and said["pth"].startswith("detectron2 ResNet-50-FPN, 80 classes")
+    (from_pth, _, cfg_pth), (from_pkl, _, cfg_pkl) = (
+        load_checkpoint(latest_checkpoint(tmp_path / name / "checkpoints")) for name in ("pth", "pkl"))
+    assert cfg_pth == cfg_pkl and from_pth.keys() == from_pkl.keys()
+    assert all(torch.equal(from_pth[k], from_pkl[k]) for k in from_pth)
+    # and what they hold is detectron2's, moved: background from its last row to our first
+    torch.testing.assert_close(from_pth["roi_heads.box_predictor.cls_score.bias"][0],
+                               d2_state["roi_heads.box_predictor.cls_score.bias"][80], rtol=0, atol=0)
 
 
 def test_an_r101_checkpoint_gets_depth_101():

@@ -30,10 +30,8 @@ def _set_input_size(model, min_size=MIN_SIZE, max_size=MAX_SIZE):
 
 
 def _ours_like(tv_model):
-    ours = from_torchvision(tv_model.state_dict())
-    ours.cfg.input.min_size_test = MIN_SIZE
-    ours.cfg.input.max_size = MAX_SIZE
-    return ours
+    return from_torchvision(tv_model.state_dict()).with_changes({"input": {"min_size_test": MIN_SIZE,
+                                                                           "max_size": MAX_SIZE}})
 
 
 def _images():
@@ -71,6 +69,7 @@ def match_boxes(ref_boxes, ref_scores, ref_labels, boxes, scores, labels, box_to
     return unmatched
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_pyramid_and_proposals_match_torchvision(tv_model):
     ours = _ours_like(tv_model)
@@ -97,6 +96,7 @@ def test_pyramid_and_proposals_match_torchvision(tv_model):
         assert len(missing) <= 0.01 * len(ref), f"{len(missing)} of torchvision's proposals not found"
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_detections_match_torchvision(tv_model):
     ours = _ours_like(tv_model)
@@ -111,6 +111,7 @@ def test_detections_match_torchvision(tv_model):
         assert not unmatched, f"{len(unmatched)} of {len(ref['boxes'])} detections have no match"
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_published_frozen_bn_weights_use_eps_zero():
     """Published COCO weights come from FrozenBatchNorm2d models meant for eps 0 (docs/interop.md §8)."""
@@ -158,6 +159,7 @@ def test_conversion_refuses_unknown_and_misshapen_keys(tv_model):
         from_torchvision(state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
 @torch.inference_mode()
 def test_imagenet_resnet_weights_give_torchvision_features(depth):

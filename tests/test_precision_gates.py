@@ -50,10 +50,10 @@ def _ap_and_detections(run: Path, precision: str) -> tuple[float, list[dict]]:
 
     cfg, detector, _ = open_run(run, precision=precision)
     dataset = dataset_for(cfg, "val")
-    metrics = evaluate_model(detector.model, dataset, cfg, progress=False, network=detector.network)
+    result = evaluate_model(detector.model, dataset, cfg, progress=False, network=detector.network)
     with torch.inference_mode():
         outputs = [detector.network([dataset[i][0]])[0] for i in range(len(dataset))]
-    return 100 * metrics["AP"], outputs
+    return 100 * result.metrics["AP"], outputs
 
 
 # Measured on a 2-core AMD EPYC (AVX2: bf16 emulated, int8 on AVX2 kernels): fp32 AP 84.8; bf16

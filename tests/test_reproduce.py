@@ -64,6 +64,7 @@ def test_seed_summary_and_claims_on_hand_made_rows():
     assert any("largest on small objects? yes (AP_s +10.0, AP_m +0.0, AP_l -5.0)" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_path):
     lines = []
 

@@ -62,11 +62,17 @@ def test_adaptive_sampling_ratio_is_refused():
         roi_align_sparse(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), 7, 1.0, 0)
 
 
-def test_pooler_takes_the_sparse_path_in_training_only(monkeypatch):
+def test_pooler_takes_the_sparse_path_in_training_only():
+    """The training-mode RoIAlign is the pooler's constructor argument; eval mode runs torchvision's."""
+    from torchvision.ops import roi_align
+
     calls = []
-    monkeypatch.setattr("fpn.model.roi_heads.roi_align_sparse",
-                        lambda *args, **kwargs: calls.append(1) or roi_align_sparse(*args, **kwargs))
-    pooler = MultiLevelRoIPooler({"p2": 4, "p3": 8})
+
+    def recorded(*args):
+        calls.append(1)
+        return roi_align_sparse(*args)
+
+    pooler = MultiLevelRoIPooler({"p2": 4, "p3": 8}, training_roi_align=recorded)
     g = torch.Generator().manual_seed(0)
     features = {"p2": torch.randn(1, 4, 16, 16, generator=g), "p3": torch.randn(1, 4, 8, 8, generator=g)}
     boxes = [torch.tensor([[0.0, 0.0, 20.0, 20.0], [5.0, 5.0, 60.0, 60.0]])]
@@ -76,6 +82,6 @@ def test_pooler_takes_the_sparse_path_in_training_only(monkeypatch):
     assert len(calls) == 2
     # float32 sums in another order: differences of about 1e-6 on values of about 1
     torch.testing.assert_close(trained, evaluated, rtol=1e-4, atol=2e-5)
-    pooler.train().sparse_roi_align = False
-    pooler(features, boxes)
+    plain = MultiLevelRoIPooler({"p2": 4, "p3": 8}, training_roi_align=roi_align).train()
+    torch.testing.assert_close(plain(features, boxes), trained, rtol=1e-4, atol=2e-5)
     assert len(calls) == 2

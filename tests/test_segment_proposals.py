@@ -247,6 +247,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_a_tiny_overfit_drives_both_losses_down(tiny_synth, one_thread):
     dataset = CocoDetection(tiny_synth / "train" / "images", tiny_synth / "train" / "annotations.json",
                             load_masks=True)
@@ -269,6 +270,7 @@ def test_a_tiny_overfit_drives_both_losses_down(tiny_synth, one_thread):
     assert worst["loss_segment_score"] < 0.4 and worst["loss_segment_mask"] < 0.5, ratios
 
 
+@pytest.mark.slow
 def test_train_eval_predict_on_the_cpu(tiny_synth, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--quiet", "train", "--config", "segprop_demo", "--output", str(run), *TINY_SEGMENTS,

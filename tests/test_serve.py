@@ -26,7 +26,7 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'fpn[serve]'")
 httpx = pytest.importorskip("httpx")
 
-from conftest import TINY_MODEL  # noqa: E402
+from conftest import TINY_MODEL, assert_same_detections  # noqa: E402
 from fpn.cli import main  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -139,12 +139,13 @@ def assert_still_serving(url: str) -> None:
     assert detect(url, photo_bytes()).status_code == 200
 
 
-def assert_one_line_error(response: httpx.Response, status: int, words: str) -> None:
-    assert response.status_code == status, response.text
+def assert_one_line_error(response: httpx.Response, status: int, words: str, case: str = "") -> None:
+    assert response.status_code == status, f"{case}: {response.status_code} {response.text}"
     detail = response.json()["detail"]
-    assert isinstance(detail, str) and "\n" not in detail and words in detail, detail
+    assert isinstance(detail, str) and "\n" not in detail and words in detail, f"{case}: {detail!r}"
 
 
+@pytest.mark.slow
 def test_health_schema_and_page(server):
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["classes"] == ["circle", "square", "triangle"]
@@ -158,6 +159,7 @@ def test_health_schema_and_page(server):
     assert page.headers["content-type"].startswith("text/html")
 
 
+@pytest.mark.slow
 def test_detections_match_the_python_api(server, run_dir):
     """The JSON holds what ``fpn.api.Detector`` gives on the same image: boxes in the image's pixels,
     labels, names, the RoI level, and the same detections as COCO results."""
@@ -258,6 +260,7 @@ def content_length(reply: bytes) -> int:
     return 1 << 30
 
 
+@pytest.mark.slow
 def test_every_bad_upload_is_a_4xx_with_one_line_and_the_server_keeps_serving(server):
     url, good = server.url, photo_bytes()
     cases = [
@@ -281,10 +284,11 @@ def test_every_bad_upload_is_a_4xx_with_one_line_and_the_server_keeps_serving(se
         ("bad min_score", lambda: detect(url, good, min_score=2), 400, "min_score"),
     ]
     for name, send, status, words in cases:
-        assert_one_line_error(send(), status, words), name
+        assert_one_line_error(send(), status, words, case=name)
         assert_still_serving(url)
 
 
+@pytest.mark.slow
 def test_a_100_mb_upload_is_refused_without_being_read(server):
     url = server.url
     # announced: refused from the Content-Length alone, after 1 MB of the 100 MB was sent
@@ -301,12 +305,14 @@ def test_a_100_mb_upload_is_refused_without_being_read(server):
     assert_still_serving(url)
 
 
+@pytest.mark.slow
 def test_a_request_over_its_timeout_gets_503_and_the_server_recovers(server):
     response = detect(server.url, photo_bytes(), timeout=0.001)
     assert_one_line_error(response, 503, "timed out")
     assert_still_serving(server.url)
 
 
+@pytest.mark.slow
 def test_concurrent_clients_share_one_model(server):
     """16 requests from 8 clients: no errors, and memory does not grow by a model per client."""
     images = [photo_bytes(seed=i) for i in range(16)]
@@ -328,10 +334,82 @@ def test_concurrent_clients_share_one_model(server):
     assert statuses == [200] * 16
     after = httpx.get(f"{server.url}/health").json()
     assert after["images_run"] - before["images_run"] == 16
-    assert after["batches_run"] - before["batches_run"] <= 16
+    # --max-batch 4: 16 images take at least 4 forwards (that batching happens is tested without
+    # timing below, in test_uploads_that_wait_for_the_model_run_as_one_batch)
+    assert after["batches_run"] - before["batches_run"] >= 16 / 4
     assert server.rss_mib() - rss_before < 200  # the tiny model is a few MB; 8 copies would not be the point
 
 
+class HoldsItsFirstBatch:
+    """The served detector, whose first forward waits until ``release`` is set (as a slow first
+    request would keep the model busy); records the size of every batch it is given."""
+
+    def __init__(self, detector):
+        self.detector, self.release, self.batches = detector, threading.Event(), []
+
+    def __getattr__(self, name):
+        return getattr(self.detector, name)
+
+    def __call__(self, images):
+        self.batches.append(len(images))
+        if len(self.batches) == 1:
+            assert self.release.wait(120), "the test never released the first batch"
+        return self.detector(images)
+
+
+async def _until(condition, what: str, seconds: float = 120) -> None:
+    """Wait for ``condition()`` (a guard against a hang, not a timing assumption)."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, f"waited {seconds} s for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_uploads_that_wait_for_the_model_run_as_one_batch(run_dir):
+    """The app end to end (upload, decode, queue, the real detector, JSON), in-process: while the model
+    is busy with one upload, five more arrive; they reach the model together, at most ``max_batch``
+    (4) at a time, and each answer is its own image's. No timing: the first forward is held until the
+    five are queued. (The uploads have one size: a batch pads its images to the largest, which moves
+    the detections of smaller ones a little, so only same-size images give a batch's detections
+    equal to each image's own.)"""
+    from fpn.api import Detector
+    from fpn.serve.app import ServeSettings, build_app
+
+    held = HoldsItsFirstBatch(Detector.from_checkpoint(run_dir, "cpu", ["model.roi_heads.score_thresh=0"]))
+    uploads = [photo_bytes(seed=i) for i in range(6)]
+    app = build_app(held, ServeSettings(max_batch=4, max_queue=16))
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
+                                                                       base_url="http://serve") as client:
+            def post(data):
+                upload = {"image": ("a.jpg", data, "image/jpeg")}
+                return asyncio.create_task(client.post("/detect", files=upload, timeout=120))
+
+            first = post(uploads[0])
+            await _until(lambda: held.batches, "the first forward")
+            rest = [post(data) for data in uploads[1:]]
+            await _until(lambda: app.state.batcher.waiting == 5, "five queued uploads")
+            held.release.set()
+            responses = await asyncio.gather(first, *rest)
+            return responses, (await client.get("/health")).json()
+
+    responses, health = asyncio.run(scenario())
+    assert held.batches == [1, 4, 1], f"batches of {held.batches} for 1 + 5 queued images"
+    assert (health["batches_run"], health["images_run"]) == (3, 6)
+    for data, response in zip(uploads, responses, strict=True):
+        assert response.status_code == 200, response.text
+        detections = response.json()["detections"]
+        got = {"boxes": torch.tensor([d["box"] for d in detections]),
+               "scores": torch.tensor([d["score"] for d in detections]),
+               "labels": torch.tensor([d["label"] for d in detections])}
+        alone = held.detector(Image.open(io.BytesIO(data)))
+        # the JSON rounds boxes to 0.01 px and scores to 1e-5; a batch of 4 rounds differently from 1
+        assert_same_detections(alone, got, box_tol=0.02, score_tol=2e-5)
+
+
+@pytest.mark.slow
 def test_the_api_conforms_to_its_openapi_schema(server):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, Phase, given, settings
@@ -355,6 +433,7 @@ def test_the_api_conforms_to_its_openapi_schema(server):
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (Debian package "
                     "'chromium'; scripts/setup.sh installs it with apt-get when it can)")
+@pytest.mark.slow
 def test_the_page_draws_the_boxes_in_headless_chromium(server, tmp_path):
     """Upload through the page's file input; in a screenshot of the canvas, the edges of the box the
     page drew last carry its level's colour where the JSON puts the box, and are grey without it."""
@@ -429,6 +508,7 @@ def test_serve_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "pip install 'fpn[serve]'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_several_workers_each_serve(run_dir, tmp_path):
     """``--workers 2``: uvicorn's worker processes build the app from the options in the environment."""
     srv = Server(run_dir, ["--workers", "2", "--threads", "1"], tmp_path / "server.log")
@@ -474,3 +554,93 @@ def test_the_batcher_micro_batches_refuses_when_full_and_recovers_from_timeouts(
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+class SleepingDetector:
+    """A stand-in model whose forward pass sleeps until released (a hung forward), and returns at once
+    otherwise; it records how many forward passes have returned."""
+
+    def __init__(self, sleeps_while: callable):
+        self.sleeps_while, self.release, self.returned = sleeps_while, threading.Event(), 0
+
+    def __call__(self, images):
+        if any(self.sleeps_while(image) for image in images):
+            self.release.wait(120)
+        self.returned += 1
+        return [{"boxes": torch.zeros(0, 4)} for _ in images]
+
+
+def test_the_watchdog_replaces_a_hung_worker_and_serves_the_queue():
+    """Issue 25, point 7: a forward that never returns must not block the requests behind it."""
+    from fpn.serve.batcher import Batcher, Hung, TimedOut
+
+    async def scenario():
+        detector = SleepingDetector(lambda image: image.shape[-1] == 77)
+        batcher = Batcher(detector, max_batch=1, max_queue=8, hang_seconds=0.5, max_hung=2)
+        await batcher.start()
+        hanging = asyncio.create_task(batcher.detect(torch.zeros(3, 8, 77, dtype=torch.uint8), 30))
+        await asyncio.sleep(0.05)  # the worker is in the hung forward
+        start = time.monotonic()
+        served = await batcher.detect(torch.zeros(3, 8, 8, dtype=torch.uint8), 10)  # queued behind it
+        waited = time.monotonic() - start
+        assert "boxes" in served and waited < 8  # without the watchdog: only when the sleeper returns
+        with pytest.raises(TimedOut, match="did not answer within 0.5 s"):
+            await hanging  # answered by the watchdog, long before its own 30 s
+        assert batcher.workers_replaced == 1 and batcher.hung == 1 and batcher.answering
+        # a second hung forward: two abandoned threads, so the batcher stops taking work
+        second = asyncio.create_task(batcher.detect(torch.zeros(3, 8, 77, dtype=torch.uint8), 30))
+        with pytest.raises(TimedOut):
+            await second
+        assert batcher.hung == 2 and not batcher.answering
+        with pytest.raises(Hung, match="not answering"):
+            await batcher.detect(torch.zeros(3, 8, 8, dtype=torch.uint8), 10)
+        detector.release.set()  # the hung forwards return at last: their results are dropped
+        for _ in range(100):
+            if batcher.hung == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert batcher.hung == 0 and batcher.answering
+        assert "boxes" in await batcher.detect(torch.zeros(3, 8, 8, dtype=torch.uint8), 10)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_model_gets_503_over_http_and_the_next_request_is_served(run_dir):
+    """The same through the app: a 503 for the hung request at the hang timeout, a 200 for the
+    request behind it, and /health counting the replaced worker."""
+    from fastapi.testclient import TestClient
+
+    from fpn.api import Detector
+    from fpn.serve.app import ServeSettings, build_app
+
+    detector = Detector.from_checkpoint(run_dir, "cpu")
+    sleeper = SleepingDetector(lambda image: image.shape[-1] == 77)
+    real_call = detector.__class__.__call__
+
+    class Sleepy(Detector):
+        def __call__(self, images, **kwargs):
+            sleeper(images)
+            return real_call(self, images, **kwargs)
+
+    detector.__class__ = Sleepy
+    app = build_app(detector, ServeSettings(timeout=8.0, hang_timeout=1.0, max_batch=1))
+    with TestClient(app) as client:
+        def post(data):
+            return client.post("/detect", files={"image": ("p.png", data, "image/png")})
+
+        results = {}
+        hung = threading.Thread(target=lambda: results.setdefault("hung", post(png_bytes(size=(77, 60)))))
+        hung.start()
+        time.sleep(0.3)
+        behind = post(png_bytes(size=(64, 60)))
+        hung.join(60)
+        assert behind.status_code == 200, behind.text
+        assert_one_line_error(results["hung"], 503, "did not answer")
+        health = client.get("/health").json()
+        assert health["workers_replaced"] == 1 and health["hung"] == 1 and health["status"] == "ok"
+        sleeper.release.set()  # the abandoned forward returns: no thread left running at exit
+        deadline = time.monotonic() + 60
+        while client.get("/health").json()["hung"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/health").json()["hung"] == 0

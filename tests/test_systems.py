@@ -125,8 +125,8 @@ def test_rpn_alone_is_scored_by_proposal_recall_only():
     gt = {"images": [{"id": i, "width": im.shape[2], "height": im.shape[1]} for i, im in enumerate(images)],
           "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], "annotations": annotations}
     loader = [(images, [{"image_id": i} for i in range(len(images))])]
-    metrics = evaluate_detector(model, loader, gt, {1: 1, 2: 2}, progress=False)
-    assert "AP" not in metrics and 0.0 <= metrics["AR@1000"] <= 1.0 and metrics["num_images"] == 2
+    result = evaluate_detector(model, loader, gt, {1: 1, 2: 2}, progress=False)
+    assert "AP" not in result.metrics and 0.0 <= result.metrics["AR@1000"] <= 1.0 and result.num_images == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +142,7 @@ def _metrics(path):
     return json.loads((path / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_rpn_alone_then_fast_rcnn_on_its_proposals(tiny_synth, tmp_path, capsys):
     rpn = tmp_path / "rpn"
     assert main(["--quiet", "train", "--config", "rpn_c_fpn", "--output", str(rpn),
@@ -153,7 +154,7 @@ def test_rpn_alone_then_fast_rcnn_on_its_proposals(tiny_synth, tmp_path, capsys)
     # 96-px images pad to 96x96: 769 cells on P2..P6 (see above), 3 anchors each
     assert rpn_metrics["anchors_per_image"] == 769 * 3 and "AP" not in rpn_metrics
     assert main(["--quiet", "predict", str(rpn), str(tiny_synth / "val" / "images"),
-                 "--output", str(tmp_path / "drawn")]) == 0
+                 "--output", str(tmp_path / "drawn"), "--score-thresh", "0"]) == 0
     assert len(list((tmp_path / "drawn" / "drawn").glob("*.png"))) == 3
     records = json.loads((tmp_path / "drawn" / "predictions.json").read_text())
     assert records and all(set(r) == {"file_name", "bbox", "score"} for r in records)
@@ -172,6 +173,7 @@ def test_rpn_alone_then_fast_rcnn_on_its_proposals(tiny_synth, tmp_path, capsys)
     assert 0.0 <= _metrics(tmp_path / "fast_eval")["AP"] <= 1.0
 
 
+@pytest.mark.slow
 def test_proposals_from_a_file_give_the_same_ap_as_the_rpn_inline(tiny_synth, tmp_path):
     """Faster R-CNN's weights, evaluated end to end and as Fast R-CNN on its written proposals."""
     run = tmp_path / "faster"
@@ -216,6 +218,7 @@ def test_perfect_proposals_have_an_average_recall_of_one(tiny_synth):
     assert proposal_ar(coco, shifted, image_ids)["AR@100"] < 1.0
 
 
+@pytest.mark.slow
 def test_fast_rcnn_configs_need_matching_proposal_files(tiny_synth, tmp_path, capsys):
     args = ["--quiet", "train", "--config", "fast_c_fpn", "--output", str(tmp_path / "run")]
     assert main([*args, *_cli_args(tiny_synth)]) == 2
@@ -251,6 +254,7 @@ def test_proposal_file_round_trip_and_corruption(tmp_path):
         ProposalFile(truncated)
 
 
+@pytest.mark.slow
 def test_the_four_step_alternating_schedule_shares_the_features(tiny_synth, tmp_path, capsys):
     """Table 5: RPN; Fast R-CNN on its proposals; RPN on frozen shared features; Fast R-CNN again."""
     from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint

@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_MODEL, data_overrides
 from fpn.config import TrainConfig, load_config
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
-from fpn.engine.train import NonFiniteLossError, _check_finite, lr_factor, scaled_lr, train
+from fpn.engine.train import NonFiniteLossError, check_finite, lr_factor, scaled_lr, train
 from fpn.jobs.datasets import build_dataset, with_dataset_classes
 from fpn.jobs.training import new_model
 
@@ -39,6 +39,7 @@ def _weights(run_dir):
     return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))[0]
 
 
+@pytest.mark.slow
 def test_stop_and_resume_gives_identical_weights(tiny_synth, tmp_path):
     dataset = build_dataset(_cfg(tiny_synth, 6).data, "train")  # 6 images, batch 2: 3 steps an epoch
     straight = tmp_path / "straight"
@@ -57,7 +58,7 @@ def test_stop_and_resume_gives_identical_weights(tiny_synth, tmp_path):
 
 def test_non_finite_loss_names_step_and_term():
     with pytest.raises(NonFiniteLossError, match="step 12: loss term 'loss_box' is nan"):
-        _check_finite({"loss_cls": torch.tensor(1.0), "loss_box": torch.tensor(float("nan"))}, 11)
+        check_finite({"loss_cls": torch.tensor(1.0), "loss_box": torch.tensor(float("nan"))}, 11)
 
 
 def _with_corrupt_images(root, tmp_path, count):
@@ -116,3 +117,47 @@ def test_tensorboard_scalars_when_installed(tiny_synth, tmp_path, monkeypatch):
     tags = {w[0] for w in written}
     assert {"train/loss", "train/lr", "train/loss_cls", "closed"} <= tags
     assert written[0] == ("dir", str(tmp_path / "run" / "tensorboard"))
+
+
+@pytest.mark.slow
+def test_hooks_run_in_order_between_steps_and_extra_hooks_are_appended(tiny_synth, tmp_path):
+    """A user's hook sees every step after the default ones (log, checkpoint, evaluate) and is told
+    when training ends, also when it fails."""
+    from fpn.engine.loop import HookBase
+
+    calls = []
+
+    class Recorder(HookBase):
+        def before_train(self):
+            calls.append(("before_train", self.trainer.state.step))
+
+        def before_step(self):
+            calls.append(("before_step", self.trainer.state.step))
+
+        def after_step(self):
+            calls.append(("after_step", self.trainer.state.step, round(self.trainer.losses["lr"], 6)))
+
+        def after_train(self):
+            calls.append(("after_train", self.trainer.state.step))
+
+    evaluated = []
+    cfg = _cfg(tiny_synth, 3)
+    cfg.train.eval_period = 2
+    dataset = build_dataset(cfg.data, "train")
+    _train(cfg, dataset, tmp_path / "run", hooks=[Recorder()],
+           evaluate_fn=lambda model, step: evaluated.append((step, len(calls))) or {"AP": 0.5})
+    lrs = [round(0.01 * lr_factor(step, cfg.train), 6) for step in range(3)]  # the rate each step used
+    assert calls == [("before_train", 0), ("before_step", 0), ("after_step", 1, lrs[0]), ("before_step", 1),
+                     ("after_step", 2, lrs[1]), ("before_step", 2), ("after_step", 3, lrs[2]),
+                     ("after_train", 3)]
+    # the evaluator (a default hook) ran at step 2 and at the end, each time before the user's hook
+    assert evaluated == [(2, 4), (3, 6)]
+
+    class Failing(HookBase):
+        def after_step(self):
+            raise RuntimeError("a broken hook")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="a broken hook"):
+        _train(_cfg(tiny_synth, 3), dataset, tmp_path / "failed", hooks=[Recorder(), Failing()])
+    assert calls[-1] == ("after_train", 1)

@@ -8,7 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from conftest import frozen_norm, randomise_norm_statistics
 from fpn.config import load_config
-from fpn.model.backbone import Bottleneck, conv_then_norm
+from fpn.model.conv_norm import ConvNorm, conv_then_norm
 from fpn.model.detector import FasterRCNN
 
 
@@ -58,8 +58,9 @@ def test_trainable_batchnorm_is_never_folded():
 
 
 def _tiny_detector(norm: str, fast: bool) -> FasterRCNN:
+    # width 16 and d = 16: channel counts that let the fast path use channels-last (fpn.model.layout)
     torch.manual_seed(0)
-    cfg = load_config(None, ["model.backbone.depth=50", "model.backbone.width=8",
+    cfg = load_config(None, ["model.backbone.depth=50", "model.backbone.width=16",
                              f"model.backbone.norm={norm}", "model.backbone.freeze_at=2",
                              "model.neck.channels=16", "model.roi_heads.fc_dim=32",
                              "model.input.min_size_train=[128]", "model.input.max_size=128",
@@ -93,8 +94,11 @@ def _pyramid_and_grads(model: FasterRCNN) -> tuple[dict, dict]:
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
 def test_fast_training_gives_the_plain_pyramid_and_gradients(norm):
     fast, plain = _tiny_detector(norm, True), _tiny_detector(norm, False)
-    assert all(m.fold_frozen_norm for m in fast.modules() if isinstance(m, Bottleneck))
-    assert not any(m.fold_frozen_norm for m in plain.modules() if isinstance(m, Bottleneck))
+    assert fast.memory_format == torch.channels_last
+    assert all(m.fold_frozen_norm for m in fast.modules() if isinstance(m, ConvNorm))
+    assert not any(m.fold_frozen_norm for m in plain.modules() if isinstance(m, ConvNorm))
+    with pytest.raises(AttributeError, match="chosen when the model is built"):
+        fast.fast_training = False  # a speed path is a constructor argument, not a switch
     fast_pyramid, fast_grads = _pyramid_and_grads(fast)
     plain_pyramid, plain_grads = _pyramid_and_grads(plain)
     torch.testing.assert_close(fast_pyramid, plain_pyramid, rtol=1e-9, atol=1e-9)

@@ -175,6 +175,63 @@ def test_recall_exactly_on_an_11_point_threshold():
     assert ap_11_point(np.ones(31), np.zeros(31), 100) == pytest.approx(4 / 11)
 
 
+def matlab_colon(start: float, step: float, stop: float) -> list[float]:
+    """MATLAB's ``start:step:stop`` for a range of exactly n = (stop - start) / step steps, as we
+    understand MATLAB builds it: element k (0-based) is ``start + k*step`` in the first half
+    (k < n/2) and ``stop - (n - k)*step`` in the second, so that both ends are exact.
+
+    This is the assumption behind ``ap_11_point``'s thresholds. Two values published from MATLAB
+    pin it down (``test_the_matlab_range_model_reproduces_published_values`` checks both):
+    - ``a = 0:.1:1; a(4) - .3`` prints ``5.5511e-17`` (MATLAB Answers 7335, 2011): the fourth
+      element is 3 * 0.1 = 0.30000000000000004, from the start (from the end, 1 - 7 * 0.1, it
+      would be 0.29999999999999993);
+    - ``0.5:0.1:0.8`` prints ``7.000000000000001e-01`` as its third element (MATLAB R2012b, quoted
+      on MATLAB Answers as "Bug in matlab R2012b version"): 0.8 - 0.1, from the end (from the start,
+      0.5 + 2 * 0.1, it would be exactly 0.7).
+    """
+    n = round((stop - start) / step)
+    return [start + k * step if k < n / 2 else stop - (n - k) * step for k in range(n + 1)]
+
+
+def devkit_11_point(tp: np.ndarray, fp: np.ndarray, num_positives: int, thresholds: list[float]) -> float:
+    """VOCevaldet.m's 11-point loop, literally, in doubles:
+    ``for t=0:0.1:1, p=max(prec(rec>=t)); if isempty(p), p=0; end; ap=ap+p/11; end``."""
+    tp_cum, fp_cum = np.cumsum(tp), np.cumsum(fp)
+    recall, precision = tp_cum / num_positives, tp_cum / (tp_cum + fp_cum)
+    return sum((precision[recall >= t].max() if (recall >= t).any() else 0.0) / 11 for t in thresholds)
+
+
+def test_the_matlab_range_model_reproduces_published_values():
+    assert matlab_colon(0.0, 0.1, 1.0)[3] - 0.3 == pytest.approx(5.5511e-17, rel=1e-4)
+    assert repr(matlab_colon(0.5, 0.1, 0.8)[2]) == "0.7000000000000001"
+    # so 0:0.1:1 is the doubles nearest k/10 except the fourth (ap_11_point's docstring says so) ...
+    grid = matlab_colon(0.0, 0.1, 1.0)
+    assert [t == k / 10 for k, t in enumerate(grid)] == [True] * 3 + [False] + [True] * 7
+    # ... and differs from the Python ports' np.arange(0, 1.1, 0.1) at 0.6 and 0.7 as well
+    differ = [k for k, (a, b) in enumerate(zip(grid, np.arange(0, 1.1, 0.1), strict=True)) if a != b]
+    assert differ == [6, 7]
+
+
+def test_11_point_ap_equals_the_devkit_loop_at_every_recall():
+    """Every recall j / P for P = 1..40, 50, 60, 100 positives, exact grid hits included, on ranked lists
+    whose precision varies: ap_11_point's integer comparisons give the devkit's float ones."""
+    grid = matlab_colon(0.0, 0.1, 1.0)
+    checked_on_grid = 0
+    for positives in [*range(1, 41), 50, 60, 100]:
+        for found in range(positives + 1):
+            for pattern in ("hits first", "interleaved"):
+                tp = np.r_[np.ones(found), np.zeros(3)]
+                if pattern == "interleaved":  # a miss after every second hit
+                    tp = np.array([x for k in range(found) for x in ((1.0, 0.0) if k % 2 else (1.0,))])
+                    tp = np.r_[tp, 0.0]
+                fp = 1.0 - tp
+                want = devkit_11_point(tp, fp, positives, grid)
+                got = ap_11_point(tp, fp, positives)
+                assert got == pytest.approx(want, abs=1e-12), (positives, found, pattern)
+                checked_on_grid += any(10 * found == k * positives for k in range(11))
+    assert checked_on_grid > 100  # recalls exactly on a threshold, where the grid matters, were among them
+
+
 def test_equal_scores_keep_the_input_order():
     # 20 detections of score 0.5: the one on the only cat first, 19 on an empty image after. With
     # the devkit's stable sort the TP ranks first: precision 1 at recall 1 -> AP 1. Listed the

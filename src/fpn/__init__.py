@@ -1,7 +1,10 @@
 """fpn: Feature Pyramid Networks for Object Detection (Lin et al., CVPR 2017) in PyTorch.
 
-Public entry points (imported lazily, so ``fpn --version`` does not load PyTorch):
+Public entry points (imported lazily, so ``import fpn`` and ``fpn --version`` do not load PyTorch):
 
+- ``fpn.Detector(run)(images)``: a trained detector called on files, folders, PIL images, arrays
+  or tensors, returning ``fpn.Detections`` (boxes, scores, labels, names, levels; ``.plot()``,
+  ``.save()``, ``.to_json()``, ``.to_csv()``);
 - ``fpn.FasterRCNN(cfg.model)``: the detector of docs/paper.md §1-3 (and its other systems);
 - ``fpn.from_torchvision(state_dict)``: our detector from torchvision's Faster R-CNN weights;
 - ``fpn.read_checkpoint(path)`` / ``fpn.convert_detector(checkpoint)``: torchvision's,
@@ -15,6 +18,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Detector": "fpn.api",
+    "Detections": "fpn.results",
     "FasterRCNN": "fpn.model.detector",
     "from_torchvision": "fpn.interop.torchvision",
     "load_torchvision_resnet": "fpn.interop.torchvision",

@@ -1,347 +1,489 @@
-"""The ``fpn`` command line: synth | train | eval | proposals | predict | demo | reproduce | convert | bench |
-export | serve | presets.
+"""The ``fpn`` command line: synth | train | eval | proposals | predict | browse | demo | reproduce |
+convert | bench | export | serve | presets.
 
-Every command exits non-zero on failure. A user error (a missing file, a bad config value, a
-corrupt dataset) prints one line naming the problem; ``--debug`` shows the traceback.
+Each command is a parser (``_add_<command>``) and a handler (``_run_<command>``) that calls one job
+(``fpn.jobs``) and prints what it did. Config overrides have one syntax on every command that
+takes them: ``key=value`` items (``train.max_iter=2``, ``model.input.test_scales=[600,800]``)
+anywhere after the command, before or after the options, or as ``--set key=value``.
+
+Every command exits non-zero on failure. A user error (``fpn.errors.UserError``: a missing file, a
+bad config value, a corrupt dataset) prints one line naming the problem and exits 2 (``--debug``
+shows its traceback too); any other exception is a bug and prints its traceback (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from fpn import __version__
+from fpn.errors import MissingExtraError, UserError
+
+# A config override: a dotted key under one of the config's sections, "=", a YAML value.
+OVERRIDE = re.compile(r"^(model|data|train)(\.[A-Za-z_]\w*)+=")
+# The help text of each option several commands share, written once.
+HELP = {
+    "checkpoint": "run directory, checkpoint directory or weights file",
+    "overrides": "config overrides, anywhere after the command (before or after options), e.g. {}",
+    "set": "the same as a key=value item (repeatable)",
+    "device": "cpu, cuda, cuda:N or auto (default: cuda when present)",
+    "config": "a preset name (fpn presets lists them) or a YAML file (default: demo)",
+    "colour_by": "box colours: one per class (default), or per pyramid level P2..P5 (Eq. 1)",
+    "precision": "what the convolutions and fc layers compute in (default %(default)s; auto: bf16 or int8 "
+                 "where this CPU computes them natively and their accuracy gate passed, else fp32)",
+    "calibration": "images or folders int8 calibrates on (repeatable; default: the run's training images"
+                   "{})",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpn", description="Feature Pyramid Networks for object detection.")
-    parser.add_argument("--version", action="version", version=f"fpn {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=HELP["overrides"].format(example))
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="key=value",
+                   help=HELP["set"])
 
+
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help=HELP["checkpoint"])
+
+
+def _add_precision(p: argparse.ArgumentParser, *, default: str = "auto", fallback: str = "") -> None:
+    """--precision and --calibration (``fpn.model.precision``); ``fallback``: what int8 calibrates on
+    when the run's training images are not on disk."""
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=default,
+                   help=HELP["precision"])
+    p.add_argument("--calibration", action="append", type=Path, default=None, metavar="PATH",
+                   help=HELP["calibration"].format(fallback))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate the built-in synthetic benchmark (COCO format)")
-    p.add_argument("out_dir", type=Path)
+    p.add_argument("out_dir", type=Path, help="the folder to write train/ and val/ into")
     p.add_argument("--train", type=int, default=400, help="training images (default 400)")
     p.add_argument("--val", type=int, default=100, help="validation images (default 100)")
-    p.add_argument("--image-size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=512, help="side of the square images (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="the random stream (default 0)")
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a detector")
-    _add_config_args(p)
-    p.add_argument("--output", type=Path, default=Path("runs/train"), help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--config", default=None,
+                   help="a preset name or a YAML file (default: demo; with --resume, the run's own config)")
+    _add_overrides(p, "train.base_lr=0.01")
+    p.add_argument("--output", type=Path, default=Path("runs/train"),
+                   help="run directory (default: runs/train)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint, with its own config; "
+                        "only the schedule's length (train.max_iter, train.lr_steps), periods, device and "
+                        "evaluation settings may be changed")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a run: delete its checkpoints, metrics and "
+                        "evaluations first")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation")
     p.add_argument("--init", action="append", default=[], type=Path, metavar="WEIGHTS",
                    help="start from these weights (repeatable; appended to train.init): an fpn run, a "
                         "torchvision/detectron2/mmdetection detector checkpoint, or a torchvision "
                         "ImageNet ResNet (.pth) for the backbone")
 
-    p = sub.add_parser("eval", help="box AP and proposal AR of a checkpoint (pycocotools)")
-    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.val_images=...")
-    p.add_argument("--output", type=Path, default=None, help="where to write metrics (default: beside)")
-    _add_precision_args(p, default="fp32")
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="box AP and proposal AR of a checkpoint (pycocotools)")
+    _add_checkpoint(p)
+    _add_overrides(p, "data.val_images=...")
+    p.add_argument("--output", type=Path, default=None, help="where to write metrics (default: beside)")
+    _add_precision(p, default="fp32")
+
+
+def _add_proposals(sub) -> None:
     p = sub.add_parser("proposals", help="write the RPN proposals of a run for every image of a split")
     p.add_argument("checkpoint", type=Path, help="a run of the RPN alone or of Faster R-CNN")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. model.rpn.post_nms_top_n_test=2000")
-    p.add_argument("--split", choices=["train", "val"], required=True)
+    _add_overrides(p, "model.rpn.post_nms_top_n_test=2000")
+    p.add_argument("--split", choices=["train", "val"], required=True,
+                   help="the split whose images get proposals")
     p.add_argument("--output", type=Path, required=True, help="the proposal file to write")
 
-    p = sub.add_parser("predict", help="detect objects in images or folders")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("inputs", nargs="+", type=Path, help="images or folders")
-    p.add_argument("--output", type=Path, default=Path("predictions"))
-    p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change the model's config, repeatable, e.g. --set model.input.test_scales=[600,800]")
-    _add_precision_args(p)
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="detect objects in images, folders or videos",
+        description="Write predictions.json (COCO-style: bbox x, y, width, height), predictions.csv "
+        "(x1, y1, x2, y2) and drawn copies under DIR/drawn/, named after the inputs' paths relative to "
+        "the folder they share; a video gives an annotated DIR/drawn/<path>.mp4 (needs the video extra).")
+    _add_checkpoint(p)
+    p.add_argument("inputs", nargs="+", type=Path, help="images, videos or folders of them")
+    _add_overrides(p, "model.input.test_scales=[600,800]")
+    p.add_argument("--output", type=Path, default=Path("predictions"),
+                   help="folder for predictions.json, predictions.csv and the drawn images "
+                        "(default: predictions)")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="keep detections scored at least this, in predictions.json, predictions.csv and the "
+                        "drawings alike (default 0.5; 0.05: all the detections the evaluation scores)")
+    p.add_argument("--colour-by", choices=["class", "level"], default="class", help=HELP["colour_by"])
+    p.add_argument("--device", default="auto", help=HELP["device"])
+    _add_precision(p, fallback=", else the input images")
+
+
+def _add_browse(sub) -> None:
+    p = sub.add_parser(
+        "browse", help="look at a dataset before training: ground truth drawn, class counts, object sizes, "
+                       "the share of objects per pyramid level",
+        description="Draws the ground truth of a few images into DIR/gt/ and writes class_counts.png, "
+        "object_sizes.png (COCO's small/medium/large buckets), levels.png (the pyramid level Eq. 1 gives "
+        "each object under --config) and summary.json. DATA: a COCO annotation file, a folder with "
+        "annotations.json (and images/), an `fpn synth` folder, or a Pascal VOC root; none: the config's "
+        "data.")
+    p.add_argument("data", type=Path, nargs="?", default=None, metavar="DATA",
+                   help="the dataset to look at (default: the config's data)")
+    p.add_argument("--output", type=Path, required=True, help="where the pictures and charts go")
+    p.add_argument("--images", type=Path, default=None,
+                   help="the image folder of a COCO annotation file (default: images/ beside it, or its "
+                        "folder)")
+    p.add_argument("--split", default="train", help="VOC's ImageSets/Main list, or the split of an "
+                   "`fpn synth` folder or of the config's data (default train)")
+    p.add_argument("--config", default="demo",
+                   help="preset or YAML whose model the levels are for (default demo)")
+    p.add_argument("--num-images", type=int, default=16, help="images drawn (default 16)")
+    p.add_argument("--colour-by", choices=["class", "level"], default="class", help=HELP["colour_by"])
+
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthesise data, train a CPU-sized FPN, evaluate, draw")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--output", type=Path, default=Path("runs/demo"))
+    _add_overrides(p, "train.max_iter=300")
+    p.add_argument("--output", type=Path, default=Path("runs/demo"),
+                   help="run directory (default: runs/demo)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over instead of resuming the run in --output (deletes its checkpoints)")
 
+
+def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce",
                        help="the paper's Tables 1, 2, 3 and 6 in miniature: train, evaluate, report")
     p.add_argument("--quick", action="store_true",
                    help="a step per row, on a tiny set (under a minute on a quiet 2-core machine)")
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=_positive_int, default=None,
                    help="seeds for the rows the paper compares most "
                         "(default: 3 in Table 1 and 2 in Table 3; 2 with --quick)")
     p.add_argument("--output", type=Path, default=Path("reports/reproduction"), help="where the report goes")
     p.add_argument("--work", type=Path, default=Path("runs/reproduction"),
                    help="data and training runs (a killed reproduction continues from here)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=HELP["device"])
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser("convert",
                        help="torchvision, detectron2 or mmdetection Faster R-CNN weights -> an fpn run")
-    p.add_argument("weights", type=Path,
-                   help="a .pkl (detectron2 model zoo), .pth/.pt or .safetensors file "
-                        "(no pickled code is run)")
+    p.add_argument("weights", type=Path, help="a .pkl (detectron2 model zoo), .pth/.pt or .safetensors file "
+                                              "(no pickled code is run)")
     p.add_argument("--output", type=Path, required=True, help="run directory to write")
     p.add_argument("--from", dest="library", choices=["torchvision", "detectron2", "mmdetection"],
                    default=None, help="the library that wrote the weights (default: recognised by key names)")
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="inference (or training) speed against torchvision on identical weights")
     p.add_argument("--train", action="store_true",
                    help="training steps instead: R50-FPN at 512 and 800 px, and the demo preset")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=_positive_int, default=None,
                    help="timed runs per row (default: 3, 5 with --train)")
     p.add_argument("--quick", action="store_true",
                    help="only the 512x512 input and small scaling tables (with --train: no 800 px row)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "all"], default="all",
                    help="rows at this precision besides fp32 (default all: bf16 and int8, with --train "
                         "bf16; auto: the one this CPU would choose)")
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="a checkpoint -> one ONNX graph (any image size) for ONNX Runtime")
-    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
+    _add_checkpoint(p)
+    _add_overrides(p, "model.roi_heads.score_thresh=0.3")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (only onnx)")
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--verify-image", type=Path, default=None,
                    help="an image for the ONNX Runtime vs PyTorch check (default: a random one)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
 
+
+def _add_serve(sub) -> None:
     p = sub.add_parser(
         "serve", help="detection as a local web service and page (needs: pip install 'fpn[serve]')",
         description="Serve a detector over HTTP: POST /detect (multipart field 'image') returns JSON "
         "detections; GET /health; GET / is a page to drop an image on; the OpenAPI schema is at "
         "/openapi.json (docs at /docs). Requests queue for one model and are micro-batched.")
-    p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
+    _add_checkpoint(p)
+    _add_overrides(p, "model.roi_heads.score_thresh=0.3")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8080, help="default 8080")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_positive_int, default=1,
                    help="server processes; each loads its own copy of the model, so memory multiplies "
                    "(default 1: one model, requests queued to it)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads per worker (default: torch's choice, one per core; with several "
                    "workers give each cores/workers)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when present)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change the model's config, repeatable, e.g. --set model.roi_heads.score_thresh=0.3")
+    p.add_argument("--device", default="auto", help=HELP["device"])
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds a request may wait and run before a 503 (default 30)")
+    p.add_argument("--hang-timeout", type=float, default=None,
+                   help="seconds a forward pass may run before it is abandoned and a new worker thread "
+                   "serves the queue (default: half of --timeout)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MiB)")
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest image, checked from its header before decoding (default 40)")
-    p.add_argument("--max-batch", type=int, default=4, help="images run in one forward at most (default 4)")
-    p.add_argument("--max-queue", type=int, default=16,
+    p.add_argument("--max-batch", type=_positive_int, default=4,
+                   help="images run in one forward at most (default 4)")
+    p.add_argument("--max-queue", type=_positive_int, default=16,
                    help="images that may wait; more get a 503 'busy' (default 16)")
-    _add_precision_args(p)
+    _add_precision(p)
 
+
+def _add_presets(sub) -> None:
     sub.add_parser("presets", help="list the config presets")
-    return parser
 
 
-def _add_precision_args(p: argparse.ArgumentParser, default: str = "auto") -> None:
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=default,
-                   help="what the convolutions and fc layers compute in (default %(default)s; auto: bf16 "
-                        "or int8 where this CPU computes them natively and their accuracy gate passed, "
-                        "else fp32)")
-    p.add_argument("--calibration", action="append", type=Path, default=None, metavar="PATH",
-                   help="images or folders int8 calibrates on (repeatable; default: the run's training "
-                        "images)")
+PARSERS = [_add_synth, _add_train, _add_eval, _add_proposals, _add_predict, _add_browse, _add_demo,
+           _add_reproduce, _add_convert, _add_bench, _add_export, _add_serve, _add_presets]
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="demo", help="a preset name or a YAML file (default: demo)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.base_lr=0.01")
+def build_parser() -> argparse.ArgumentParser:
+    return _build()[0]
 
 
-def run(args: argparse.Namespace) -> int:
-    progress = not args.quiet
-    match args.command:
-        case "synth":
-            from fpn.data import synthetic
-
-            stats = synthetic.generate(args.out_dir, num_train=args.train, num_val=args.val,
-                                       image_size=args.image_size, seed=args.seed, progress=progress)
-            print(f"wrote {args.out_dir}: {stats}")
-        case "train":
-            from fpn.config import load_config
-            from fpn.engine import evaluate as ev
-            from fpn.jobs.evaluation import skipped_note
-            from fpn.jobs.training import run_train
-
-            cfg = load_config(args.config, args.overrides)
-            cfg.train.init = [*cfg.train.init, *map(str, args.init)]
-            result = run_train(cfg, args.output, resume=args.resume, progress=progress,
-                               evaluate=not args.no_eval)
-            if result["metrics"]:
-                print(ev.format_table(result["metrics"]))
-                if "voc_table" in result["metrics"]:
-                    print("Pascal VOC AP at IoU 0.5 (difficult objects ignored):\n"
-                          + result["metrics"]["voc_table"])
-                if skipped_note(result["metrics"]):
-                    print(skipped_note(result["metrics"]))
-            print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
-        case "eval":
-            _eval(args, progress)
-        case "predict":
-            from fpn.jobs.prediction import run_predict
-
-            out = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
-                              device=args.device, progress=progress, overrides=args.overrides,
-                              precision=args.precision, calibration=args.calibration)
-            print(f"wrote {out / 'predictions.json'} and drawn images in {out / 'drawn'}")
-        case "proposals":
-            from fpn.jobs.proposals import run_proposals
-
-            result = run_proposals(args.checkpoint, args.split, args.output, args.overrides,
-                                   progress=progress)
-            print(f"wrote {result['path']}: proposals for {result['images']} {args.split} images"
-                  + (f" ({len(result['skipped'])} unreadable skipped)" if result["skipped"] else ""))
-        case "demo":
-            from fpn.jobs.demo import run_demo
-
-            run_demo(args.output, overrides=args.overrides, progress=progress)
-        case "reproduce":
-            from fpn.jobs.reproduce import run_reproduction
-
-            run_reproduction(quick=args.quick, seeds=args.seeds, output=args.output, work=args.work,
-                             device=args.device)
-        case "convert":
-            _convert(args)
-        case "bench":
-            from fpn.bench import inference, training
-            from fpn.bench.common import publish_report
-
-            repeats = args.repeats or (5 if args.train else 3)
-            if args.train:
-                report = training.run(repeats=repeats, quick=args.quick, threads=args.threads,
-                                      precision=args.precision)
-            else:
-                report = inference.run(repeats=repeats, quick=args.quick, threads=args.threads,
-                                       precision=args.precision)
-            publish_report(report, args.output)
-        case "export":
-            _export(args)
-        case "serve":
-            _serve(args)
-        case "presets":
-            from fpn.config import preset_descriptions
-
-            width = max(map(len, descriptions := preset_descriptions()), default=0)
-            print("\n".join(f"{name:<{width}}  {text}" for name, text in descriptions.items()))
-        case _:
-            build_parser().print_help()
-    return 0
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's own parser by name."""
+    parser = argparse.ArgumentParser(prog="fpn", description="Feature Pyramid Networks for object detection.")
+    parser.add_argument("--version", action="version", version=f"fpn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in PARSERS:
+        add(sub)
+    return parser, dict(sub.choices)
 
 
-def _convert(args: argparse.Namespace) -> None:
-    """Write a run whose config reproduces the source library's model (docs/interop.md)."""
-    from fpn.config import Config, to_dict
-    from fpn.engine.checkpoint import save_checkpoint
-    from fpn.interop import convert_detector, describe, read_checkpoint
-
-    foreign = convert_detector(read_checkpoint(args.weights), library=args.library)
-    foreign.build()  # loads strictly: every tensor has its place
-    path = save_checkpoint(args.output / "checkpoints", 0, foreign.state_dict, None,
-                           to_dict(Config(model=foreign.cfg)))
-    print(f"{describe(foreign)}; wrote {path}: use {args.output} with fpn predict / fpn eval")
+# ---------------------------------------------------------------------------------------------
+# overrides: one syntax on every command
 
 
-def _export(args: argparse.Namespace) -> None:
-    from fpn.api import Detector, load_image
-    from fpn.export import export_onnx, verify
+def _takes_value(parser: argparse.ArgumentParser, token: str) -> bool:
+    """Whether ``token`` is an option of ``parser`` that takes a value in the next token."""
+    action = parser._option_string_actions.get(token)  # argparse keeps no public map of its options
+    return action is not None and action.nargs != 0
 
-    model = Detector.from_checkpoint(args.checkpoint, "cpu").model
-    image = load_image(args.verify_image) if args.verify_image and not args.no_verify else None
+
+def split_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the arguments for argparse, the overrides in command-line order) of one command's arguments.
+
+    An override is a ``key=value`` item under ``model.``, ``data.`` or ``train.`` anywhere (not the
+    value of an option), or the value of ``--set``.
+    """
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--set" and i + 1 < len(argv):
+            overrides.append(argv[i + 1])
+            i += 2
+            continue
+        if token.startswith("--set="):
+            overrides.append(token.removeprefix("--set="))
+        elif OVERRIDE.match(token):
+            overrides.append(token)
+        else:
+            rest.append(token)
+            if _takes_value(parser, token) and i + 1 < len(argv):
+                rest.append(argv[i + 1])
+                i += 1
+        i += 1
+    return rest, overrides
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed, with every command's overrides in ``args.overrides`` (in order)."""
+    parser, commands = _build()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    at = next((i for i, token in enumerate(argv) if token in commands), None)
+    if at is None or not any(action.dest == "overrides" for action in commands[argv[at]]._actions):
+        return parser.parse_args(argv)
+    rest, overrides = split_overrides(commands[argv[at]], argv[at + 1:])
+    args = parser.parse_args([*argv[:at + 1], *rest])
+    args.overrides = [*overrides, *args.overrides]  # argparse only saw items that are not overrides
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# handlers: one job each, then what it did
+
+
+def _run_synth(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.data import synthetic
+
+    stats = synthetic.generate(args.out_dir, num_train=args.train, num_val=args.val,
+                               image_size=args.image_size, seed=args.seed, progress=progress)
+    print(f"wrote {args.out_dir}: {stats}")
+
+
+def _run_train(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.training import requested_config, run_train
+
+    cfg = requested_config(args.config, args.overrides, args.output, resume=args.resume)
+    cfg.train.init = [*cfg.train.init, *map(str, args.init)]
+    result = run_train(cfg, args.output, resume=args.resume, overwrite=args.overwrite, progress=progress,
+                       evaluate=not args.no_eval)
+    if result["evaluation"] is not None:
+        print(result["evaluation"].summary())
+    print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
+
+
+def _run_eval(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.evaluation import run_eval
+
+    result, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress,
+                           precision=args.precision, calibration=args.calibration)
+    print(result.summary())
+    print(f"metrics in {out}")
+
+
+def _run_proposals(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.proposals import run_proposals
+
+    result = run_proposals(args.checkpoint, args.split, args.output, args.overrides, progress=progress)
+    print(f"wrote {result['path']}: proposals for {result['images']} {args.split} images"
+          + (f" ({len(result['skipped'])} unreadable skipped)" if result["skipped"] else ""))
+
+
+def _run_predict(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.prediction import run_predict
+
+    summary = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
+                          device=args.device, progress=progress, overrides=args.overrides,
+                          colour_by=args.colour_by, precision=args.precision, calibration=args.calibration)
+    print(f"wrote {summary.describe()}")
+
+
+def _run_browse(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.browse import run_browse
+
+    summary = run_browse(args.data, args.output, images=args.images, split=args.split, config=args.config,
+                         num_images=args.num_images, colour_by=args.colour_by)
+    print(summary.text())
+    charts = ", ".join(summary.charts) or "no charts (pip install matplotlib)"
+    print(f"wrote {len(summary.drawn)} drawn images in {args.output / 'gt'}, {charts} and summary.json "
+          f"in {args.output}")
+
+
+def _run_demo(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.demo import run_demo
+
+    run_demo(args.output, overrides=args.overrides, progress=progress, overwrite=args.overwrite)
+
+
+def _run_reproduce(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.reproduce import run_reproduction
+
+    run_reproduction(quick=args.quick, seeds=args.seeds, output=args.output, work=args.work,
+                     device=args.device)
+
+
+def _run_convert(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.conversion import run_convert
+
+    description, path = run_convert(args.weights, args.output, library=args.library)
+    print(f"{description}; wrote {path}: use {args.output} with fpn predict / fpn eval")
+
+
+def _run_bench(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.bench import inference, training
+    from fpn.bench.common import publish_report
+
+    run = training.run if args.train else inference.run
+    report = run(repeats=args.repeats or (5 if args.train else 3), quick=args.quick, threads=args.threads,
+                 precision=args.precision)
+    publish_report(report, args.output)
+
+
+def _run_export(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.jobs.export import run_export
+
     print(f"exporting to {args.output} (tracing the eval path; about half a minute)", flush=True)
-    path = export_onnx(model, args.output)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): input 'image' (3, H, W) float in [0, 1], "
-          "outputs 'boxes' (D, 4) xyxy in image pixels, 'scores' (D,), 'labels' (D,)")
-    if not args.no_verify:
-        what = args.verify_image or "a random 427x640 image"
-        check = verify(model, path, image)
-        print(f"ONNX Runtime vs PyTorch on {what}: {check['matched']}/{check['detections']} "
-              f"detections matched, max box diff {check['max_box_diff_px']:.4f} px, "
-              f"max score diff {check['max_score_diff']:.1e}")
-        if check["matched"] != check["detections"] or check["onnx_detections"] != check["detections"]:
-            raise ValueError(f"{path}: ONNX Runtime's detections differ from PyTorch's: {check}")
-        if check["detections"] == 0:
-            print("note: nothing was detected, so the check compared little; pass --verify-image "
-                  "with a real photo")
+    report = run_export(args.checkpoint, args.output, overrides=args.overrides,
+                        verify_outputs=not args.no_verify, verify_image=args.verify_image)
+    print("\n".join(report.lines()))
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _run_serve(args: argparse.Namespace, progress: bool) -> None:
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
-        raise ValueError(f"fpn serve needs the serve extra: pip install 'fpn[serve]' ({err})") from None
+        raise MissingExtraError(f"fpn serve needs the serve extra: pip install 'fpn[serve]' ({err})"
+                                ) from None
     from fpn.serve.app import ServeSettings
     from fpn.serve.server import ServeOptions, serve
 
     limits = ServeSettings(max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels,
-                           timeout=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue)
+                           timeout=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
+                           hang_timeout=args.hang_timeout)
     serve(ServeOptions(str(args.checkpoint), host=args.host, port=args.port, workers=args.workers,
                        device=args.device, threads=args.threads, overrides=args.overrides, limits=limits,
-                       precision=args.precision,
-                       calibration=[str(p) for p in _calibration_paths(args.calibration) or []]))
+                       precision=args.precision, calibration=[str(path) for path in args.calibration or []]))
 
 
-def _calibration_paths(items: list[Path] | None) -> list[Path] | None:
-    """The images of ``--calibration`` files and folders (at most ``fpn.api.CALIBRATION_IMAGES``)."""
-    if not items:
-        return None
-    from fpn.api import CALIBRATION_IMAGES
-    from fpn.jobs.prediction import expand_inputs
+def _run_presets(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.config import preset_descriptions
 
-    return expand_inputs(items)[:CALIBRATION_IMAGES]
+    width = max(map(len, descriptions := preset_descriptions()), default=0)
+    print("\n".join(f"{name:<{width}}  {text}" for name, text in descriptions.items()))
 
 
-def _eval(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.engine import evaluate as ev
-    from fpn.jobs.evaluation import run_eval, skipped_note
-
-    metrics, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress,
-                            precision=args.precision, calibration=_calibration_paths(args.calibration))
-    print(ev.format_table(metrics))
-    if "voc_table" in metrics:
-        print("Pascal VOC AP at IoU 0.5 (difficult objects ignored):\n" + metrics["voc_table"])
-    if skipped_note(metrics):
-        print(skipped_note(metrics))
-    print(f"metrics in {out}")
+HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
+    "synth": _run_synth, "train": _run_train, "eval": _run_eval, "proposals": _run_proposals,
+    "predict": _run_predict, "browse": _run_browse, "demo": _run_demo, "reproduce": _run_reproduce,
+    "convert": _run_convert, "bench": _run_bench, "export": _run_export, "serve": _run_serve,
+    "presets": _run_presets,
+}
 
 
-# ConfigError, DatasetError, CheckpointError, ConversionError are ValueErrors; a non-finite loss
-# is a FloatingPointError: all are reported in one line.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, PermissionError,
-                                                FloatingPointError)
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; 0 when it succeeded (a failure raises)."""
+    HANDLERS[args.command](args, not args.quiet)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fpn").setLevel(logging.DEBUG if args.debug else logging.INFO)
     if args.command is None:
-        parser.print_help()
+        build_parser().print_help()
         return 0
     try:
         return run(args)
     except KeyboardInterrupt as err:
         print(f"fpn {args.command}: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
+    except UserError as err:
         if args.debug:
             raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"fpn {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except Exception as err:
-        if args.debug:
-            raise
-        print(f"fpn {args.command}: unexpected {type(err).__name__}: {err} (run with --debug for "
-              "the traceback)", file=sys.stderr)
+    except Exception as err:  # a bug: its traceback is what a report needs
+        traceback.print_exc()
+        print(f"fpn {args.command}: unexpected {type(err).__name__} (a bug in fpn, not in your input; "
+              "please report it with the traceback above)", file=sys.stderr)
         return 1
 
 

@@ -8,19 +8,19 @@ module's ``build_*`` function: there is no registry.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
+from fpn.errors import ConfigError
+
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown field or gives a value of the wrong type."""
 
 
 @dataclass
@@ -60,7 +60,7 @@ class AnchorConfig:
     """One anchor scale per level, three aspect ratios (docs/paper.md §2)."""
 
     sizes: dict[str, list[float]] = field(
-        default_factory=lambda: {"p2": [32], "p3": [64], "p4": [128], "p5": [256], "p6": [512]}
+        default_factory=lambda: {"p2": [32.0], "p3": [64.0], "p4": [128.0], "p5": [256.0], "p6": [512.0]}
     )
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     # torchvision rounds its cell anchors to integers ([-23, -11, 23, 11] for 32 px at 1:2).
@@ -139,7 +139,7 @@ class SegmentProposalConfig:
     mlps: Literal["5x5", "7x7", "dual"] = "dual"
     # Object scale, max(width, height) in resized-image pixels, that the 5x5 MLP proposes on each level.
     object_scales: dict[str, float] = field(
-        default_factory=lambda: {"p2": 32, "p3": 64, "p4": 128, "p5": 256, "p6": 512}
+        default_factory=lambda: {"p2": 32.0, "p3": 64.0, "p4": 128.0, "p5": 256.0, "p6": 512.0}
     )
     # The 7x7 MLP proposes the half-octave scales: object_scales times this factor (7 ≈ 5·√2).
     half_octave_factor: float = 2**0.5
@@ -213,6 +213,8 @@ class DataConfig:
     val_images: str = "data/synth/val/images"
     val_annotations: str = "data/synth/val/annotations.json"
     voc_root: str = ""
+    # The class names of a VOC-format set, in label order; empty: Pascal VOC's 20 classes.
+    voc_classes: list[str] = field(default_factory=list)
     # Fixed proposals for Fast R-CNN (model.proposals=given), written by `fpn proposals`; at most
     # model.rpn.post_nms_top_n_train (training) / post_nms_top_n_test (evaluation) are used per image.
     train_proposals: str = ""
@@ -222,6 +224,9 @@ class DataConfig:
     # COCO annotations naming unknown image or category ids, and repeated image ids: "error"
     # refuses the file; "warn" drops them (keeping the first of repeated images) with a warning.
     on_bad_annotations: Literal["error", "warn"] = "error"
+    # A COCO file_name that is absolute or leaves the image folder ("../../x.jpg") is refused naming
+    # the image; true reads it anyway (an annotation file from elsewhere could name any file).
+    allow_outside_image_paths: bool = False
 
 
 @dataclass
@@ -240,6 +245,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     grad_clip_norm: float | None = None
     checkpoint_period: int = 5000
+    keep_checkpoints: int = 3  # the newest checkpoints kept in RUN/checkpoints; 0 keeps every one
     eval_period: int = 0  # 0: only at the end
     log_period: int = 20
     seed: int = 0
@@ -279,8 +285,79 @@ class Config:
 
 
 def to_dict(cfg: Any) -> Any:
-    """A config (or part of one) as plain YAML-able Python values."""
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    """A config (or part of one, frozen or not) as plain YAML-able Python values."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list | tuple):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# read-only copies: what a built model keeps
+
+
+T = TypeVar("T")
+
+
+class ReadOnly:
+    """Base of the read-only twins ``frozen`` makes: assigning or deleting a field raises, and copies
+    are the object itself (nothing in it can change)."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(
+            f"cannot assign to field {name!r}: this config belongs to a built model and is read-only "
+            "(the model was built from it); change a copy (fpn.config.thawed) and build a new model")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo: dict):
+        return self
+
+    def __reduce__(self):
+        return frozen, (thawed(self),)
+
+
+@functools.cache
+def _read_only_class(cls: type) -> type:
+    """``cls`` with ``ReadOnly``'s behaviour: still an instance of ``cls`` for isinstance and typing."""
+    return type(f"ReadOnly{cls.__name__}", (ReadOnly, cls), {"__doc__": cls.__doc__, "__module__": __name__,
+                                                               "__eq__": _equal_as_dicts, "__hash__": None})
+
+
+def _equal_as_dicts(self, other: Any) -> bool:
+    return dataclasses.is_dataclass(other) and to_dict(self) == to_dict(other)
+
+
+def frozen(cfg: T) -> T:
+    """A read-only deep copy of a config or part of one: every dataclass is a read-only twin of its
+    class, lists are tuples and mappings read-only. Later changes to ``cfg`` do not reach it."""
+    if isinstance(cfg, ReadOnly):
+        return cfg
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        copy = object.__new__(_read_only_class(type(cfg)))
+        for f in dataclasses.fields(cfg):
+            object.__setattr__(copy, f.name, frozen(getattr(cfg, f.name)))
+        return copy
+    if isinstance(cfg, list | tuple):
+        return tuple(frozen(v) for v in cfg)
+    if isinstance(cfg, Mapping):
+        return types.MappingProxyType({k: frozen(v) for k, v in cfg.items()})
+    return cfg
+
+
+def thawed(cfg: T) -> T:
+    """An ordinary (mutable) deep copy of a config or part of one, frozen or not."""
+    cls = type(cfg).__mro__[2] if isinstance(cfg, ReadOnly) else type(cfg)  # ReadOnlyX -> ReadOnly -> X
+    return from_dict(cls, to_dict(cfg), cls.__name__)
 
 
 def _check_value(value: Any, annotation: Any, where: str) -> Any:
@@ -341,6 +418,8 @@ def merge(cfg: Any, values: dict[str, Any], where: str = "config") -> Any:
     """
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    if isinstance(cfg, ReadOnly):
+        cfg = thawed(cfg)
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = set(values) - names

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.detections import output_difference
+from fpn.errors import ExportError, output_dir
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import inference_copy
 from fpn.model.preprocess import padded_size, resize_scale
@@ -36,17 +37,12 @@ OPSET = 18  # RoiAlign's half-pixel mode (torchvision's aligned=True) needs opse
 MIN_SIDE, MAX_SIDE = 16, 16384  # image sides (px) the exported graph accepts
 
 
-class ExportError(ValueError):
-    """The model cannot be exported or run: the onnx / onnxruntime packages are missing."""
-
-
 class ExportGraph(nn.Module):
     """The eval path of ``model`` for one image with symbolic sizes (see the module docstring)."""
 
     def __init__(self, model: FasterRCNN):
         super().__init__()
-        self.cfg = model.cfg
-        self.preprocess = model.preprocess
+        self.preprocess = model.preprocess  # its settings: read-only, as every part of a built model
         with torch.inference_mode(False):
             self.backbone = inference_copy(model.backbone, channels_last=False)
         self.neck = model.neck
@@ -55,15 +51,15 @@ class ExportGraph(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(3, H, W) in [0, 1] -> boxes (D, 4) in the image's pixels, scores (D,), labels (D,)."""
-        cfg = self.cfg
+        settings = self.preprocess.settings
         height, width = image.shape[-2], image.shape[-1]
-        scale = resize_scale((height, width), cfg.input.min_size_test, cfg.input.max_size)
+        scale = resize_scale((height, width), settings.min_size_test, settings.max_size)
         resized_h = torch.sym_int(torch.sym_float(height) * scale)
         resized_w = torch.sym_int(torch.sym_float(width) * scale)
         x = F.interpolate(self.preprocess.normalize(image)[None], size=(resized_h, resized_w),
                           mode="bilinear", align_corners=False)
-        padded_h = padded_size(resized_h, cfg.input.size_divisibility)
-        padded_w = padded_size(resized_w, cfg.input.size_divisibility)
+        padded_h = padded_size(resized_h, settings.size_divisibility)
+        padded_w = padded_size(resized_w, settings.size_divisibility)
         x = F.pad(x, (0, padded_w - resized_w, 0, padded_h - resized_h))
         features = self.neck(self.backbone(x))
         image_sizes = [(resized_h, resized_w)]
@@ -93,7 +89,7 @@ def export_onnx(model: FasterRCNN, path: str | Path, example_hw: tuple[int, int]
         raise ExportError(f"fpn export writes Faster R-CNN (RPN and box head); this model has "
                           f"model.proposals={model.cfg.proposals}, model.box_head={model.cfg.box_head}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(path.parent)
     graph = ExportGraph(model.eval().cpu()).eval()
     example = torch.rand(3, *example_hw, generator=torch.Generator().manual_seed(0))
     height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)

@@ -108,9 +108,9 @@ def precision_ap(run: Path, precision: str) -> dict[str, float]:
     from fpn.jobs.evaluation import evaluate_model, open_run
 
     cfg, detector, _ = open_run(run, ["train.device=cpu"], precision=precision)
-    metrics = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=False,
-                             network=detector.network)
-    return {k: float(metrics[k]) for k in ("AP", "AP50", "seconds_per_image")}
+    result = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=False,
+                            network=detector.network)
+    return {k: float(result.metrics[k]) for k in ("AP", "AP50", "seconds_per_image")}
 
 
 def demo_ap_table(run: Path, precisions: list[str]) -> str:

@@ -6,10 +6,10 @@ during a step, and the ratio of the step times; then the first step's losses of 
 
 Both detectors are R50-FPN with FrozenBN (eps 0), the stem and res2 frozen (torchvision's
 ``trainable_layers=3``), built from the same seeded random weights (``fpn.from_torchvision``),
-trained with the same SGD (``fpn.engine.train.build_optimizer``) on the same images and
+trained with the same SGD (``fpn.engine.optim.build_optimizer``) on the same images and
 targets; their steps alternate, so a busy machine slows both alike. The demo preset has no
 torchvision twin: its row sets fpn against itself with the training speed paths off
-(``FasterRCNN.fast_training = False``), which is the code as it was before them.
+(``FasterRCNN(cfg, fast_training=False)``), which is the code as it was before them.
 
 With ``--precision bf16`` (or ``all``; ``auto``: where the CPU computes bf16 natively) an R50-FPN
 512 px row runs fpn's forward under bf16 autocast (``train.precision``) against torchvision fp32.
@@ -36,7 +36,8 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from fpn.bench.common import PeakRSS, markdown_table
 from fpn.bench.reference import fpn_twin, torchvision_detector
 from fpn.config import TrainConfig, load_config
-from fpn.engine.train import autocast, build_optimizer
+from fpn.engine.loop import autocast
+from fpn.engine.optim import build_optimizer
 from fpn.model.detector import FasterRCNN
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
@@ -103,7 +104,7 @@ def optimizer_for(model: nn.Module, batch_size: int) -> torch.optim.Optimizer:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, precision: str = "fp32"
                ) -> dict[str, float]:
-    """One SGD step, as ``fpn.engine.train.Trainer.step`` takes it: forward (under autocast at
+    """One SGD step, as ``fpn.engine.loop.TrainLoop.step`` takes it: forward (under autocast at
     ``precision``, as ``train.precision`` does), backward, update."""
     images, targets = batch
     with autocast(torch.device("cpu"), precision):
@@ -196,10 +197,10 @@ def against_plain_modules(cfg_name: str, batch: int, repeats: int, model_fn: Cal
     """fpn with its training speed paths against fpn without them: same weights, same batch."""
 
     def twins() -> tuple[FasterRCNN, FasterRCNN]:
-        fast, plain = model_fn(), model_fn()
+        fast = model_fn()
+        plain = FasterRCNN(fast.cfg, fast_training=False)  # the same weights, built without the paths
         plain.load_state_dict(fast.state_dict())
-        plain.fast_training = False
-        return fast, plain
+        return fast, plain.train()
 
     fast, plain = twins()
     first_fast = train_step(fast, optimizer_for(fast, batch), data)

@@ -12,7 +12,14 @@
   they are dropped (the first of repeated images is kept), counted and reported once, and
   ``coco_gt()`` leaves them out of the evaluation too.
 - A file that is not COCO raises ``DatasetError`` naming the file and the problem; so does an
-  unreadable image when it is loaded.
+  unreadable image when it is loaded. Image and category ids must be integers (COCO's format:
+  evaluation and proposal files key images by them), category ids unique.
+- A ``segmentation`` that is neither polygons (lists of numbers) nor RLE (``counts``, ``size``)
+  is refused naming the annotation (with ``on_bad_annotations="warn"``: dropped), so that
+  pycocotools never meets it.
+- A ``file_name`` that is absolute or leaves the image folder (``../../etc/passwd``) is refused
+  naming the image, unless ``allow_outside_image_paths`` (``data.allow_outside_image_paths``):
+  an annotation file from elsewhere must not make training read arbitrary files.
 - Images are only indexed at start-up; each is decoded when it is first asked for.
 """
 
@@ -23,8 +30,9 @@ import io
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
 
 import numpy as np
@@ -44,6 +52,8 @@ _FAULTS = {
                       "annotations name image ids not in 'images'"),
     "unknown_category": ("annotation names a category id not in 'categories'",
                          "annotations name category ids not in 'categories'"),
+    "bad_segmentation": ("annotation has a malformed segmentation",
+                         "annotations have malformed segmentations"),
 }
 
 
@@ -103,13 +113,67 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
     data.setdefault("annotations", [])
     _require(isinstance(data["annotations"], list), ann_file, "'annotations' must be a list")
     for i, img in enumerate(data["images"]):
-        _require(isinstance(img, dict) and isinstance(img.get("id"), int | str)
-                 and isinstance(img.get("file_name"), str),
+        _require(isinstance(img, dict) and isinstance(img.get("file_name"), str),
                  ann_file, f"images[{i}] needs an integer 'id' and a 'file_name'")
+        _require(_is_int(img.get("id")), ann_file,
+                 f"images[{i}] has id {_short(img.get('id'))}: image ids must be integers, as in COCO's "
+                 "format (number the images and use those numbers as the annotations' image_id)")
+    seen: dict[int, int] = {}
     for i, cat in enumerate(data["categories"]):
-        _require(isinstance(cat, dict) and isinstance(cat.get("id"), int), ann_file,
+        _require(isinstance(cat, dict) and _is_int(cat.get("id")), ann_file,
                  f"categories[{i}] needs an integer 'id'")
+        _require(cat["id"] not in seen, ann_file,
+                 f"categories[{seen.get(cat['id'])}] and categories[{i}] have the same id {cat['id']} "
+                 f"({_short(data['categories'][seen.get(cat['id'], i)].get('name'))} and "
+                 f"{_short(cat.get('name'))}): category ids must be unique")
+        seen[cat["id"]] = i
     return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def segmentation_problem(segmentation: Any) -> str | None:
+    """What is wrong with a COCO ``segmentation``, or None: absent, polygons (a list of lists of at
+    least 4 numbers, x y pairs) or RLE ({"counts": str or list of counts, "size": [height, width]})."""
+    if segmentation is None:
+        return None
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+                return "a polygon must be a list of numbers (x1, y1, x2, y2, ...)"
+            if len(polygon) < 4 or len(polygon) % 2:
+                return f"a polygon has {len(polygon)} coordinates (an even number, at least 4, expected)"
+        return None
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
+            return "an RLE needs 'size': [height, width]"
+        if isinstance(counts, str) or isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts):
+            return None
+        return "an RLE needs 'counts': a string or a list of non-negative integers"
+    return f"expected polygons (a list) or an RLE (an object), got {type(segmentation).__name__}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_file_name(file_name: str) -> str | None:
+    """Why ``file_name`` would be read from outside its image folder (absolute, a drive, or more
+    ``..`` than folders), or None. A lexical check: symbolic links inside the folder are the
+    folder owner's business. Backslashes count as separators (files made on Windows)."""
+    if file_name.startswith(("/", "\\")) or PureWindowsPath(file_name).drive:
+        return "is absolute"
+    depth = 0
+    for part in re.split(r"[\\/]", file_name):
+        if part in ("", "."):
+            continue
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            return "leaves the image folder"
+    return None
 
 
 @dataclass
@@ -137,16 +201,18 @@ class CocoDetection(Dataset):
     no image is decoded before it is asked for.
     """
 
-    def __init__(self, image_dir: str | Path, ann_file: str | Path, *, transforms=None,
-                 load_masks: bool = False, on_bad_annotations: Literal["error", "warn"] = "error"):
+    def __init__(self, image_dir: str | Path, ann_file: str | Path, *, load_masks: bool = False,
+                 on_bad_annotations: Literal["error", "warn"] = "error",
+                 allow_outside_image_paths: bool = False):
         if on_bad_annotations not in ("error", "warn"):
             raise ValueError(f"on_bad_annotations must be 'error' or 'warn', not {on_bad_annotations!r}")
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
-        self.transforms = transforms
         self.load_masks = load_masks
         self.on_bad_annotations = on_bad_annotations
         data = load_coco_json(self.ann_file)
+        if not allow_outside_image_paths:
+            _refuse_outside_paths(data["images"], self.ann_file)
         totals = {"images": len(data["images"]), "annotations": len(data["annotations"])}  # in the file
         faults = _drop_bad_ids(data)
         if faults and on_bad_annotations == "error":
@@ -243,9 +309,15 @@ class CocoDetection(Dataset):
         for key in ("boxes", "labels", "masks"):
             if key in target:
                 target[key] = target[key][keep]
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
         return image, target
+
+
+def _refuse_outside_paths(images: list[dict], ann_file: Path) -> None:
+    for img in images:
+        problem = check_file_name(img["file_name"])
+        if problem:
+            raise DatasetError(f"{ann_file}: image {_short(img['id'])}: file_name {_short(img['file_name'])} "
+                               f"{problem}; refused (data.allow_outside_image_paths=true reads it anyway)")
 
 
 def _hashable(value: Any) -> Any:
@@ -282,6 +354,8 @@ def _drop_bad_ids(data: dict[str, Any]) -> dict[str, tuple[int, str]]:
             note("unknown_image", f"{name}, image {_short(ann.get('image_id'))}")
         elif _hashable(ann.get("category_id")) not in category_ids:
             note("unknown_category", f"{name}, category {_short(ann.get('category_id'))}")
+        elif problem := segmentation_problem(ann.get("segmentation")):
+            note("bad_segmentation", f"{name}: {problem}")
         else:
             annotations.append(ann)
     if found:
@@ -348,8 +422,3 @@ def _masks(segmentations: list[bytes], height: int, width: int, ann_file: Path) 
             masks[i] = decoded.reshape(height, width)
     return torch.from_numpy(masks)
 
-
-def collate_fn(batch: list) -> tuple[list, list]:
-    """A batch as (list of images, list of targets): images keep their own sizes."""
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)

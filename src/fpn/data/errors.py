@@ -1,5 +1,5 @@
-"""The one error type the data side raises for bad input."""
+"""The errors the data side raises for bad input (defined with the rest of the family in fpn.errors)."""
 
+from fpn.errors import DatasetError, TooManyBadSamplesError
 
-class DatasetError(ValueError):
-    """A dataset file or image is missing or malformed; the message names the file."""
+__all__ = ["DatasetError", "TooManyBadSamplesError"]

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fpn.data.errors import DatasetError
+from fpn.errors import PathNotFoundError, output_dir
 
 MAGIC, END_MAGIC = b"FPNPROP1", b"FPNPEND1"
 _HEADER = struct.Struct("<qq")  # image_id, count
@@ -46,7 +47,7 @@ class ProposalWriter:
 
     def __init__(self, path: str | Path, metadata: dict[str, Any] | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        output_dir(self.path.parent)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._file = self._tmp.open("wb")
         self._file.write(MAGIC)
@@ -116,7 +117,7 @@ class ProposalFile:
                 f.seek(meta_offset)
                 self.metadata = json.loads(f.read(meta_length).decode())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{self.path}: proposal file not found") from None
+            raise PathNotFoundError(f"{self.path}: proposal file not found") from None
         except (struct.error, ValueError) as err:
             if isinstance(err, DatasetError):
                 raise

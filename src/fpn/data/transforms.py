@@ -1,7 +1,8 @@
 """Train-time augmentation that moves boxes and masks with the pixels.
 
 Resizing to the network's input size is the model's (replaceable) preprocessing step; the
-transforms here are the random ones of training (docs/paper.md §6: horizontal flip).
+augmentation of training is the horizontal flip (docs/paper.md §6), drawn per sample from the
+seeded data order (``fpn.data.order.EpochView``) so that a resumed run flips the same images.
 """
 
 from __future__ import annotations
@@ -26,23 +27,3 @@ def hflip(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, di
         target["masks"] = target["masks"].flip(-1)
     return image.flip(-1), target
 
-
-class RandomHorizontalFlip:
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
-        self.p = p
-        self.generator = generator
-
-    def __call__(self, image: torch.Tensor, target: dict[str, Any]):
-        if torch.rand((), generator=self.generator).item() < self.p:
-            return hflip(image, target)
-        return image, target
-
-
-class Compose:
-    def __init__(self, transforms: list):
-        self.transforms = list(transforms)
-
-    def __call__(self, image: torch.Tensor, target: dict[str, Any]):
-        for transform in self.transforms:
-            image, target = transform(image, target)
-        return image, target

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from fpn.data.errors import DatasetError
+from fpn.errors import DatasetError, TooManyBadSamplesError
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,6 @@ class Unreadable:
     """Stands in a batch for a sample that could not be read; ``message`` names the file."""
 
     message: str
-
-
-class TooManyBadSamplesError(DatasetError):
-    """More unreadable samples than the configured limit (``train.max_bad_samples``)."""
 
 
 def load_or_unreadable(dataset: Dataset, index: int) -> Any:

@@ -32,7 +32,7 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int], keep_difficult: bo
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in class_to_label:
-            raise DatasetError(f"{path}: unknown class {name!r}")
+            raise DatasetError(f"{path}: unknown class {name!r} (name a set's classes in data.voc_classes)")
         is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
         if is_difficult and not keep_difficult:
             continue
@@ -54,10 +54,16 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int], keep_difficult: bo
 
 
 class VOCDetection(Dataset):
-    def __init__(self, root: str | Path, split: str = "train", *, transforms=None,
-                 class_names: list[str] | None = None, keep_difficult: bool = False):
+    """Images and boxes of a Pascal VOC split (``root/ImageSets/Main/{split}.txt``).
+
+    Item ``i`` is ``(image, target)`` as ``CocoDetection`` gives it; difficult objects are left out
+    of the targets unless ``keep_difficult`` (``ground_truth`` keeps them, flagged, for the VOC
+    metric). Labels are 1..K in the order of ``class_names`` (default: the 20 VOC classes).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", *, class_names: list[str] | None = None,
+                 keep_difficult: bool = False):
         self.root = Path(root)
-        self.transforms = transforms
         self.class_names = list(class_names or VOC_CLASSES)
         self.label_to_category_id = {i + 1: i + 1 for i in range(len(self.class_names))}
         self.keep_difficult = keep_difficult
@@ -65,7 +71,15 @@ class VOCDetection(Dataset):
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise DatasetError(f"{split_file}: split file not found")
-        self.ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        self.ids = []
+        for number, line in enumerate(split_file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            image_id = line.split()[0]  # a file name in Annotations/ and JPEGImages/: never a path
+            if image_id in (".", "..") or "/" in image_id or "\\" in image_id:
+                raise DatasetError(f"{split_file}: line {number}: {image_id!r} is not an image id (a file "
+                                   "name without folders, as 2008_000123)")
+            self.ids.append(image_id)
         self.records = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml", class_to_label, keep_difficult)
                         for i in self.ids]
 
@@ -83,8 +97,6 @@ class VOCDetection(Dataset):
                   "labels": torch.tensor(record["labels"], dtype=torch.int64),
                   "crowd_boxes": torch.zeros(0, 4), "image_id": index + 1,
                   "orig_size": tuple(int(s) for s in image.shape[-2:])}
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
         return image, target
 
     def ground_truth(self) -> list[dict[str, Any]]:

@@ -51,6 +51,29 @@ def info() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or not distributed), also before the process group is joined (torchrun's RANK)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value's mean over the ranks (every rank must call it); ``values`` when not distributed.
+
+    The losses of a rank are its share's sums divided by the global example count over the world
+    size (``fpn.model.loss_normalizer``), so their mean over the ranks is the loss of the whole
+    global batch: what one process would log.
+    """
+    current = info()
+    if not current.enabled:
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(values, (tensor / current.world_size).tolist(), strict=True))
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (just ``[obj]`` when not distributed)."""
     current = info()

@@ -1,222 +1,65 @@
-"""Evaluation through pycocotools, as the paper's Tables 1-3 report it (docs/paper.md §4).
+"""The evaluation loop: a model over a data loader, its outputs handed to evaluators, one result.
 
-- Box AP: AP (IoU .5:.95), AP50, AP75, AP_s, AP_m, AP_l.
-- Proposal AR: class-agnostic recall of the RPN's proposals, averaged over IoU .5:.95, at 100
-  and 1000 proposals per image, and by object size at 1000.
-- Mask AR of segment proposals (docs/paper.md §5, Table 6): the same recall with mask IoU
-  (pycocotools' segm protocol), at 10, 100 and 1000 proposals, and by object size at 1000.
+``inference_on_dataset`` runs the model once per batch and feeds every evaluator
+(``fpn.engine.evaluators``); ``evaluate_detector`` does so with the evaluators a detector's
+parts call for (box AP, proposal AR, mask AR). The scoring itself is pycocotools'
+(``fpn.engine.coco_eval``, docs/paper.md §4) and the VOC devkit's (``fpn.engine.voc_eval``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
-import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from fpn.box_format import xyxy_to_xywh
 from fpn.data.unreadable import BadSampleCounter
 from fpn.engine import distributed
-from fpn.model.segment_proposals import mask_windows
-
-BOX_KEYS = ["AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l"]
-AR_KEYS = ["AR@100", "AR@1000", "AR_s@1000", "AR_m@1000", "AR_l@1000"]
-# Proposals per image at which proposal_ar also reports recall (AR against the number of proposals).
-PROPOSAL_COUNTS = (10, 20, 50, 100, 200, 500, 1000)
-MASK_AR_KEYS = ["mask_AR@10", "mask_AR@100", "mask_AR@1000", "mask_AR_s@1000", "mask_AR_m@1000",
-                "mask_AR_l@1000"]
-MASK_AR_MAX_DETS = [10, 100, 1000]
-RESULT_KEYS = ["image_id", "category_id", "bbox", "score"]  # COCO's results format for boxes
-
-
-def as_coco(coco_gt: COCO | str | Path | dict) -> COCO:
-    """A pycocotools COCO object from an object, a JSON path or a dict (quietly)."""
-    if isinstance(coco_gt, COCO):
-        return coco_gt
-    with contextlib.redirect_stdout(io.StringIO()):
-        if isinstance(coco_gt, dict):
-            coco = COCO()
-            coco.dataset = copy.deepcopy(coco_gt)
-            coco.dataset.setdefault("info", {})
-            coco.createIndex()
-            return coco
-        return COCO(str(coco_gt))
+from fpn.engine.coco_eval import (  # noqa: F401  (the scoring functions, importable from here too)
+    AR_KEYS,
+    BOX_KEYS,
+    MASK_AR_KEYS,
+    PROPOSAL_COUNTS,
+    as_coco,
+    coco_box_ap,
+    detections_to_coco_results,
+    encode_mask_proposals,
+    mask_proposal_ar,
+    proposal_ar,
+)
+from fpn.engine.evaluators import BoxEvaluator, Evaluator, MaskProposalEvaluator, ProposalEvaluator
+from fpn.engine.results import EvalResult, format_table, save_metrics  # noqa: F401
 
 
-def detections_to_coco_results(outputs: Iterable[dict[str, torch.Tensor]], image_ids: Iterable[int],
-                               label_to_category_id: dict[int, int]) -> list[dict[str, Any]]:
-    """Per-image ``boxes`` (xyxy), ``scores``, ``labels`` (1..K) -> COCO result records (xywh)."""
-    results = []
-    for out, image_id in zip(outputs, image_ids, strict=True):
-        xywh = xyxy_to_xywh(out["boxes"].detach().cpu().to(torch.float64)).tolist()
-        for box, score, label in zip(xywh, out["scores"].tolist(), out["labels"].tolist(), strict=True):
-            results.append({"image_id": int(image_id),
-                            "category_id": int(label_to_category_id[int(label)]),
-                            "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})
-    return results
-
-
-def _run_cocoeval(coco: COCO, results: list[dict], use_cats: bool, max_dets: list[int],
-                  verbose: bool, image_ids: list[int] | None = None, iou_type: str = "bbox") -> COCOeval:
-    """COCOeval on ``results``; over ``image_ids`` only when given (e.g. the readable images)."""
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink:
-        coco_dt = coco.loadRes([dict(r) for r in results])  # loadRes adds keys to the dicts it gets
-        evaluator = COCOeval(coco, coco_dt, iou_type)
-        evaluator.params.useCats = int(use_cats)
-        evaluator.params.maxDets = max_dets
-        if image_ids is not None:
-            evaluator.params.imgIds = sorted(set(image_ids))
-        evaluator.evaluate()
-        evaluator.accumulate()
-    return evaluator
-
-
-def coco_box_ap(coco_gt: COCO | str | Path | dict, results: list[dict], verbose: bool = False,
-                image_ids: list[int] | None = None) -> dict[str, float]:
-    """AP, AP50, AP75, AP_s, AP_m, AP_l (fractions in [0, 1]) of COCO-format results.
-
-    ``image_ids``: score over these images only (default: every image of the ground truth).
-    """
-    if not results:
-        return dict.fromkeys(BOX_KEYS, 0.0)
-    evaluator = _run_cocoeval(as_coco(coco_gt), results, True, [1, 10, 100], verbose, image_ids)
-    with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
-        evaluator.summarize()
-    return {k: max(0.0, float(v)) for k, v in zip(BOX_KEYS, evaluator.stats[:6], strict=True)}
-
-
-def proposal_ar(coco_gt: COCO | str | Path | dict, proposals_per_image: list[torch.Tensor],
-                image_ids: list[int], scores_per_image: list[torch.Tensor] | None = None,
-                verbose: bool = False) -> dict[str, float]:
-    """Class-agnostic average recall of proposals (xyxy, best first): AR@100, AR@1000 and
-    AR_s/m/l@1000 (Table 1), and AR@N for every N of PROPOSAL_COUNTS (the recall curve)."""
-    coco = as_coco(coco_gt)
-    any_category = coco.getCatIds()[0] if coco.getCatIds() else 1
-    results = []
-    for i, (boxes, image_id) in enumerate(zip(proposals_per_image, image_ids, strict=True)):
-        boxes = boxes.detach().cpu().to(torch.float64)
-        count = len(boxes)
-        scores = (scores_per_image[i].tolist() if scores_per_image is not None
-                  else torch.linspace(1.0, 0.0, count + 2)[1:-1].tolist())
-        for box, score in zip(xyxy_to_xywh(boxes).tolist(), scores, strict=True):
-            results.append({"image_id": int(image_id), "category_id": any_category, "bbox": box,
-                            "score": float(score)})
-    curve_keys = [f"AR@{n}" for n in PROPOSAL_COUNTS]
-    if not results:
-        return dict.fromkeys([*AR_KEYS, *curve_keys], 0.0)
-    evaluator = _run_cocoeval(coco, results, False, list(PROPOSAL_COUNTS), verbose, list(image_ids))
-    mean_recall = _mean_recall(evaluator)
-    at_1000 = PROPOSAL_COUNTS.index(1000)
-    return {**{key: mean_recall(0, i) for i, key in enumerate(curve_keys)},
-            "AR_s@1000": mean_recall(1, at_1000), "AR_m@1000": mean_recall(2, at_1000),
-            "AR_l@1000": mean_recall(3, at_1000)}
-
-
-def _mean_recall(evaluator: COCOeval) -> Callable[[int, int], float]:
-    """recall(area index [all, s, m, l], maxDets index) averaged over the IoUs .5:.95."""
-    recall = evaluator.eval["recall"]  # (T IoUs, K=1, A areas [all, s, m, l], M maxDets)
-
-    def mean_recall(area: int, max_det: int) -> float:
-        values = recall[:, :, area, max_det]
-        values = values[values > -1]
-        return float(np.mean(values)) if values.size else 0.0
-
-    return mean_recall
-
-
-def encode_mask_proposals(mask_probs: torch.Tensor, regions_xyxy: torch.Tensor, image_hw: tuple[int, int], *,
-                          threshold: float) -> list[dict[str, Any]]:
-    """Compact segment proposals -> COCO RLE in the image's pixels, one mask at a time.
-
-    Each mask is pasted over its own square only (``mask_windows``) into one reused image-sized
-    buffer, encoded, and cleared, so memory stays at one image whatever the number of masks.
-
-    Args:
-        mask_probs: (K, M, M) mask probabilities; regions_xyxy: (K, 4) the squares they cover.
-    Returns:
-        K RLE dicts {"size": [H, W], "counts": str}, in the order of the masks.
-    """
-    from pycocotools import mask as mask_utils
-
-    buffer = np.zeros(image_hw, dtype=np.uint8, order="F")  # pycocotools reads column-major
-    empty = mask_utils.encode(buffer)
-    rles = [{"size": [int(v) for v in empty["size"]], "counts": empty["counts"].decode("ascii")}
-            for _ in range(len(mask_probs))]
-    for k, rows, columns, window in mask_windows(mask_probs, regions_xyxy, image_hw, threshold=threshold):
-        buffer[rows, columns] = window.cpu().numpy()
-        rle = mask_utils.encode(buffer)
-        rles[k]["counts"] = rle["counts"].decode("ascii")
-        buffer[rows, columns] = 0
-    return rles
-
-
-def mask_proposal_ar(coco_gt: COCO | str | Path | dict, masks_rle_per_image: list[list[dict[str, Any]]],
-                     scores_per_image: list[torch.Tensor], image_ids: list[int], verbose: bool = False
-                     ) -> dict[str, float]:
-    """Class-agnostic mask AR of segment proposals (docs/paper.md §5, Table 6).
-
-    pycocotools' segm evaluation with ``useCats=0`` and ``maxDets=[10, 100, 1000]``; crowd
-    regions are ignored as COCOeval ignores them. Returns mask_AR@10, @100, @1000 and
-    mask_AR_s/m/l@1000 (fractions in [0, 1]).
-    """
-    coco = as_coco(coco_gt)
-    results = mask_results(masks_rle_per_image, scores_per_image, image_ids,
-                           coco.getCatIds()[0] if coco.getCatIds() else 1)
-    if not results:
-        return dict.fromkeys(MASK_AR_KEYS, 0.0)
-    evaluator = _run_cocoeval(coco, results, False, MASK_AR_MAX_DETS, verbose, list(image_ids),
-                              iou_type="segm")
-    mean_recall = _mean_recall(evaluator)
-    return {"mask_AR@10": mean_recall(0, 0), "mask_AR@100": mean_recall(0, 1),
-            "mask_AR@1000": mean_recall(0, 2), "mask_AR_s@1000": mean_recall(1, 2),
-            "mask_AR_m@1000": mean_recall(2, 2), "mask_AR_l@1000": mean_recall(3, 2)}
-
-
-def mask_results(masks_rle_per_image: list[list[dict[str, Any]]], scores_per_image: list[torch.Tensor],
-                 image_ids: list[int], category_id: int) -> list[dict[str, Any]]:
-    """COCO result records (image_id, category_id, segmentation, score) of class-agnostic masks."""
-    results = []
-    for rles, scores, image_id in zip(masks_rle_per_image, scores_per_image, image_ids, strict=True):
-        for rle, score in zip(rles, scores.tolist(), strict=True):
-            results.append({"image_id": int(image_id), "category_id": category_id, "segmentation": rle,
-                            "score": float(score)})
-    return results
+def _model_kwargs(evaluators: Sequence[Evaluator]) -> dict[str, Any]:
+    return {key: value for evaluator in evaluators for key, value in evaluator.model_kwargs.items()}
 
 
 @torch.inference_mode()
-def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | str | Path | dict,
-                      label_to_category_id: dict[int, int], *, with_proposals: bool = True,
-                      device: str | torch.device = "cpu", progress: bool = True,
-                      max_bad_samples: int = 100) -> dict[str, Any]:
-    """Run ``model`` over a loader of (images, targets[, skipped]) and score it with pycocotools.
+def inference_on_dataset(model: Callable, data_loader: Iterable, evaluators: Sequence[Evaluator], *,
+                         device: str | torch.device = "cpu", progress: bool = True,
+                         max_bad_samples: int = 100) -> EvalResult:
+    """Run ``model`` over a loader of (images, targets[, skipped]) and score it with ``evaluators``.
 
-    ``model(images, return_proposals=...)`` must return per image ``boxes``, ``scores``,
-    ``labels`` (and ``proposals``, ``objectness``) in original-image pixels; a model without a
-    box head (the RPN alone) returns only the proposals, and only AR is scored. A model with
-    ``segment_proposals`` (docs/paper.md §5) is called with ``paste_masks=False``; its masks are
-    encoded as RLE image by image and scored by mask AR. ``seconds_per_image`` is the model's
-    own time per image (the forward passes, no data loading or scoring). Under torchrun,
-    give each rank its own shard of the images: the outputs are gathered before scoring.
+    The model is called as ``model(images, **kwargs)`` with the keyword arguments the evaluators
+    ask for, plus ``proposals=`` when every target carries fixed proposals (Fast R-CNN on given
+    proposals). ``seconds_per_image`` is the model's own time per image (the forward passes, no
+    data loading or scoring). Under torchrun, give each rank its own shard of the images: the
+    evaluators gather them before scoring.
 
     A loader of ``fpn.jobs.datasets.val_loader`` also yields the messages of the unreadable
     images it skipped: they are counted (at most ``max_bad_samples``, else
-    ``TooManyBadSamplesError``), listed under ``skipped_images``, and the scores cover the
-    readable images only.
+    ``TooManyBadSamplesError``), listed in ``skipped_images``, and the scores cover the readable
+    images only.
     """
-    coco = as_coco(coco_gt)
-    segment_head = getattr(model, "segment_proposals", None)
-    outputs, image_ids, forward_seconds = [], [], 0.0
+    for evaluator in evaluators:
+        evaluator.reset()
+    kwargs = _model_kwargs(evaluators)
+    image_ids, forward_seconds = [], 0.0
     skipped = BadSampleCounter(max_bad_samples)  # the same limit as training (train.max_bad_samples)
     for images, targets, *bad in tqdm(data_loader, desc="eval", disable=not progress, dynamic_ncols=True):
         skipped.add(bad[0] if bad else [])
@@ -227,82 +70,41 @@ def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | st
         if targets and all("proposals" in t for t in targets):
             given["proposals"] = [t["proposals"].to(device) for t in targets]
         start = time.perf_counter()
-        if segment_head is not None:
-            batch_out = model(images, paste_masks=False)
-        else:
-            batch_out = model(images, return_proposals=with_proposals, **given) if with_proposals else model(
-                images, **given)
+        outputs = model(images, **kwargs, **given)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
         forward_seconds += time.perf_counter() - start
-        if segment_head is not None:  # RLE now, image by image: 1000 full masks per image would not fit
-            outputs += [{"segmentation": encode_mask_proposals(
-                out["mask_probs"].cpu(), out["mask_regions"].cpu(), tuple(image.shape[-2:]),
-                threshold=segment_head.cfg.mask_threshold), "scores": out["scores"].cpu()}
-                for out, image in zip(batch_out, images, strict=True)]
-        else:
-            outputs += [{k: v.cpu() for k, v in out.items() if torch.is_tensor(v)} for out in batch_out]
-        image_ids += [int(t["image_id"]) for t in targets]
-    seconds_per_image = forward_seconds / max(1, len(outputs))  # this process's images
-    # under torchrun each rank saw a shard of the images: gather them all
-    shards = distributed.gather_objects((outputs, image_ids, skipped.messages))
-    outputs = [out for shard_outputs, _, _ in shards for out in shard_outputs]
-    image_ids = [i for _, shard_ids, _ in shards for i in shard_ids]
-    skipped_messages = [m for _, _, shard_skipped in shards for m in shard_skipped]
-    metrics: dict[str, Any] = {}
-    results: list[dict[str, Any]] = []
+        batch_ids = [int(t["image_id"]) for t in targets]
+        for evaluator in evaluators:
+            evaluator.process(batch_ids, images, outputs)
+        image_ids += batch_ids
+    seconds_per_image = forward_seconds / max(1, len(image_ids))  # this process's images
+    shards = distributed.gather_objects((image_ids, skipped.messages))  # each rank saw a shard
+    result = EvalResult(image_ids=[i for ids, _ in shards for i in ids],
+                        skipped_images=[m for _, messages in shards for m in messages])
+    for evaluator in evaluators:
+        result.merge(evaluator.evaluate())
+    result.metrics["seconds_per_image"] = seconds_per_image
+    return result
+
+
+def detector_evaluators(model: Any, coco_gt: COCO, label_to_category_id: dict[int, int], *,
+                        with_proposals: bool = True) -> list[Evaluator]:
+    """The evaluators a detector's parts call for: mask AR for segment proposals; otherwise box AP
+    and (with ``with_proposals``, or for the RPN alone) proposal AR."""
+    segment_head = getattr(model, "segment_proposals", None)
     if segment_head is not None:
-        rles, scores = [o["segmentation"] for o in outputs], [o["scores"] for o in outputs]
-        metrics.update(mask_proposal_ar(coco, rles, scores, image_ids))
-        results = mask_results(rles, scores, image_ids, coco.getCatIds()[0] if coco.getCatIds() else 1)
-    elif all("boxes" in out for out in outputs):
-        results = detections_to_coco_results(outputs, image_ids, label_to_category_id)
-        metrics.update(coco_box_ap(coco, results, image_ids=image_ids))
-    if segment_head is None and (with_proposals or not all("boxes" in out for out in outputs)):
-        metrics.update(proposal_ar(coco, [o["proposals"] for o in outputs], image_ids,
-                                   [o["objectness"] for o in outputs]))
-    metrics["seconds_per_image"] = seconds_per_image
-    metrics["num_images"] = len(image_ids)
-    metrics["evaluated_image_ids"] = image_ids
-    metrics["skipped_images"] = skipped_messages
-    metrics["coco_results"] = results
-    return metrics
+        return [MaskProposalEvaluator(coco_gt, mask_threshold=segment_head.settings.mask_threshold)]
+    return [BoxEvaluator(coco_gt, label_to_category_id), ProposalEvaluator(coco_gt, request=with_proposals)]
 
 
-# Large or textual entries of a metrics dict that metrics.json leaves out.
-NOT_SAVED_AS_NUMBERS = {"coco_results", "evaluated_image_ids", "voc_table"}
-
-
-def save_metrics(metrics: dict[str, Any], out_dir: str | Path) -> Path:
-    """``metrics.json`` (the numbers) and ``coco_results.json`` (the detections, in COCO's
-    results format: image_id, category_id, bbox, score, and segmentation for mask results)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    numbers = {k: v for k, v in metrics.items() if k not in NOT_SAVED_AS_NUMBERS}
-    (out_dir / "metrics.json").write_text(json.dumps(numbers, indent=1))
-    results = [_result_record(r) for r in metrics.get("coco_results", [])]
-    (out_dir / "coco_results.json").write_text(json.dumps(results))
-    return out_dir
-
-
-def _result_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The standard keys only; ``segmentation`` only as a mask (RLE), never loadRes' box polygon."""
-    out = {k: record[k] for k in RESULT_KEYS if k in record}
-    if isinstance(record.get("segmentation"), dict):
-        out["segmentation"] = record["segmentation"]
-    return out
-
-
-def format_table(metrics: dict[str, Any]) -> str:
-    """The paper's columns, as percentages with one decimal (anchors per image as a count, the
-    model's time per image in seconds)."""
-    keys = [k for k in [*BOX_KEYS, *AR_KEYS, *MASK_AR_KEYS, "anchors_per_image", "seconds_per_image"]
-            if k in metrics]
-    if not keys:
-        return "(no metrics)"
-    formats = {"anchors_per_image": "{:.0f}", "seconds_per_image": "{:.3f}"}
-    cells = [formats[k].format(metrics[k]) if k in formats else f"{100 * metrics[k]:.1f}" for k in keys]
-    widths = [max(7, len(k), len(c)) for k, c in zip(keys, cells, strict=True)]
-    header = " ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))
-    values = " ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
-    return f"{header}\n{values}"
+def evaluate_detector(model: Callable, data_loader: Iterable, coco_gt: COCO | str | Path | dict,
+                      label_to_category_id: dict[int, int], *, with_proposals: bool = True,
+                      device: str | torch.device = "cpu", progress: bool = True,
+                      max_bad_samples: int = 100) -> EvalResult:
+    """``inference_on_dataset`` with ``detector_evaluators``: box AP and proposal AR (COCO), or the
+    mask AR of segment proposals (docs/paper.md §4-5)."""
+    coco = as_coco(coco_gt)
+    evaluators = detector_evaluators(model, coco, label_to_category_id, with_proposals=with_proposals)
+    return inference_on_dataset(model, data_loader, evaluators, device=device, progress=progress,
+                                max_bad_samples=max_bad_samples)

@@ -155,7 +155,33 @@ def voc_map(detections: Iterable[dict[str, Any]], ground_truth: Iterable[dict[st
     (name -> detections) and ``num_images``.
     """
     num_classes = len(class_names)
-    gt_by_class: list[dict[Any, tuple[np.ndarray, np.ndarray]]] = [{} for _ in range(num_classes)]
+    gt_by_class, num_positives, known_images = _ground_truth_by_class(ground_truth, num_classes)
+    dets_by_class = _detections_by_class(detections, num_classes, known_images)
+
+    ap07, ap12 = {}, {}
+    for c, name in enumerate(class_names):
+        tp, fp = match_class(dets_by_class[c], gt_by_class[c], inclusive)
+        ap07[name] = ap_11_point(tp, fp, num_positives[c])
+        ap12[name] = ap_area(tp, fp, num_positives[c])
+
+    def mean(values: dict[str, float]) -> float:
+        present = [v for v in values.values() if not math.isnan(v)]
+        return float(np.mean(present)) if present else math.nan
+
+    return {"mAP_voc07": mean(ap07), "mAP_voc12": mean(ap12), "AP_voc07": ap07, "AP_voc12": ap12,
+            "num_positives": dict(zip(class_names, num_positives, strict=True)),
+            "num_detections": {name: len(dets_by_class[c]) for c, name in enumerate(class_names)},
+            "num_images": len(known_images)}
+
+
+GroundTruthByClass = list[dict[Any, tuple[np.ndarray, np.ndarray]]]
+
+
+def _ground_truth_by_class(ground_truth: Iterable[dict[str, Any]], num_classes: int
+                           ) -> tuple[GroundTruthByClass, list[int], set]:
+    """Per class: image id -> (boxes, difficult) of that class (every image, also without one); the
+    number of non-difficult objects of each class; the image ids."""
+    gt_by_class: GroundTruthByClass = [{} for _ in range(num_classes)]
     num_positives = [0] * num_classes
     known_images = set()
     for record in ground_truth:
@@ -175,7 +201,12 @@ def voc_map(detections: Iterable[dict[str, Any]], ground_truth: Iterable[dict[st
             mine = labels == c + 1
             gt_by_class[c][image_id] = (boxes[mine], difficult[mine])
             num_positives[c] += int((~difficult[mine]).sum())
+    return gt_by_class, num_positives, known_images
 
+
+def _detections_by_class(detections: Iterable[dict[str, Any]], num_classes: int, known_images: set
+                         ) -> list[list[tuple[Any, float, np.ndarray]]]:
+    """Per class: the (image id, score, box) of each detection, in input order."""
     dets_by_class: list[list[tuple[Any, float, np.ndarray]]] = [[] for _ in range(num_classes)]
     for record in detections:
         image_id = record["image_id"]
@@ -190,21 +221,7 @@ def voc_map(detections: Iterable[dict[str, Any]], ground_truth: Iterable[dict[st
             raise ValueError(f"image_id {image_id!r}: detection labels must be in 1..{num_classes}")
         for box, score, label in zip(boxes, scores, labels, strict=True):
             dets_by_class[label - 1].append((image_id, float(score), box))
-
-    ap07, ap12 = {}, {}
-    for c, name in enumerate(class_names):
-        tp, fp = match_class(dets_by_class[c], gt_by_class[c], inclusive)
-        ap07[name] = ap_11_point(tp, fp, num_positives[c])
-        ap12[name] = ap_area(tp, fp, num_positives[c])
-
-    def mean(values: dict[str, float]) -> float:
-        present = [v for v in values.values() if not math.isnan(v)]
-        return float(np.mean(present)) if present else math.nan
-
-    return {"mAP_voc07": mean(ap07), "mAP_voc12": mean(ap12), "AP_voc07": ap07, "AP_voc12": ap12,
-            "num_positives": dict(zip(class_names, num_positives, strict=True)),
-            "num_detections": {name: len(dets_by_class[c]) for c, name in enumerate(class_names)},
-            "num_images": len(known_images)}
+    return dets_by_class
 
 
 def format_voc_table(metrics: dict[str, Any]) -> str:

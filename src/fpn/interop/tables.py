@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from fpn.config import ModelConfig
+from fpn.errors import ConversionError
 from fpn.model.backbone import BLOCKS_PER_STAGE
 from fpn.model.detector import FasterRCNN
 
@@ -29,10 +30,6 @@ def prefixed(renames: list[Rename], source: str, target: str) -> list[Rename]:
         return target + repl if isinstance(repl, str) else (lambda m: target + repl(m))
 
     return [("^" + re.escape(source) + pattern[1:], with_target(repl)) for pattern, repl in renames]
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not fit the model it is being converted into."""
 
 
 def _shape(tensor: Tensor) -> tuple[int, ...]:

@@ -2,9 +2,15 @@
 
 - ``datasets``: the train / val datasets a config names, and what evaluation compares against;
 - ``training``: a seeded model, trained on the config's data, evaluated at the end;
-- ``evaluation``: box AP and proposal AR of a model on a dataset, unreadable images skipped;
+- ``evaluation``: the evaluators a run calls for, over its val set (box AP, proposal AR, mask AR,
+  VOC's mAP), unreadable images skipped;
+- ``proposals``: an RPN's proposals for every image of a split (Fast R-CNN's input);
 - ``prediction``: detections for image files and folders, as JSON and drawn copies;
-- ``demo``: synthesise, train, evaluate and draw in one go.
+- ``conversion``: another library's Faster R-CNN weights as an fpn run;
+- ``export``: a run as one ONNX graph, checked with ONNX Runtime;
+- ``demo``: synthesise, train, evaluate and draw in one go;
+- ``reproduce`` / ``reproduction_report``: the paper's tables in miniature (an experiment built on
+  the jobs above).
 
 Layering: ``cli`` -> ``api`` / ``jobs`` -> ``engine`` -> ``model``, ``data`` -> ``config``.
 """

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from fpn.config import Config, ConfigError, DataConfig
+from fpn.config import Config, DataConfig
 from fpn.data import CocoDetection, VOCDetection
 from fpn.data.proposals import WithProposals
 from fpn.data.unreadable import SkippingUnreadable, collate_readable
 from fpn.engine import distributed
+from fpn.errors import ConfigError, PathNotFoundError
 
 
 def build_dataset(data: DataConfig, split: str, *, load_masks: bool = False) -> Dataset:
@@ -22,12 +23,13 @@ def build_dataset(data: DataConfig, split: str, *, load_masks: bool = False) -> 
             annotations = data.train_annotations if split == "train" else data.val_annotations
             for path, key in ((images, "images"), (annotations, "annotations")):
                 if not Path(path).exists():
-                    raise FileNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
+                    raise PathNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
                                             "`fpn synth DIR` makes the built-in benchmark)")
             return CocoDetection(images, annotations, load_masks=load_masks,
-                                 on_bad_annotations=data.on_bad_annotations)
+                                 on_bad_annotations=data.on_bad_annotations,
+                                 allow_outside_image_paths=data.allow_outside_image_paths)
         case "voc":
-            return VOCDetection(data.voc_root, split=split)
+            return VOCDetection(data.voc_root, split=split, class_names=data.voc_classes or None)
     raise ValueError(f"unknown data format {data.format!r}")
 
 
@@ -67,11 +69,14 @@ def label_to_category_id(cfg: Config) -> dict[int, int]:
 def val_loader(dataset: Dataset, batch_size: int = 2, workers: int = 0) -> DataLoader:
     """In order, unreadable images skipped (batches of ``(images, targets, skipped messages)``).
 
-    Under torchrun, rank r takes images r, r + world_size, ...
+    Under torchrun, rank r takes the batches r, r + world_size, ... of the batches one process
+    would make: each image is padded with the same neighbours, so its detections are the same.
     """
     dist = distributed.info()
     if dist.enabled:
-        dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+        starts = range(dist.rank * batch_size, len(dataset), dist.world_size * batch_size)
+        dataset = Subset(dataset, [i for start in starts for i in range(start, min(start + batch_size,
+                                                                                     len(dataset)))])
     return DataLoader(SkippingUnreadable(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_readable)
 

@@ -10,7 +10,7 @@ from typing import Any
 from fpn.config import Config, load_config
 from fpn.data import synthetic
 from fpn.device import resolve_device
-from fpn.engine import evaluate as ev
+from fpn.engine.run_folder import holds_a_run
 from fpn.jobs.prediction import run_predict
 from fpn.jobs.training import run_train
 
@@ -20,8 +20,9 @@ DRAWN_IMAGES = 6  # validation images drawn with their detections at the end
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, overrides: list[str] | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Generate the data if missing, train the ``demo`` preset (resuming a run), evaluate and draw."""
+             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Generate the data if missing, train the ``demo`` preset (resuming the run in ``out_dir``, or
+    starting it over with ``overwrite``), evaluate and draw."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
     cfg = load_config("demo", overrides)
@@ -31,13 +32,13 @@ def run_demo(out_dir: str | Path = "runs/demo", *, overrides: list[str] | None =
         synthetic.generate(data_dir, **demo_synth_args(cfg), progress=progress)
     print(f"training the demo preset on {resolve_device(cfg.train.device)} for {cfg.train.max_iter} "
           f"iterations (batch {cfg.train.batch_size}); logs in {out_dir}")
-    result = run_train(cfg, out_dir, resume=(out_dir / "checkpoints").is_dir(), progress=progress)
-    metrics = result["metrics"]
-    print(ev.format_table(metrics))
+    resume = holds_a_run(out_dir) and not overwrite
+    result = run_train(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress)
+    print(result["evaluation"].summary())
     drawn = run_predict(out_dir, sorted(Path(cfg.data.val_images).glob("*.png"))[:DRAWN_IMAGES],
-                        out_dir / "predictions", progress=False)
+                        out_dir / "predictions", progress=False).out_dir
     seconds = time.perf_counter() - start
-    summary = {"seconds": seconds, "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
+    summary = {"seconds": seconds, "metrics": result["evaluation"].metrics}
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"demo finished in {seconds / 60:.1f} min; images with detections drawn in {drawn / 'drawn'}")
     return summary

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from fpn.data.proposals import ProposalWriter
 from fpn.data.unreadable import BadSampleCounter
+from fpn.errors import ConfigError
 from fpn.jobs.datasets import build_dataset, val_loader
 from fpn.jobs.evaluation import open_run
 
@@ -34,7 +35,7 @@ def run_proposals(checkpoint: str | Path, split: str, output: str | Path, overri
         raise ValueError(f"--split must be train or val, not {split!r}")
     cfg, detector, _ = open_run(checkpoint, overrides)
     if detector.model.rpn is None:
-        raise ValueError(f"{checkpoint}: this run has no RPN (model.proposals=given); proposals come "
+        raise ConfigError(f"{checkpoint}: this run has no RPN (model.proposals=given); proposals come "
                          "from a run of the RPN alone or of Faster R-CNN")
     dataset = build_dataset(cfg.data, split)
     metadata = {"checkpoint": str(checkpoint), "split": split,

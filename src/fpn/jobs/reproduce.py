@@ -31,6 +31,7 @@ import torch
 
 from fpn.config import Config, load_config, to_dict
 from fpn.data import synthetic
+from fpn.engine.run_folder import holds_a_run
 from fpn.jobs.datasets import dataset_for
 from fpn.jobs.evaluation import evaluate_model, open_run
 from fpn.jobs.proposals import run_proposals
@@ -227,8 +228,7 @@ class Reproduction:
         if not run_dir.is_dir():
             run_dir.mkdir(parents=True)
             (run_dir / ROW_CONFIG).write_text(self._config_text(row, seed))
-        result = run_train(self.config(row, seed), run_dir, resume=(run_dir / "checkpoints").is_dir(),
-                           progress=False)
+        result = run_train(self.config(row, seed), run_dir, resume=holds_a_run(run_dir), progress=False)
         train_seconds = result["seconds"]
         if row.name == PROPOSAL_SOURCE and seed == 0:
             for split in ("train", "val"):
@@ -270,8 +270,8 @@ class Reproduction:
                                                       f"model.input.max_size={max(scales)}"]),
                 ("FPN, one scale", fpn, [])):
             cfg, detector, _ = open_run(run, [f"train.device={self.device}", *overrides])
-            metrics = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=False)
-            rows[name] = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+            evaluation = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=False)
+            rows[name] = evaluation.numbers()
         result = {"scales": scales, "rows": rows, "seconds": time.perf_counter() - start}
         path.write_text(json.dumps(result, indent=1))
         aps = ", ".join(f"{name}: AP {metrics['AP']:.3f}" for name, metrics in rows.items())

@@ -2,7 +2,9 @@
 
 The stem (conv1) is computed but not returned. Module names follow the paper's stages:
 ``stem``, ``res2`` .. ``res5``; inside a block ``conv1..3``, ``norm1..3`` and ``shortcut``.
-``fpn.interop`` maps torchvision's and detectron2's names onto these.
+``fpn.interop`` maps torchvision's and detectron2's names onto these. Each ``conv{i}`` is a
+``ConvNorm`` that applies its ``norm{i}`` (``fpn.model.conv_norm``), so a block reads as the paper
+draws it: ``relu(conv1(x))``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fpn.config import BackboneConfig
-from fpn.model.fuse import folded_conv_parameters
+from fpn.model.conv_norm import ConvNorm, Projection
 
 STAGE_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
 BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
@@ -41,67 +43,45 @@ def _gn_groups(channels: int, preferred: int) -> int:
     return groups
 
 
-def conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int, norm: NormFactory) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False), norm(out_ch)
-    )
+def _conv_norm(block: nn.Module, suffix: str, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
+               norm: NormFactory, fold_frozen_norm: bool) -> None:
+    """``block.conv{suffix}``, a ConvNorm, and ``block.norm{suffix}``, its norm (registered in that order)."""
+    layer = norm(out_ch)
+    setattr(block, f"conv{suffix}", ConvNorm(in_ch, out_ch, kernel, stride=stride, norm=layer,
+                                             fold_frozen_norm=fold_frozen_norm))
+    setattr(block, f"norm{suffix}", layer)
 
 
-def conv_then_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor, fold: bool) -> Tensor:
-    """``norm(conv(x))``; with ``fold``, a FrozenBatchNorm2d is folded into the convolution.
-
-    The frozen statistics are constants, so norm(W*x) = (s·W)*x + t with s = gamma/sqrt(var + eps),
-    t = beta - mean·s (``fpn.model.fuse.folded_conv_parameters``, with which inference folds
-    once). Here s·W is formed at every call, inside the autograd graph: the gradient still
-    reaches ``conv.weight`` (scaled by s, as through the norm), and the activations are no longer
-    multiplied and shifted on their own, forward and backward. Equal to the unfolded pair to float rounding.
-    """
-    if not (fold and isinstance(norm, FrozenBatchNorm2d)):
-        return norm(conv(x))
-    weight, bias = folded_conv_parameters(conv, norm)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+def _projection(in_ch: int, out_ch: int, stride: int, norm: NormFactory, fold_frozen_norm: bool
+                ) -> Projection | None:
+    """The shortcut: the identity (None) when the shape is kept, else a 1x1 projection."""
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return Projection(in_ch, out_ch, stride, norm(out_ch), fold_frozen_norm=fold_frozen_norm)
 
 
-class FoldsFrozenNorm(nn.Module):
-    """A module whose convolutions are followed by norms; in training mode ``fold_frozen_norm``
-    folds the frozen ones (eval mode keeps the plain pair: ``fpn.model.fuse`` folds for it)."""
-
-    fold_frozen_norm = True  # FasterRCNN.fast_training sets it on every such module
-
-    @property
-    def _fold(self) -> bool:
-        return self.fold_frozen_norm and self.training
-
-    def _shortcut(self, x: Tensor) -> Tensor:
-        if self.shortcut is None:
-            return x
-        return conv_then_norm(self.shortcut[0], self.shortcut[1], x, self._fold)
-
-
-class BasicBlock(FoldsFrozenNorm):
+class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
 
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool):
+    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool, *,
+                 fold_frozen_norm: bool = True):
         super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = norm(width)
-        self.conv2 = nn.Conv2d(width, out_ch, 3, padding=1, bias=False)
-        self.norm2 = norm(out_ch)
-        self.shortcut = conv_norm(in_ch, out_ch, 1, stride, norm) if stride != 1 or in_ch != out_ch else None
+        out_ch, fold = width * self.expansion, fold_frozen_norm
+        _conv_norm(self, "1", in_ch, width, 3, stride=stride, norm=norm, fold_frozen_norm=fold)
+        _conv_norm(self, "2", width, out_ch, 3, norm=norm, fold_frozen_norm=fold)
+        self.shortcut = _projection(in_ch, out_ch, stride, norm, fold)
 
     def forward(self, x: Tensor) -> Tensor:
-        fold = self._fold
-        identity = self._shortcut(x)
-        out = F.relu(conv_then_norm(self.conv1, self.norm1, x, fold), inplace=True)
-        out = conv_then_norm(self.conv2, self.norm2, out, fold)
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = F.relu(self.conv1(x), inplace=True)
+        out = self.conv2(out)
         out += identity
         return F.relu(out, inplace=True)
 
 
-class Bottleneck(FoldsFrozenNorm):
+class Bottleneck(nn.Module):
     """1x1 -> 3x3 -> 1x1 with a residual connection (ResNet-50/101).
 
     ``stride_in_1x1`` puts the stride on the first 1x1 conv (MSRA / detectron2 weights) instead
@@ -110,51 +90,46 @@ class Bottleneck(FoldsFrozenNorm):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool):
+    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool, *,
+                 fold_frozen_norm: bool = True):
         super().__init__()
-        out_ch = width * self.expansion
+        out_ch, fold = width * self.expansion, fold_frozen_norm
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = nn.Conv2d(in_ch, width, 1, stride=stride_1x1, bias=False)
-        self.norm1 = norm(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride_3x3, padding=1, bias=False)
-        self.norm2 = norm(width)
-        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
-        self.norm3 = norm(out_ch)
-        self.shortcut = conv_norm(in_ch, out_ch, 1, stride, norm) if stride != 1 or in_ch != out_ch else None
+        _conv_norm(self, "1", in_ch, width, 1, stride=stride_1x1, norm=norm, fold_frozen_norm=fold)
+        _conv_norm(self, "2", width, width, 3, stride=stride_3x3, norm=norm, fold_frozen_norm=fold)
+        _conv_norm(self, "3", width, out_ch, 1, norm=norm, fold_frozen_norm=fold)
+        self.shortcut = _projection(in_ch, out_ch, stride, norm, fold)
 
     def forward(self, x: Tensor) -> Tensor:
-        fold = self._fold
-        identity = self._shortcut(x)
-        out = F.relu(conv_then_norm(self.conv1, self.norm1, x, fold), inplace=True)
-        out = F.relu(conv_then_norm(self.conv2, self.norm2, out, fold), inplace=True)
-        out = conv_then_norm(self.conv3, self.norm3, out, fold)
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = F.relu(self.conv1(x), inplace=True)
+        out = F.relu(self.conv2(out), inplace=True)
+        out = self.conv3(out)
         out += identity
         return F.relu(out, inplace=True)
 
 
-class Stem(FoldsFrozenNorm):
+class Stem(nn.Module):
     """conv1: 7x7 stride 2, norm, ReLU, 3x3 max-pool stride 2 (stride 4 in all)."""
 
-    def __init__(self, out_ch: int, norm: NormFactory):
+    def __init__(self, out_ch: int, norm: NormFactory, *, fold_frozen_norm: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(3, out_ch, 7, stride=2, padding=3, bias=False)
-        self.norm = norm(out_ch)
+        _conv_norm(self, "", 3, out_ch, 7, stride=2, norm=norm, fold_frozen_norm=fold_frozen_norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = conv_then_norm(self.conv, self.norm, x, self._fold)
-        return F.max_pool2d(F.relu(out, inplace=True), kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(F.relu(self.conv(x), inplace=True), kernel_size=3, stride=2, padding=1)
 
 
-def make_stage(
-    cfg: BackboneConfig, stage: int, in_ch: int, norm: NormFactory, first_stride: int | None = None
-) -> nn.Sequential:
+def make_stage(cfg: BackboneConfig, stage: int, in_ch: int, norm: NormFactory,
+               first_stride: int | None = None, *, fold_frozen_norm: bool = True) -> nn.Sequential:
     """The blocks of res{stage} (2..5); also used by the conv5 RoI head (ablation a)."""
     block = Bottleneck if cfg.depth >= 50 else BasicBlock
     width = cfg.width * 2 ** (stage - 2)
     stride = (1 if stage == 2 else 2) if first_stride is None else first_stride
     blocks = []
     for i in range(BLOCKS_PER_STAGE[cfg.depth][stage - 2]):
-        blocks.append(block(in_ch, width, stride if i == 0 else 1, norm, cfg.stride_in_1x1))
+        blocks.append(block(in_ch, width, stride if i == 0 else 1, norm, cfg.stride_in_1x1,
+                            fold_frozen_norm=fold_frozen_norm))
         in_ch = width * block.expansion
     return nn.Sequential(*blocks)
 
@@ -172,18 +147,19 @@ class ResNet(nn.Module):
         cfg: depth, normalisation, frozen stages, stride placement, width.
         last_stage: the deepest stage to build (4 for the C4 baseline, whose res5 becomes
             the RoI head).
+        fold_frozen_norm: the training speed path of every ConvNorm (``fpn.model.conv_norm``).
     """
 
-    def __init__(self, cfg: BackboneConfig, last_stage: int = 5):
+    def __init__(self, cfg: BackboneConfig, last_stage: int = 5, *, fold_frozen_norm: bool = True):
         super().__init__()
-        self.cfg = cfg
         norm = make_norm_factory(cfg)
-        self.stem = Stem(cfg.width, norm)
+        self.stem = Stem(cfg.width, norm, fold_frozen_norm=fold_frozen_norm)
         channels = stage_channels(cfg)
         in_ch = cfg.width
         self.stage_names = [f"res{s}" for s in range(2, last_stage + 1)]
         for stage in range(2, last_stage + 1):
-            self.add_module(f"res{stage}", make_stage(cfg, stage, in_ch, norm))
+            blocks = make_stage(cfg, stage, in_ch, norm, fold_frozen_norm=fold_frozen_norm)
+            self.add_module(f"res{stage}", blocks)
             in_ch = channels[f"c{stage}"]
         self.out_channels = {f"c{s}": channels[f"c{s}"] for s in range(2, last_stage + 1)}
         self.strides = {name: STAGE_STRIDES[name] for name in self.out_channels}

@@ -12,58 +12,95 @@ Shape shorthand: N images, P proposals per image, D detections per image.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
-from fpn.config import ModelConfig
-from fpn.model.backbone import FoldsFrozenNorm, ResNet
-from fpn.model.fuse import inference_copy, parameters_version
+from fpn.config import ModelConfig, frozen, merge, thawed
+from fpn.errors import CheckpointError, ConfigError
+from fpn.model.backbone import ResNet
+from fpn.model.fuse import InferenceCopy
 from fpn.model.image_pyramid import check_test_scales, detect_on_image_pyramid
+from fpn.model.layout import speed_path_memory_format
 from fpn.model.neck import build_neck
 from fpn.model.preprocess import ImageBatch, Preprocessor, padded_size, rescale_boxes, resize_scale
-from fpn.model.roi_heads import MultiLevelRoIPooler, RoIHeads
+from fpn.model.roi_align import roi_align_for_training
+from fpn.model.roi_heads import RoIHeads
 from fpn.model.rpn import RegionProposalNetwork
 from fpn.model.segment_proposals import SegmentProposalHead
+
+
+@dataclass(frozen=True)
+class TrainingSpeedPaths:
+    """The training speed paths, each the same function to float rounding (``fpn bench --train`` and
+    ``benchmarks/train_speed_paths.py`` measure them): FrozenBN folded into its convolution at every
+    step (``fpn.model.conv_norm``), images in channels-last memory, which the CPU's convolutions,
+    forward and backward, run faster on, and RoIAlign as a sparse matrix product whose backward pass
+    is multithreaded (``fpn.model.roi_align``)."""
+
+    fold_frozen_norm: bool = True
+    channels_last: bool = True
+    sparse_roi_align: bool = True
+
+    @classmethod
+    def of(cls, value: bool | TrainingSpeedPaths) -> TrainingSpeedPaths:
+        """True: all of them; False: none (the plain modules)."""
+        if isinstance(value, TrainingSpeedPaths):
+            return value
+        return cls() if value else cls(fold_frozen_norm=False, channels_last=False, sparse_roi_align=False)
 
 
 class FasterRCNN(nn.Module):
     """Faster R-CNN on a feature pyramid, or one of the paper's other systems and baselines.
 
     In eval mode the bottom-up pathway runs as a copy with its frozen normalisation folded into
-    the convolutions, in channels-last memory (``fpn.model.fuse``): the same function, faster
-    on CPUs. The copy is rebuilt whenever the weights change; set ``fast_inference = False``
+    the convolutions, in channels-last memory (``fpn.model.fuse.InferenceCopy``): the same function,
+    faster on CPUs. The copy is rebuilt whenever the weights change; set ``fast_inference = False``
     to run the training-mode modules instead. ``compile_inference = True`` also passes that
     copy through ``torch.compile`` (dynamic shapes): a one-off compilation of about half a
     minute on a CPU, then a faster bottom-up pathway (``fpn bench`` measures it).
 
-    In training mode (``fast_training``, the default) the frozen normalisation is folded into
-    the convolutions at every step, gradients flowing through the fold, and the images enter
-    in channels-last memory, which the CPU's convolutions, forward and backward, run faster
-    on, and RoIAlign runs as a sparse matrix product whose backward pass is multithreaded
-    (``fpn.model.roi_align``; ``fpn bench --train`` measures all three). The same function to
-    float rounding; ``fast_training = False`` runs the plain modules.
+    In training mode the speed paths chosen when the model is built run (``fast_training``: True for
+    all of them, False for none, or a ``TrainingSpeedPaths``): the same function to float rounding.
+
+    Channels-last memory is used (in training and in the inference copy) only when every
+    convolution of the bottom-up pathway and the pyramid has a multiple of 16 channels
+    (``model.backbone.width``, ``model.neck.channels``; ``fpn.model.layout.channels_last_is_safe``):
+    at width 8, oneDNN's AVX-512 channels-last kernels crashed the training process (issue 25).
+    Other configs keep the plain layout, decided from the config alone, so a config computes the
+    same numbers on every host whatever its instruction set. ``memory_format`` holds the choice.
     """
 
     def __init__(self, cfg: ModelConfig, fast_inference: bool = True, compile_inference: bool = False,
-                 fast_training: bool = True):
+                 fast_training: bool | TrainingSpeedPaths = True):
         super().__init__()
         if not cfg.box_head and cfg.proposals == "given":
-            raise ValueError("model.box_head=false with model.proposals=given leaves nothing to train")
+            raise ConfigError("model.box_head=false with model.proposals=given leaves nothing to train")
         segments = cfg.proposals == "segments"
         if segments and cfg.box_head:
-            raise ValueError("model.proposals=segments proposes masks without a box head: "
-                             "set model.box_head=false")
+            raise ConfigError("model.proposals=segments proposes masks without a box head: "
+                              "set model.box_head=false")
         if segments and cfg.input.test_scales:
-            raise ValueError("model.input.test_scales (the image pyramid) is not supported with "
-                             "model.proposals=segments")
-        check_test_scales(cfg.input.test_scales)
-        self.cfg = cfg
+            raise ConfigError("model.input.test_scales (the image pyramid) is not supported with "
+                              "model.proposals=segments")
+        self.test_scales = tuple(check_test_scales(cfg.input.test_scales))
+        # What the model was built from, read-only: every part below keeps its own read-only part of it
+        # (``fpn.config.frozen``), so nothing can change a built model's behaviour but rebuilding it
+        # (``with_changes``).
+        self.cfg = cfg = frozen(cfg)
         self.fast_inference = fast_inference
         self.compile_inference = compile_inference
+        self.training_paths = paths = TrainingSpeedPaths.of(fast_training)
+        self.inference_backbone = InferenceCopy()  # not a submodule: nothing in the state dict
+        self.memory_format = speed_path_memory_format(cfg)  # of the speed paths' images and copy
         # On C4 the bottom-up pathway stops at res4 (the C4 baseline's res5 lives in its RoI head).
         on_c4 = cfg.neck.kind == "single_scale" and cfg.neck.single_level == "c4"
         self.preprocess = Preprocessor(cfg.input)
-        self.backbone = ResNet(cfg.backbone, last_stage=4 if on_c4 else 5)
+        self.backbone = ResNet(cfg.backbone, last_stage=4 if on_c4 else 5,
+                               fold_frozen_norm=paths.fold_frozen_norm)
         self.neck = build_neck(cfg.neck, self.backbone.out_channels)
         if cfg.neck.frozen:  # shared features fixed (steps 3 and 4 of the paper's Table 5 schedule)
             self.neck.requires_grad_(False)
@@ -75,35 +112,48 @@ class FasterRCNN(nn.Module):
             _check_levels(name, levels, self.neck.levels)
         channels = {self.neck.out_channels[level] for levels in levels_read.values() for level in levels}
         if len(channels) != 1:
-            raise ValueError("the shared heads need the same channel count on every level")
+            raise ConfigError("the shared heads need the same channel count on every level")
         in_channels = channels.pop()
         self.rpn = (RegionProposalNetwork(cfg.rpn, in_channels, self.neck.strides)
                     if cfg.proposals == "rpn" else None)
-        self.roi_heads = (RoIHeads(cfg.roi_heads, in_channels, self.neck.strides, cfg.backbone)
-                          if cfg.box_head else None)
+        self.roi_heads = None
+        if cfg.box_head:
+            align = roi_align_for_training if paths.sparse_roi_align else roi_align
+            self.roi_heads = RoIHeads(cfg.roi_heads, in_channels, self.neck.strides, cfg.backbone,
+                                      fold_frozen_norm=paths.fold_frozen_norm, training_roi_align=align)
         if segments:  # registered only here, so the other compositions keep their state-dict keys
             self.segment_proposals = SegmentProposalHead(cfg.segment_proposals, in_channels,
                                                          self.neck.strides)
         else:
             self.segment_proposals = None
-        self.fast_training = fast_training
 
     @property
     def fast_training(self) -> bool:
-        return self._fast_training
+        """Whether any training speed path runs (fixed when the model is built)."""
+        return self.training_paths != TrainingSpeedPaths.of(False)
 
     @fast_training.setter
     def fast_training(self, value: bool) -> None:
-        self._fast_training = value
-        for module in self.modules():
-            if isinstance(module, FoldsFrozenNorm):
-                module.fold_frozen_norm = value
-            if isinstance(module, MultiLevelRoIPooler):
-                module.sparse_roi_align = value
+        raise AttributeError("the training speed paths are chosen when the model is built: "
+                             "FasterRCNN(cfg, fast_training=...)")
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def with_changes(self, changes: dict[str, Any]) -> FasterRCNN:
+        """A new detector with this one's weights (on its device, in its mode), built from its config
+        changed by ``changes``, a nested mapping as ``fpn.config.merge`` takes (e.g.
+        ``{"input": {"min_size_test": 600}}``). A change that reshapes a weight is a ``ConfigError``."""
+        cfg = merge(thawed(self.cfg), changes, "changes")
+        model = FasterRCNN(cfg, fast_inference=self.fast_inference, compile_inference=self.compile_inference,
+                           fast_training=self.training_paths)
+        try:
+            model.load_state_dict(self.state_dict())
+        except RuntimeError as err:
+            raise ConfigError(f"changes {changes}: the weights no longer fit ({str(err).splitlines()[1:2]})"
+                              ) from None
+        return model.to(self.device).train(self.training)
 
     def load_parts(self, state_dict: dict[str, Tensor], *, source: str, allow_missing: bool = False
                    ) -> dict[str, list[str]]:
@@ -122,40 +172,30 @@ class FasterRCNN(nn.Module):
         skipped = sorted({k.split(".")[0] for k in foreign if k.split(".")[0] not in present})
         unknown = [k for k in foreign if k.split(".")[0] in present]
         if unknown:
-            raise ValueError(f"{source}: tensor {unknown[0]!r} has no place in this model "
+            raise CheckpointError(f"{source}: tensor {unknown[0]!r} has no place in this model "
                              f"({len(unknown)} such; a checkpoint of another architecture?)")
         for key, value in state_dict.items():
             if key in own and own[key].shape != value.shape:
-                raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects "
+                raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects "
                                  f"{tuple(own[key].shape)}")
         missing = [k for k in own if k not in state_dict]
         if missing and not allow_missing:
-            raise ValueError(f"{source}: no tensor for {missing[0]!r} ({len(missing)} missing)")
+            raise CheckpointError(f"{source}: no tensor for {missing[0]!r} ({len(missing)} missing)")
         self.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
         return {"loaded": sorted({k.split(".")[0] for k in state_dict if k in own}), "skipped": skipped,
                 "fresh": sorted({k.split(".")[0] for k in missing})}
 
     def features(self, images: Tensor) -> dict[str, Tensor]:
         """(N, 3, H, W) preprocessed batch -> the pyramid {"p2": ..., "p6": ...}."""
-        if self.training and self.fast_training:
-            return self.neck(self.backbone(images.contiguous(memory_format=torch.channels_last)))
-        if self.training or not self.fast_inference:
+        if self.training:
+            if self.training_paths.channels_last:
+                images = images.contiguous(memory_format=self.memory_format)
             return self.neck(self.backbone(images))
-        backbone = self._inference_backbone()
-        return self.neck(backbone(images.contiguous(memory_format=torch.channels_last)))
-
-    def _inference_backbone(self) -> nn.Module:
-        """The folded, channels-last copy of the backbone, rebuilt when the weights change."""
-        version = (parameters_version(self.backbone), self.compile_inference)
-        cached = self.__dict__.get("_inference_backbone_cache")  # not a submodule: no state_dict entry
-        if cached is None or cached[0] != version:
-            with torch.inference_mode(False):  # ordinary tensors, usable outside inference mode too
-                backbone = inference_copy(self.backbone)
-            if self.compile_inference:
-                backbone = torch.compile(backbone, dynamic=True)
-            cached = (version, backbone)
-            self.__dict__["_inference_backbone_cache"] = cached
-        return cached[1]
+        if not self.fast_inference:
+            return self.neck(self.backbone(images))
+        backbone = self.inference_backbone.of(self.backbone, compile=self.compile_inference,
+                                               channels_last=self.memory_format == torch.channels_last)
+        return self.neck(backbone(images.contiguous(memory_format=self.memory_format)))
 
     def forward(
         self,
@@ -193,8 +233,8 @@ class FasterRCNN(nn.Module):
         """
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
-        if not self.training and self.cfg.input.test_scales:
-            return detect_on_image_pyramid(self, images, self.cfg.input.test_scales,
+        if not self.training and self.test_scales:
+            return detect_on_image_pyramid(self, images, self.test_scales,
                                            return_proposals=return_proposals, proposals=proposals)
         batch, targets = self.preprocess(images, targets, proposals=proposals)
         if self.segment_proposals is not None:  # docs/paper.md §5: the pyramid and the mask MLPs only
@@ -244,13 +284,14 @@ class FasterRCNN(nn.Module):
         """The RPN's anchors on an image of ``image_hw`` at test time, alone in its batch (Table 1)."""
         if self.rpn is None:
             return 0
-        scale = resize_scale(image_hw, self.cfg.input.min_size_test, self.cfg.input.max_size)
+        settings = self.preprocess.settings
+        scale = resize_scale(image_hw, settings.min_size_test, settings.max_size)
         resized = (int(image_hw[0] * scale), int(image_hw[1] * scale))  # as interpolate rounds
-        divisor = self.cfg.input.size_divisibility
+        divisor = settings.size_divisibility
         return self.rpn.num_anchors((padded_size(resized[0], divisor), padded_size(resized[1], divisor)))
 
 
 def _check_levels(name: str, wanted: list[str], available: list[str]) -> None:
     missing = [level for level in wanted if level not in available]
     if missing:
-        raise ValueError(f"{name}: level(s) {missing} are not produced by the neck (it gives {available})")
+        raise ConfigError(f"{name}: level(s) {missing} are not produced by the neck (it gives {available})")

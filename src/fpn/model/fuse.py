@@ -23,7 +23,7 @@ def folded_conv_parameters(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Te
     ``norm(conv(x))`` for a frozen or eval-mode BatchNorm: s·W and s·(b - mean) + beta.
 
     Differentiable in the convolution's and the norm's parameters: training folds at every step
-    through it (``fpn.model.backbone.conv_then_norm``), inference once (``fold_norm_into_conv``).
+    through it (``fpn.model.conv_norm.conv_then_norm``), inference once (``fold_norm_into_conv``).
     """
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # (C_out,), as FrozenBatchNorm2d
     conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
@@ -87,3 +87,27 @@ def parameters_version(module: nn.Module) -> tuple:
     tensors = tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
                     for t in (*module.parameters(), *module.buffers()))
     return tensors + tuple(m.eps for m in module.modules() if isinstance(m, FOLDABLE))
+
+
+class InferenceCopy:
+    """The folded (and, by default, channels-last) copy of a module that inference runs, rebuilt
+    whenever the module's weights change (``parameters_version``), optionally through ``torch.compile``.
+
+    A detector holds one as a plain attribute: the copy is not a submodule, so it adds nothing to
+    the state dict and is never trained.
+    """
+
+    def __init__(self):
+        self.version: tuple | None = None
+        self.module: nn.Module | None = None
+
+    def of(self, module: nn.Module, *, compile: bool = False, channels_last: bool = True) -> nn.Module:
+        """The copy of ``module``, made (or made again) if its weights, ``compile`` or the layout
+        changed."""
+        version = (parameters_version(module), compile, channels_last)
+        if self.module is None or self.version != version:
+            with torch.inference_mode(False):  # ordinary tensors, usable outside inference mode too
+                copy_ = inference_copy(module, channels_last=channels_last)
+            self.module = torch.compile(copy_, dynamic=True) if compile else copy_
+            self.version = version
+        return self.module

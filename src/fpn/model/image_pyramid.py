@@ -24,17 +24,18 @@ import torch
 from torch import Tensor, nn
 
 from fpn.config import ModelConfig
+from fpn.errors import ConfigError
 from fpn.model.boxes import batched_nms
 
 Outputs = list[dict[str, Tensor]]
 
 
 def check_test_scales(scales: list[int]) -> list[int]:
-    """``scales`` as a list of positive ints, or a one-line ValueError naming the config field."""
+    """``scales`` as a list of positive ints, or a one-line ConfigError naming the config field."""
     if isinstance(scales, int | str) or not all(
         isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in scales
     ):
-        raise ValueError(f"model.input.test_scales: expected shorter sides in pixels, positive "
+        raise ConfigError(f"model.input.test_scales: expected shorter sides in pixels, positive "
                          f"integers such as [480, 640, 800], got {scales!r}")
     return list(scales)
 
@@ -83,7 +84,7 @@ def detect_on_image_pyramid(model: nn.Module, images: list[Tensor], scales: list
     """
     scales = check_test_scales(scales)
     if not scales:
-        raise ValueError("model.input.test_scales: the image pyramid needs at least one scale")
+        raise ConfigError("model.input.test_scales: the image pyramid needs at least one scale")
     if model.training:
         raise ValueError("the image pyramid (model.input.test_scales) is for inference: call model.eval()")
     per_scale = [detect_at_scale(model, images, s, return_proposals=return_proposals, proposals=proposals)

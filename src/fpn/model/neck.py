@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import NeckConfig
+from fpn.errors import ConfigError
 
 
 class FeaturePyramid(nn.Module):
@@ -36,7 +37,8 @@ class FeaturePyramid(nn.Module):
                  top_down: bool = True, lateral: bool = True, p6: bool = True):
         super().__init__()
         if not (top_down or lateral):
-            raise ValueError("a pyramid needs the top-down pathway or the lateral connections")
+            raise ConfigError("model.neck: a pyramid needs the top-down pathway or the lateral connections "
+                              "(top_down or lateral true)")
         self.top_down = top_down
         self.p6 = p6
         self.in_levels = sorted(in_channels, key=lambda name: int(name[1:]))  # fine -> coarse

@@ -35,13 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from fpn.config import ModelConfig
-from fpn.errors import UserError
+from fpn.errors import PrecisionError
 
 log = logging.getLogger(__name__)
-
-
-class PrecisionError(UserError, ValueError):
-    """A precision that is unknown or cannot run this model here; the message says why."""
 
 
 Precision = Literal["auto", "fp32", "bf16", "int8"]
@@ -208,6 +204,12 @@ def resolve_precision(requested: str, cfg: ModelConfig, device: torch.device, *,
         _announced.add((choice.precision, model_kind(cfg)))
         log.info("precision auto: %s for %s models (%s)", choice.precision, model_kind(cfg), choice.reason)
     return choice
+
+
+def full_precision(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors`` with bf16 / fp16 ones cast to fp32 (what the layers under autocast hand over);
+    fp32 and fp64 ones as they are, so that a float64 model stays float64."""
+    return tuple(t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in tensors)
 
 
 class LowPrecisionDetector(nn.Module):

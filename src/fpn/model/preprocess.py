@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.box_format import TARGET_BOX_KEYS
-from fpn.config import InputConfig
+from fpn.config import InputConfig, frozen
+from fpn.model.across_processes import largest_across_processes
 
 
 @dataclass
@@ -54,23 +55,28 @@ def rescale_boxes(boxes_xyxy: Tensor, from_hw: tuple[int, int], to_hw: tuple[int
 
 
 class Preprocessor(nn.Module):
-    """Images of any size (list of 3 x H x W floats in [0, 1], RGB) -> an ``ImageBatch``."""
+    """Images of any size (list of 3 x H x W floats in [0, 1], RGB) -> an ``ImageBatch``.
 
-    def __init__(self, cfg: InputConfig):
+    Args:
+        settings: ``model.input``; kept as a read-only copy (``fpn.config.frozen``), since the mean
+            and std buffers are made from it here, once.
+    """
+
+    def __init__(self, settings: InputConfig):
         super().__init__()
-        self.cfg = cfg
-        self.register_buffer("mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
+        self.settings = frozen(settings)
+        self.register_buffer("mean", torch.tensor(self.settings.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.settings.pixel_std).view(3, 1, 1), persistent=False)
 
     def normalize(self, image: Tensor) -> Tensor:
-        if self.cfg.pixel_scale != 1.0:
-            image = image * self.cfg.pixel_scale
-        if self.cfg.channel_order == "BGR":
+        if self.settings.pixel_scale != 1.0:
+            image = image * self.settings.pixel_scale
+        if self.settings.channel_order == "BGR":
             image = image.flip(0)
         return (image - self.mean) / self.std
 
     def resize(self, image: Tensor, min_size: int) -> Tensor:
-        scale = resize_scale(tuple(image.shape[-2:]), min_size, self.cfg.max_size)
+        scale = resize_scale(tuple(image.shape[-2:]), min_size, self.settings.max_size)
         graph = torch.jit.is_tracing() or torch.compiler.is_compiling()  # keep the op in a graph
         if isinstance(scale, float) and scale == 1.0 and not graph:
             return image  # bilinear at scale 1 samples every pixel at its own centre: the identity
@@ -78,10 +84,16 @@ class Preprocessor(nn.Module):
                              recompute_scale_factor=True, align_corners=False)[0]
 
     def pad(self, images: list[Tensor]) -> Tensor:
-        """Zero-pad to a common size, a multiple of ``size_divisibility``, at the bottom right."""
-        div = self.cfg.size_divisibility
-        height = padded_size(max(img.shape[1] for img in images), div)
-        width = padded_size(max(img.shape[2] for img in images), div)
+        """Zero-pad to a common size, a multiple of ``size_divisibility``, at the bottom right.
+
+        In training under DistributedDataParallel the size is that of the largest image of the
+        global batch, on every process (``fpn.model.across_processes``), as one process pads it.
+        """
+        div = self.settings.size_divisibility
+        height, width = max(img.shape[1] for img in images), max(img.shape[2] for img in images)
+        if self.training:
+            height, width = largest_across_processes(height, width, device=images[0].device)
+        height, width = padded_size(height, div), padded_size(width, div)
         batch = images[0].new_zeros((len(images), 3, height, width))
         for i, img in enumerate(images):
             batch[i, :, : img.shape[1], : img.shape[2]].copy_(img)
@@ -96,8 +108,8 @@ class Preprocessor(nn.Module):
         Target ``masks`` stay in the original pixels: the segment-proposal head maps its regions
         back to them instead of resizing every full mask (docs/paper.md §5).
 
-        In training the shorter side is drawn from ``min_size_train`` per image; in eval it is
-        ``min_size_test``. ``min_size`` replaces either (one scale of an image pyramid).
+        In training the shorter side is drawn from ``min_size_train`` per image (``training_size``);
+        in eval it is ``min_size_test``. ``min_size`` replaces either (one scale of an image pyramid).
         """
         if proposals is not None and len(proposals) != len(images):
             raise ValueError(f"{len(proposals)} proposal sets for {len(images)} images")
@@ -110,9 +122,10 @@ class Preprocessor(nn.Module):
             if min_size is not None:
                 shorter = min_size
             elif self.training:
-                shorter = random.choice(self.cfg.min_size_train)
+                target = targets[i] if targets is not None else None
+                shorter = training_size(self.settings.min_size_train, target)
             else:
-                shorter = self.cfg.min_size_test
+                shorter = self.settings.min_size_test
             img = self.resize(self.normalize(img), shorter)
             resized.append(img)
             if targets is not None:
@@ -122,6 +135,16 @@ class Preprocessor(nn.Module):
             proposals = [rescale_boxes(boxes.to(torch.float32), from_hw, to_hw)
                          for boxes, from_hw, to_hw in zip(proposals, original_sizes, sizes, strict=True)]
         return ImageBatch(self.pad(resized), sizes, original_sizes, proposals), new_targets
+
+
+def training_size(sizes: list[int], target: dict | None) -> int:
+    """The shorter side drawn for one training image: from the image's own random stream when its
+    target carries a ``sample_seed`` (so the draw does not depend on which images share its batch
+    or its process: N processes draw what one does), else from Python's global one."""
+    if len(sizes) == 1:
+        return sizes[0]
+    seed = target.get("sample_seed") if target is not None else None
+    return (random if seed is None else random.Random(int(seed))).choice(sizes)
 
 
 def _rescale_target(target: dict[str, Tensor], from_hw: tuple[int, int], to_hw: tuple[int, int]

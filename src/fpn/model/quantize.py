@@ -18,6 +18,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from fpn.errors import ConfigError
 from fpn.model.fuse import inference_copy, parameters_version
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def quantize_pyramid(model: nn.Module, calibration_images: list[Tensor], backend
     if not calibration_images:
         raise ValueError("int8 needs at least one calibration image")
     if getattr(model, "segment_proposals", None) is not None:
-        raise ValueError("the int8 pyramid serves the RPN and box head; segment-proposal models "
+        raise ConfigError("the int8 pyramid serves the RPN and box head; segment-proposal models "
                          "(model.proposals=segments) run in fp32")
     if backend not in torch.backends.quantized.supported_engines:
         raise ValueError(f"quantized backend {backend!r} is not available here "

@@ -21,6 +21,7 @@ import warnings
 
 import torch
 from torch import Tensor
+from torchvision.ops import roi_align
 
 
 def _axis(coords: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -85,7 +86,7 @@ class _SparseProduct(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
-        return ctx.transposed @ grad_output.float(), None, None
+        return ctx.transposed @ grad_output.to(ctx.transposed.dtype), None, None
 
 
 def _csr(rows: Tensor, columns: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -124,3 +125,13 @@ def roi_align_sparse(features: Tensor, rois: Tensor, output_size: int, spatial_s
         flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N·H·W, C): a view if channels-last
         pooled = _SparseProduct.apply(flat, matrix, transposed).to(features.dtype)  # (R·S·S, C)
     return pooled.reshape(-1, size, size, c).permute(0, 3, 1, 2)  # (R, C, S, S)
+
+
+def roi_align_for_training(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
+                           sampling_ratio: int, aligned: bool = False) -> Tensor:
+    """RoIAlign for training: the sparse product on the CPU with a fixed sampling ratio (its backward
+    pass is multithreaded), torchvision's ``roi_align`` where that does not apply (a GPU, or the
+    adaptive ratio 0). What ``FasterRCNN(fast_training=...)`` gives ``MultiLevelRoIPooler``."""
+    if features.is_cpu and sampling_ratio > 0:
+        return roi_align_sparse(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)

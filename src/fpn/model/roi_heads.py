@@ -7,16 +7,19 @@ Shape shorthand: N images, R RoIs in the batch, C channels, S x S pooled size, K
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
-from fpn.config import BackboneConfig, RoIHeadConfig
+from fpn.config import BackboneConfig, RoIHeadConfig, frozen
 from fpn.model import boxes as box_ops
 from fpn.model.backbone import make_norm_factory, make_stage, stage_channels
 from fpn.model.loss_normalizer import loss_normalizer
-from fpn.model.roi_align import roi_align_sparse
+from fpn.model.precision import full_precision
+from fpn.model.roi_align import roi_align_for_training
 
 # Keeps the RoI heads' random sampling stream of an image apart from the RPN's (salt 0).
 SAMPLING_SALT = 1
@@ -45,23 +48,24 @@ def map_rois_to_levels(
     return levels.clamp(min=min_level, max=max_level).to(torch.int64)
 
 
+RoIAlignFn = Callable[[Tensor, Tensor, int, float, int, bool], Tensor]
+
+
 class MultiLevelRoIPooler(nn.Module):
     """Pool each RoI from the level the level mapper picks (RoIAlign, or RoIPool for ablation).
 
-    In training mode on a CPU, with ``sparse_roi_align`` (the default) and a fixed sampling
-    ratio, RoIAlign runs as a sparse matrix product (``fpn.model.roi_align``): the same numbers
-    to float rounding, and a backward pass many times faster than torchvision's serial CPU one
-    (on a GPU torchvision's own kernels run).
-
     Args:
         strides: the levels to pool from and their strides, e.g. ``{"p2": 4, ..., "p5": 32}``.
+        training_roi_align: the RoIAlign implementation of training mode, called as torchvision's
+            ``roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)``. The
+            default, ``fpn.model.roi_align.roi_align_for_training``, is the sparse matrix product on a
+            CPU (the same numbers to float rounding, and a backward pass many times faster than
+            torchvision's serial CPU one); eval mode always runs torchvision's ``roi_align``.
     """
-
-    sparse_roi_align = True  # FasterRCNN.fast_training sets it
 
     def __init__(self, strides: dict[str, int], *, output_size: int = 7, sampling_ratio: int = 2,
                  aligned: bool = False, kind: str = "roi_align", canonical_scale: float = 224.0,
-                 canonical_level: int = 4):
+                 canonical_level: int = 4, training_roi_align: RoIAlignFn = roi_align_for_training):
         super().__init__()
         self.strides = dict(strides)
         self.level_of = {int(name[1:]): name for name in strides}
@@ -71,6 +75,7 @@ class MultiLevelRoIPooler(nn.Module):
         self.kind = kind
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
+        self.training_roi_align = training_roi_align
 
     def forward(self, features: dict[str, Tensor], boxes_per_image: list[Tensor]) -> Tensor:
         """N x (Ri, 4) boxes -> (R, C, S, S) pooled features, in the order of the boxes."""
@@ -95,13 +100,10 @@ class MultiLevelRoIPooler(nn.Module):
                                   canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
 
     def _pool(self, feature: Tensor, rois: Tensor, spatial_scale: float) -> Tensor:
-        size = (self.output_size, self.output_size)
         if self.kind == "roi_pool":
-            return roi_pool(feature, rois, size, spatial_scale)
-        if self.training and self.sparse_roi_align and self.sampling_ratio > 0 and feature.is_cpu:
-            return roi_align_sparse(feature, rois, self.output_size, spatial_scale, self.sampling_ratio,
-                                    self.aligned)
-        return roi_align(feature, rois, size, spatial_scale, self.sampling_ratio, self.aligned)
+            return roi_pool(feature, rois, (self.output_size, self.output_size), spatial_scale)
+        align = self.training_roi_align if self.training else roi_align
+        return align(feature, rois, self.output_size, spatial_scale, self.sampling_ratio, self.aligned)
 
 
 class TwoFCHead(nn.Module):
@@ -121,9 +123,10 @@ class TwoFCHead(nn.Module):
 class Res5Head(nn.Module):
     """The conv5 head of He et al. on C4 RoIs (ablation a): res5 (stride 2), then average pool."""
 
-    def __init__(self, backbone_cfg: BackboneConfig, in_channels: int):
+    def __init__(self, backbone_cfg: BackboneConfig, in_channels: int, *, fold_frozen_norm: bool = True):
         super().__init__()
-        self.res5 = make_stage(backbone_cfg, 5, in_channels, make_norm_factory(backbone_cfg), first_stride=2)
+        self.res5 = make_stage(backbone_cfg, 5, in_channels, make_norm_factory(backbone_cfg), first_stride=2,
+                               fold_frozen_norm=fold_frozen_norm)
         self.out_features = stage_channels(backbone_cfg)["c5"]
 
     def forward(self, pooled: Tensor) -> Tensor:
@@ -152,26 +155,31 @@ class RoIHeads(nn.Module):
     """Sampling, pooling, head, predictor, losses and detections for Fast R-CNN on the pyramid.
 
     Args:
-        cfg: the head's settings.
+        settings: ``model.roi_heads`` (kept read-only).
         in_channels: channels of the levels it pools from.
         strides: the levels it pools from and their declared strides.
         backbone_cfg: needed only by the ``res5`` head, which is built like the backbone's res5.
+        fold_frozen_norm, training_roi_align: the training speed paths of the res5 head's
+            ConvNorms and of the pooler (``FasterRCNN(fast_training=...)``).
     """
 
-    def __init__(self, cfg: RoIHeadConfig, in_channels: int, strides: dict[str, int],
-                 backbone_cfg: BackboneConfig | None = None):
+    def __init__(self, settings: RoIHeadConfig, in_channels: int, strides: dict[str, int],
+                 backbone_cfg: BackboneConfig | None = None, *, fold_frozen_norm: bool = True,
+                 training_roi_align: RoIAlignFn = roi_align_for_training):
         super().__init__()
-        self.cfg = cfg
+        self.settings = cfg = frozen(settings)
         self.pooler = MultiLevelRoIPooler(
             {level: strides[level] for level in cfg.levels}, output_size=cfg.pooler_resolution,
             sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned, kind=cfg.pooler,
             canonical_scale=cfg.canonical_scale, canonical_level=cfg.canonical_level,
+            training_roi_align=training_roi_align,
         )
         match cfg.head:
             case "2fc":
                 self.box_head = TwoFCHead(in_channels, cfg.pooler_resolution, cfg.fc_dim)
             case "res5":
-                self.box_head = Res5Head(backbone_cfg or BackboneConfig(), in_channels)
+                self.box_head = Res5Head(backbone_cfg or BackboneConfig(), in_channels,
+                                         fold_frozen_norm=fold_frozen_norm)
             case _:
                 raise ValueError(f"unknown RoI head {cfg.head!r}")
         self.box_predictor = BoxPredictor(self.box_head.out_features, cfg.num_classes)
@@ -191,7 +199,7 @@ class RoIHeads(nn.Module):
             proposals, labels, regression_targets = self.sample_proposals(proposals, targets, generator)
         class_logits, box_deltas = self.box_predictor(self.box_head(self.pooler(features, proposals)))
         # fp32 from here whatever the fc layers ran in (bf16 autocast, fpn.model.precision)
-        class_logits, box_deltas = class_logits.float(), box_deltas.float()
+        class_logits, box_deltas = full_precision(class_logits, box_deltas)
         if self.training:
             return [], self.losses(class_logits, box_deltas, labels, regression_targets)
         return self.detections(class_logits, box_deltas, proposals, image_sizes), {}
@@ -204,7 +212,7 @@ class RoIHeads(nn.Module):
         Returns the sampled boxes per image, their labels (R,) (0 = background) and the
         regression targets (R, 4) (meaningful for the foreground only).
         """
-        cfg = self.cfg
+        cfg = self.settings
         sampled_boxes, sampled_labels, sampled_targets = [], [], []
         for image_proposals, target in zip(proposals, targets, strict=True):
             gt_boxes, gt_labels = target["boxes"], target["labels"]
@@ -243,7 +251,7 @@ class RoIHeads(nn.Module):
         fg = torch.nonzero(labels > 0).squeeze(1)
         deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[fg, labels[fg]]  # (R_fg, 4)
         loss_box = F.smooth_l1_loss(
-            deltas, regression_targets[fg], beta=self.cfg.smooth_l1_beta, reduction="sum"
+            deltas, regression_targets[fg], beta=self.settings.smooth_l1_beta, reduction="sum"
         ) / normalizer
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
@@ -254,7 +262,7 @@ class RoIHeads(nn.Module):
         Besides ``boxes``, ``scores``, ``labels``, each detection carries ``levels``: the k of the
         P_k its RoI (the proposal it was regressed from) was pooled from (Eq. 1, docs/paper.md §3).
         """
-        cfg = self.cfg
+        cfg = self.settings
         num_classes = class_logits.shape[1]
         boxes_all = box_ops.decode_boxes(box_deltas, torch.cat(proposals), cfg.box_weights,
                                          clamp_shrink=cfg.clamp_box_shrink)  # (R, K+1, 4)

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fpn.config import RPNConfig
+from fpn.config import RPNConfig, frozen
+from fpn.errors import ConfigError
 from fpn.model import boxes as box_ops
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.loss_normalizer import loss_normalizer
+from fpn.model.precision import full_precision
 
 # Keeps the RPN's random sampling stream of an image apart from the RoI heads' (salt 1).
 SAMPLING_SALT = 0
@@ -65,18 +67,18 @@ class RegionProposalNetwork(nn.Module):
     """Anchors, head, proposal selection and (in training) losses.
 
     Args:
-        cfg: thresholds, sampling and top-k settings.
+        settings: ``model.rpn``: anchors, thresholds, sampling and top-k (kept read-only).
         in_channels: channels of the levels it reads (the same on every level).
         strides: declared stride of each level it reads.
     """
 
-    def __init__(self, cfg: RPNConfig, in_channels: int, strides: dict[str, int]):
+    def __init__(self, settings: RPNConfig, in_channels: int, strides: dict[str, int]):
         super().__init__()
-        self.cfg = cfg
+        self.settings = cfg = frozen(settings)
         self.levels = list(cfg.levels)
         missing = [level for level in self.levels if level not in cfg.anchors.sizes]
         if missing:
-            raise ValueError(f"rpn.anchors.sizes has no sizes for level(s) {missing}")
+            raise ConfigError(f"model.rpn.anchors.sizes has no sizes for level(s) {missing}")
         self.anchor_generator = AnchorGenerator(
             {level: cfg.anchors.sizes[level] for level in self.levels},
             strides,
@@ -86,7 +88,8 @@ class RegionProposalNetwork(nn.Module):
         )
         counts = {self.anchor_generator.num_anchors_per_cell(level) for level in self.levels}
         if len(counts) != 1:
-            raise ValueError("the shared RPN head needs the same number of anchors on every level")
+            raise ConfigError("model.rpn.anchors: the shared RPN head needs the same number of anchors on "
+                              "every level")
         self.head = RPNHead(in_channels, counts.pop(), cfg.conv_channels)
 
     def num_anchors(self, padded_hw: tuple[int, int]) -> int:
@@ -112,7 +115,7 @@ class RegionProposalNetwork(nn.Module):
         """Proposals (P, 4) and their objectness probabilities (P,) per image, and losses.
 
         Args:
-            features: the pyramid; the levels in ``cfg.levels`` are read.
+            features: the pyramid; the levels in ``settings.levels`` are read.
             image_sizes: (h, w) of each resized image before padding (boxes are clipped to it).
             padded_hw: (H, W) of the padded batch.
             targets: per image ``boxes`` (G, 4) and optionally ``crowd_boxes``; training only.
@@ -129,7 +132,7 @@ class RegionProposalNetwork(nn.Module):
         logits, deltas = flatten_predictions(logits_per_level, deltas_per_level)
         # fp32 from here whatever the convs ran in (bf16 autocast, fpn.model.precision): decoding,
         # clipping, NMS and the losses never see low precision
-        logits, deltas = logits.float(), deltas.float()
+        logits, deltas = full_precision(logits, deltas)
         num_per_level = [a.shape[0] for a in anchors_per_level]
         anchors = torch.cat(anchors_per_level, dim=0)  # (R, 4)
         proposals, scores = [], []
@@ -153,8 +156,8 @@ class RegionProposalNetwork(nn.Module):
         image_sizes: list[tuple[int, int]],
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Per level top-k, decode, clip, drop tiny, NMS per level, top-N per image (docs/paper.md §2)."""
-        pre_nms = self.cfg.pre_nms_top_n_train if self.training else self.cfg.pre_nms_top_n_test
-        post_nms = self.cfg.post_nms_top_n_train if self.training else self.cfg.post_nms_top_n_test
+        pre_nms = self.settings.pre_nms_top_n_train if self.training else self.settings.pre_nms_top_n_test
+        post_nms = self.settings.post_nms_top_n_train if self.training else self.settings.post_nms_top_n_test
         top_idx, level_ids, offset = [], [], 0
         for level_index, level_logits in enumerate(logits.split(num_per_level, dim=1)):
             k = torch.sym_min(pre_nms, level_logits.shape[1])  # sym_min: no branch on a traced size
@@ -166,13 +169,13 @@ class RegionProposalNetwork(nn.Module):
         proposals, scores = [], []
         per_image = zip(logits, deltas, top_idx, image_sizes, strict=True)
         for image_logits, image_deltas, idx, image_hw in per_image:
-            boxes = box_ops.decode_boxes(image_deltas[idx], anchors[idx], self.cfg.box_weights,
-                                         clamp_shrink=self.cfg.clamp_box_shrink)[:, 0]
+            boxes = box_ops.decode_boxes(image_deltas[idx], anchors[idx], self.settings.box_weights,
+                                         clamp_shrink=self.settings.clamp_box_shrink)[:, 0]
             boxes = box_ops.clip_boxes(boxes, image_hw)
             prob = torch.sigmoid(image_logits[idx])
-            keep = box_ops.nonempty_mask(boxes, self.cfg.min_box_size)
+            keep = box_ops.nonempty_mask(boxes, self.settings.min_box_size)
             boxes, prob, lvl = boxes[keep], prob[keep], levels[keep]
-            keep = box_ops.batched_nms(boxes, prob, lvl, self.cfg.nms_thresh)[:post_nms]
+            keep = box_ops.batched_nms(boxes, prob, lvl, self.settings.nms_thresh)[:post_nms]
             proposals.append(boxes[keep])
             scores.append(prob[keep])
         return proposals, scores
@@ -186,7 +189,7 @@ class RegionProposalNetwork(nn.Module):
         generator: torch.Generator | None,
     ) -> dict[str, Tensor]:
         """Binary cross-entropy on sampled anchors, smooth-L1 on the positives (docs/paper.md §2)."""
-        cfg = self.cfg
+        cfg = self.settings
         sampled_logits, sampled_labels, pos_deltas, pos_targets = [], [], [], []
         for image_logits, image_deltas, target in zip(logits, deltas, targets, strict=True):
             gt_boxes = target["boxes"]

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from fpn.config import SegmentProposalConfig
+from fpn.config import SegmentProposalConfig, frozen
+from fpn.errors import ConfigError
 from fpn.model.boxes import sample_balanced, sampling_generator
 from fpn.model.loss_normalizer import loss_normalizer
 from fpn.model.preprocess import rescale_boxes
@@ -59,7 +60,7 @@ def build_slots(cfg: SegmentProposalConfig, strides: dict[str, int]) -> list[Slo
     """The slots of a config: every enabled MLP on every level (docs/paper.md §5, Scales)."""
     missing = [level for level in cfg.levels if level not in cfg.object_scales]
     if missing:
-        raise ValueError(f"segment_proposals.object_scales has no scale for level(s) {missing}")
+        raise ConfigError(f"model.segment_proposals.object_scales has no scale for level(s) {missing}")
     slots = []
     for mlp in ENABLED_MLPS[cfg.mlps]:
         factor = cfg.half_octave_factor if mlp == "7x7" else 1.0
@@ -275,14 +276,14 @@ class SegmentProposalHead(nn.Module):
     """The mask MLPs on every level, their training targets and losses, and test-time selection.
 
     Args:
-        cfg: ``model.segment_proposals``.
+        settings: ``model.segment_proposals`` (kept read-only).
         in_channels: d, the pyramid's channels (the same on every level read).
         strides: stride of each pyramid level.
     """
 
-    def __init__(self, cfg: SegmentProposalConfig, in_channels: int, strides: dict[str, int]):
+    def __init__(self, settings: SegmentProposalConfig, in_channels: int, strides: dict[str, int]):
         super().__init__()
-        self.cfg = cfg
+        self.settings = cfg = frozen(settings)
         self.slots = build_slots(cfg, strides)
         self.mlps = nn.ModuleDict({
             name: MaskMLP(in_channels, window=MLP_WINDOWS[name], hidden_channels=cfg.hidden_channels,
@@ -297,7 +298,7 @@ class SegmentProposalHead(nn.Module):
         """Losses (training) or segment proposals per image (eval).
 
         Args:
-            features: the pyramid; the levels in ``cfg.levels`` are read.
+            features: the pyramid; the levels in ``settings.levels`` are read.
             image_sizes: (h, w) of each resized image inside the padding.
             original_sizes: (h, w) of each input image.
             targets: per image ``boxes`` (G, 4) in resized pixels, ``masks`` (G, H, W) in the
@@ -336,14 +337,14 @@ class SegmentProposalHead(nn.Module):
             pieces.append(self.mlps[slot.mlp].masks_from_hidden(vectors))
             order.append(chosen)
         if not pieces:
-            return hidden[0].new_zeros((0, self.cfg.mask_size**2))
+            return hidden[0].new_zeros((0, self.settings.mask_size**2))
         return torch.cat(pieces)[torch.argsort(torch.cat(order))]
 
     def losses(self, hidden: list[Tensor], score_logits: Tensor, positions: Positions,
                image_sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]],
                targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Score loss on 1:3 sampled positions, mask loss on the sampled positives (docs/paper.md §5)."""
-        cfg = self.cfg
+        cfg = self.settings
         sampled_logits, sampled_labels, mask_logits, mask_targets = [], [], [], []
         for i, target in enumerate(targets):
             if "masks" not in target:
@@ -386,7 +387,7 @@ class SegmentProposalHead(nn.Module):
 
         Positions whose centre lies in the padding are never chosen.
         """
-        cfg = self.cfg
+        cfg = self.settings
         results = []
         for i, (resized_hw, original_hw) in enumerate(zip(image_sizes, original_sizes, strict=True)):
             centres = positions.centres_xy

@@ -4,7 +4,9 @@
 pyramid level its RoI was pooled from (docs/paper.md §3, Eq. 1), and the same detections in COCO
 results form; ``GET /health``; ``GET /`` the page; the OpenAPI schema at ``/openapi.json`` and its
 docs at ``/docs``. Bad uploads are answered with a 4xx and ``{"detail": "<one line>"}``
-(``fpn.serve.uploads``), a full queue or a timeout with a 503 (``fpn.serve.batcher``).
+(``fpn.serve.uploads``), a full queue or a timeout with a 503 (``fpn.serve.batcher``). A forward
+pass that runs over ``hang_timeout`` is abandoned by the batcher's watchdog and a new worker serves the
+queue; while too many abandoned passes have not returned, ``/detect`` and ``/health`` answer 503.
 """
 
 # no ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, one of which
@@ -24,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fpn import __version__
 from fpn.box_format import xyxy_to_xywh
-from fpn.serve.batcher import Batcher, Busy, TimedOut
+from fpn.serve.batcher import Batcher, Busy, Hung, TimedOut
 from fpn.serve.uploads import UploadGuard, UploadRejected, decode_image
 
 # part content types a browser or curl may give an image; anything else is refused with a 415
@@ -40,6 +42,9 @@ class ServeSettings:
     timeout: float = 30.0
     max_batch: int = 4
     max_queue: int = 16
+    # seconds one forward pass may run before the watchdog abandons it and starts a new worker
+    # (default: half of ``timeout``, so the requests queued behind a hung pass are still served)
+    hang_timeout: float | None = None
     decode_slots: int = 2  # images decoded at once; more wait (a 40 MP image is 120 MB as pixels)
 
 
@@ -73,7 +78,7 @@ class DetectResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or 'not answering' (with a 503) while forward passes hang")
     version: str
     classes: list[str]
     levels: list[str] = Field(description="the pyramid levels the RoI heads pool from")
@@ -85,20 +90,24 @@ class Health(BaseModel):
     max_batch: int
     batches_run: int
     images_run: int
+    workers_replaced: int = Field(description="model workers replaced after a forward pass hung")
+    hung: int = Field(description="abandoned forward passes that have not returned")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "not an image, truncated, empty, or a malformed request"},
     413: {"model": ErrorBody, "description": "upload over the byte limit or image over the pixel limit"},
     415: {"model": ErrorBody, "description": "not a multipart upload, or the part is not an image"},
-    503: {"model": ErrorBody, "description": "the queue is full or the request timed out; retry later"},
+    503: {"model": ErrorBody, "description": "the queue is full, the request timed out, or the model is not "
+                                             "answering; retry later"},
 }
 
 
 def build_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
     """The app for ``detector`` (an ``fpn.api.Detector`` with a box head)."""
     settings = settings or ServeSettings()
-    batcher = Batcher(detector, max_batch=settings.max_batch, max_queue=settings.max_queue)
+    batcher = Batcher(detector, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                      hang_seconds=settings.hang_timeout or settings.timeout / 2)
     decode_slots = asyncio.Semaphore(settings.decode_slots)
     max_pixels = int(settings.max_megapixels * 1e6)
     category_ids = list(detector.model.cfg.category_ids)
@@ -120,13 +129,16 @@ def build_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def page() -> str:
         return files("fpn.serve").joinpath("page.html").read_text()
 
-    @app.get("/health", response_model=Health)
-    async def health() -> Health:
-        return Health(status="ok", version=__version__, classes=detector.class_names,
-                      levels=list(roi_cfg.levels), canonical_scale=roi_cfg.canonical_scale,
-                      canonical_level=roi_cfg.canonical_level, precision=precision, queued=batcher.waiting,
-                      max_queue=batcher.max_queue, max_batch=batcher.max_batch,
-                      batches_run=batcher.batches_run, images_run=batcher.images_run)
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
+    async def health() -> JSONResponse:
+        body = Health(status="ok" if batcher.answering else "not answering", version=__version__,
+                      classes=detector.class_names, levels=list(roi_cfg.levels),
+                      canonical_scale=roi_cfg.canonical_scale, canonical_level=roi_cfg.canonical_level,
+                      precision=precision, queued=batcher.waiting, max_queue=batcher.max_queue,
+                      max_batch=batcher.max_batch,
+                      batches_run=batcher.batches_run, images_run=batcher.images_run,
+                      workers_replaced=batcher.workers_replaced, hung=batcher.hung)
+        return JSONResponse(body.model_dump(), status_code=200 if batcher.answering else 503)
 
     @app.post("/detect", response_model=DetectResponse, responses=ERRORS)
     async def detect(
@@ -137,25 +149,31 @@ def build_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
     ) -> DetectResponse:
         start = time.perf_counter()
         deadline = start + (timeout or settings.timeout)
-        if image.content_type and not image.content_type.startswith(IMAGE_PART_TYPES):
-            raise UploadRejected(415, f"the 'image' part has content type {image.content_type!r}; "
-                                      "expected image/*")
-        try:  # at most ``decode_slots`` images are decoded at once; the others wait, within the deadline
-            await asyncio.wait_for(decode_slots.acquire(), max(deadline - time.perf_counter(), 0.001))
-        except asyncio.TimeoutError:
-            raise HTTPException(503, "timed out waiting to decode the image; retry later") from None
-        try:
-            tensor = await run_in_threadpool(decode_image, await image.read(), max_pixels=max_pixels)
-        finally:
-            decode_slots.release()
+        tensor = await _decode(image, decode_slots, deadline, max_pixels)
         try:
             det = await batcher.detect(tensor, max(deadline - time.perf_counter(), 0.001))
-        except (Busy, TimedOut) as err:
+        except (Busy, TimedOut, Hung) as err:
             raise HTTPException(503, str(err)) from None
         return _response(det, tensor.shape[-1], tensor.shape[-2], category_ids, min_score,
                          time.perf_counter() - start)
 
     return app
+
+
+async def _decode(image: UploadFile, decode_slots: asyncio.Semaphore, deadline: float, max_pixels: int):
+    """The uploaded image as a tensor; at most ``decode_slots`` images are decoded at once, the others
+    wait, within the request's deadline (a 503 past it)."""
+    if image.content_type and not image.content_type.startswith(IMAGE_PART_TYPES):
+        raise UploadRejected(415, f"the 'image' part has content type {image.content_type!r}; "
+                                  "expected image/*")
+    try:
+        await asyncio.wait_for(decode_slots.acquire(), max(deadline - time.perf_counter(), 0.001))
+    except asyncio.TimeoutError:
+        raise HTTPException(503, "timed out waiting to decode the image; retry later") from None
+    try:
+        return await run_in_threadpool(decode_image, await image.read(), max_pixels=max_pixels)
+    finally:
+        decode_slots.release()
 
 
 def _response(det: dict, width: int, height: int, category_ids: list[int], min_score: float,

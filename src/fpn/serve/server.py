@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fpn.errors import ConfigError
 from fpn.serve.app import ServeSettings, build_app
 
 OPTIONS_ENV = "FPN_SERVE_OPTIONS"
@@ -35,7 +36,7 @@ class ServeOptions:
 
 
 def load_detector(options: ServeOptions):
-    """The run's detector, or a one-line ValueError if it cannot serve boxes."""
+    """The run's detector, or a one-line ConfigError if it cannot serve boxes."""
     import torch
 
     from fpn.api import Detector
@@ -46,10 +47,10 @@ def load_detector(options: ServeOptions):
                                         precision=options.precision, calibration=options.calibration or None)
     model = detector.model
     if model.roi_heads is None:
-        raise ValueError(f"{options.checkpoint}: fpn serve needs a detector with a box head; this run is "
+        raise ConfigError(f"{options.checkpoint}: fpn serve needs a detector with a box head; this run is "
                          f"{'segment proposals' if model.segment_proposals is not None else 'the RPN alone'}")
     if model.rpn is None:
-        raise ValueError(f"{options.checkpoint}: fpn serve needs a detector with an RPN; this run reads "
+        raise ConfigError(f"{options.checkpoint}: fpn serve needs a detector with an RPN; this run reads "
                          "given proposals (model.proposals=given)")
     return detector
 
