@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
-
 from fpn.jobs.reproduce import FULL, QUICK, ROWS, Reproduction, miniature, run_reproduction
 from fpn.jobs.reproduction_report import PAPER, claims, summarise
+from PIL import Image
 
 
 def test_every_row_of_a_table_shares_one_schedule_and_one_transform(tmp_path):

@@ -26,8 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--train", type=int, default=400, help="training images (default 400)")
     p.add_argument("--val", type=int, default=100, help="validation images (default 100)")
+    p.add_argument("--pretrain", type=int, default=0,
+                   help="images of a pre-training split (for fpn pretrain; default 0: none)")
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", default="shapes",
+                   help="shapes (the demo's) or context (small objects whose class their surroundings "
+                        "tell; docs/benchmarks.md)")
 
     p = sub.add_parser("train", help="train a detector")
     _add_config_args(p)
@@ -38,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from these weights (repeatable; appended to train.init): an fpn run, a "
                         "torchvision/detectron2/mmdetection detector checkpoint, or a torchvision "
                         "ImageNet ResNet (.pth) for the backbone")
+
+    p = sub.add_parser("pretrain", help="pre-train a backbone as a classifier of object crops "
+                       "(a start for backbones without ImageNet weights; then fpn train --init RUN)")
+    _add_config_args(p)
+    p.add_argument("--output", type=Path, default=Path("runs/pretrain"), help="run directory")
 
     p = sub.add_parser("eval", help="box AP and proposal AR of a checkpoint (pycocotools)")
     p.add_argument("checkpoint", type=Path, help="run directory, checkpoint directory or weights file")
@@ -69,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a step per row, on a tiny set (under a minute on a quiet 2-core machine)")
     p.add_argument("--seeds", type=int, default=None,
-                   help="seeds for the rows the paper compares most "
-                        "(default: 3 in Table 1 and 2 in Table 3; 2 with --quick)")
+                   help="seeds for every row of Tables 1-3 (default: 3; 2 with --quick)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="the benchmark generator's seed: another draw of the data (default 0)")
+    p.add_argument("--rows", default="",
+                   help="only these rows, comma-separated (e.g. table2_c,table2_d; default: all)")
+    p.add_argument("--calibrate", default="", metavar="TABLE",
+                   help="instead of the study: the learning-rate sweep and evaluation curves that choose "
+                        "TABLE's schedule (1, 2 or 3), written to OUTPUT/calibration/")
     p.add_argument("--output", type=Path, default=Path("reports/reproduction"), help="where the report goes")
     p.add_argument("--work", type=Path, default=Path("runs/reproduction"),
                    help="data and training runs (a killed reproduction continues from here)")
@@ -145,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
             from fpn.data import synthetic
 
             stats = synthetic.generate(args.out_dir, num_train=args.train, num_val=args.val,
-                                       image_size=args.image_size, seed=args.seed, progress=progress)
+                                       num_pretrain=args.pretrain, image_size=args.image_size, seed=args.seed,
+                                       variant=args.variant, progress=progress)
             print(f"wrote {args.out_dir}: {stats}")
         case "train":
             from fpn.config import load_config
@@ -165,6 +182,13 @@ def run(args: argparse.Namespace) -> int:
                 if skipped_note(result["metrics"]):
                     print(skipped_note(result["metrics"]))
             print(f"trained {result['step']} steps in {result['seconds'] / 60:.1f} min; run in {args.output}")
+        case "pretrain":
+            from fpn.config import load_config
+            from fpn.jobs.pretraining import describe, run_pretrain
+
+            result = run_pretrain(load_config(args.config, args.overrides), args.output, progress=progress)
+            print(f"{describe(result)}; backbone in {args.output} "
+                  f"(use it with fpn train --init {args.output})")
         case "eval":
             _eval(args, progress)
         case "predict":
@@ -185,10 +209,17 @@ def run(args: argparse.Namespace) -> int:
 
             run_demo(args.output, overrides=args.overrides, progress=progress)
         case "reproduce":
-            from fpn.jobs.reproduce import run_reproduction
+            if args.calibrate:
+                from fpn.reproduction.calibrate import run_calibration
 
-            run_reproduction(quick=args.quick, seeds=args.seeds, output=args.output, work=args.work,
-                             device=args.device)
+                run_calibration(args.calibrate, data_seed=args.data_seed, output=args.output, work=args.work,
+                                device=args.device, quick=args.quick)
+            else:
+                from fpn.reproduction.study import run_reproduction
+
+                run_reproduction(quick=args.quick, seeds=args.seeds, data_seed=args.data_seed,
+                                 output=args.output, work=args.work, device=args.device,
+                                 only=tuple(name for name in args.rows.split(",") if name))
         case "convert":
             _convert(args)
         case "bench":

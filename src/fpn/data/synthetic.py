@@ -7,13 +7,17 @@ line clutter that is not an object; shapes differ by shape, not by colour. Masks
 visible pixels of each object), boxes are the tight boxes of those masks, and everything is a
 function of the seed.
 
-``generate(out_dir)`` writes ``train/`` and ``val/``, each ``images/*.png`` + ``annotations.json``.
+``generate(out_dir)`` writes ``train/`` and ``val/``, each ``images/*.png`` + ``annotations.json``;
+``variant="context"`` makes the benchmark of ``fpn.data.synthetic_context`` instead (docs/benchmarks.md),
+and ``num_pretrain`` a ``pretrain/`` split for ``fpn pretrain``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,26 +127,88 @@ def mask_to_annotation(mask: np.ndarray) -> dict[str, Any]:
             "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0], "iscrowd": 0}
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A benchmark: its classes and its image maker; ``pretrain_*`` label its pre-training split."""
+
+    name: str
+    description: str
+    classes: list[str]
+    pretrain_classes: list[str]
+    # (rng, size, pretrain) -> image (H, W, 3) uint8 and its annotated objects as (class index, mask)
+    make: Callable[[np.random.Generator, int, bool], tuple[np.ndarray, list[tuple[int, np.ndarray]]]]
+
+
+def _make_shapes(rng: np.random.Generator, size: int, pretrain: bool) -> tuple[np.ndarray, list]:
+    return make_image(rng, size)
+
+
+def _make_context(rng: np.random.Generator, size: int, pretrain: bool) -> tuple[np.ndarray, list]:
+    from fpn.data import synthetic_context
+
+    image, objects = synthetic_context.make_context_image(rng, size)
+    return image, synthetic_context.annotated(objects, pretrain=pretrain)
+
+
+def _variants() -> dict[str, Variant]:
+    from fpn.data.synthetic_context import CLASSES as CONTEXT_CLASSES
+    from fpn.data.synthetic_context import PRETRAIN_CLASSES
+
+    return {
+        "shapes": Variant("shapes", "five shapes in random colours over clutter (the demo's)", CLASSES,
+                          CLASSES, _make_shapes),
+        "context": Variant("context", "small shapes whose class is the region they lie in, and "
+                           "distractors (docs/benchmarks.md)", CONTEXT_CLASSES, PRETRAIN_CLASSES,
+                           _make_context),
+    }
+
+
+def variant_names() -> list[str]:
+    return list(_variants())
+
+
+def get_variant(name: str) -> Variant:
+    variants = _variants()
+    if name not in variants:
+        raise ValueError(f"unknown benchmark variant {name!r} (known: {', '.join(variants)})")
+    return variants[name]
+
+
+# The random stream of each split: train and val as they always were; pre-training apart from both.
+def _split_stream(split: str, seed: int) -> int:
+    return {"train": seed * 2, "val": seed * 2 + 1, "pretrain": 2**31 + seed}[split]
+
+
 def generate_split(out_dir: str | Path, num_images: int, image_size: int, seed: int,
-                   progress: bool = True, desc: str = "synth") -> dict[str, Any]:
-    """Write ``num_images`` images and their COCO annotations into ``out_dir``."""
+                   progress: bool = True, desc: str = "synth", *, variant: str = "shapes",
+                   pretrain: bool = False) -> dict[str, Any]:
+    """Write ``num_images`` images and their COCO annotations into ``out_dir``.
+
+    Image ``index`` is drawn from the random stream ``(seed, index)`` alone. ``pretrain`` labels
+    the objects with the variant's pre-training classes.
+    """
+    maker = get_variant(variant)
+    classes = maker.pretrain_classes if pretrain else maker.classes
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in tqdm(range(num_images), desc=desc, disable=not progress, dynamic_ncols=True):
         rng = np.random.default_rng([seed, index])
-        pixels, objects = make_image(rng, image_size)
+        pixels, objects = maker.make(rng, image_size, pretrain)
         file_name = f"{index:06d}.png"
         Image.fromarray(pixels).save(out_dir / "images" / file_name, compress_level=1)
         images.append({"id": index + 1, "file_name": file_name, "height": image_size, "width": image_size})
         for kind_index, mask in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1,
                                 "category_id": kind_index + 1, **mask_to_annotation(mask)})
+    description = (f"fpn synthetic benchmark, variant {variant}" if variant != "shapes"
+                   else "fpn synthetic multi-scale shapes benchmark")
+    description += " (pre-training labels)" if pretrain else ""
     dataset = {
-        "info": {"description": "fpn synthetic multi-scale shapes benchmark", "seed": seed},
+        "info": {"description": description, "seed": seed, "variant": variant},
         "images": images, "annotations": annotations,
-        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
-                       for i, name in enumerate(CLASSES)],
+        "categories": [{"id": i + 1, "name": name, "supercategory": variant}
+                       for i, name in enumerate(classes)],
     }
     (out_dir / "annotations.json").write_text(json.dumps(dataset))
     return {"images": len(images), "objects": len(annotations), **size_bins(annotations)}
@@ -158,12 +224,16 @@ def size_bins(annotations: list[dict[str, Any]]) -> dict[str, float]:
             "large": round(float((areas >= 96**2).mean()), 3)}
 
 
-def generate(out_dir: str | Path, *, num_train: int = 400, num_val: int = 100, image_size: int = 512,
-             seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """The benchmark: ``out_dir/train`` and ``out_dir/val`` (disjoint random streams)."""
+def generate(out_dir: str | Path, *, num_train: int = 400, num_val: int = 100, num_pretrain: int = 0,
+             image_size: int = 512, seed: int = 0, variant: str = "shapes", progress: bool = True
+             ) -> dict[str, Any]:
+    """The benchmark: ``out_dir/train`` and ``out_dir/val``, and ``out_dir/pretrain`` when
+    ``num_pretrain`` > 0 (three disjoint random streams of ``seed``)."""
     if image_size < 64:
         raise ValueError(f"image_size {image_size} is too small (at least 64 px)")
+    get_variant(variant)
     out_dir = Path(out_dir)
-    train = generate_split(out_dir / "train", num_train, image_size, seed * 2, progress, "synth train")
-    val = generate_split(out_dir / "val", num_val, image_size, seed * 2 + 1, progress, "synth val")
-    return {"train": train, "val": val}
+    splits = {"train": num_train, "val": num_val, "pretrain": num_pretrain}
+    return {split: generate_split(out_dir / split, count, image_size, _split_stream(split, seed), progress,
+                                  f"synth {split}", variant=variant, pretrain=split == "pretrain")
+            for split, count in splits.items() if count or split != "pretrain"}

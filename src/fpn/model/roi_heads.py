@@ -45,6 +45,16 @@ def map_rois_to_levels(
     return levels.clamp(min=min_level, max=max_level).to(torch.int64)
 
 
+def level_shares(boxes_xyxy: Tensor, levels: list[str], *, canonical_scale: float = 224.0,
+                 canonical_level: int = 4) -> dict[str, float]:
+    """The share of ``boxes_xyxy`` (R, 4) that Eq. 1 sends to each of ``levels`` (``["p2".."p5"]``)."""
+    ks = [int(level[1:]) for level in levels]
+    assigned = map_rois_to_levels(boxes_xyxy, min(ks), max(ks), canonical_scale=canonical_scale,
+                                  canonical_level=canonical_level)
+    count = max(1, len(assigned))
+    return {level: float((assigned == k).sum()) / count for level, k in zip(levels, ks, strict=True)}
+
+
 class MultiLevelRoIPooler(nn.Module):
     """Pool each RoI from the level the level mapper picks (RoIAlign, or RoIPool for ablation).
 
