@@ -8,7 +8,7 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 from fpn.config import RoIHeadConfig
-from fpn.model.roi_heads import MultiLevelRoIPooler, RoIHeads, map_rois_to_levels
+from fpn.model.roi_heads import MultiLevelRoIPooler, RoIHeads, level_shares, map_rois_to_levels
 
 
 def test_level_mapper_hand_computed():
@@ -127,3 +127,13 @@ def test_levels_follow_the_source_roi_through_regression_and_nms():
     for box, label, level in zip(det["boxes"], det["labels"].tolist(), det["levels"].tolist(), strict=True):
         roi = torch.nonzero((decoded[:, label] == box).all(dim=1)).squeeze(1)
         assert len(roi) == 1 and source_levels[roi].item() == level
+
+
+def test_level_shares_of_hand_made_boxes():
+    # sqrt(wh) against the canonical 72 px at level 4: 72 -> P4, 36 -> P3 (one halving finer),
+    # 20 -> P2 (floor(4 + log2(20/72)) = 2), 8 -> P2 (clamped), 144 -> P5, 300 -> P5 (clamped)
+    boxes = torch.tensor([[0, 0, 72, 72], [10, 10, 46, 46], [0, 0, 20, 20], [0, 0, 8, 8],
+                          [0, 0, 144, 144], [0, 0, 300, 300], [5, 5, 41, 41], [0, 0, 18, 72]],
+                         dtype=torch.float32)  # the last: 18 x 72, sqrt = 36 -> P3
+    shares = level_shares(boxes, ["p2", "p3", "p4", "p5"], canonical_scale=72.0, canonical_level=4)
+    assert shares == {"p2": 2 / 8, "p3": 3 / 8, "p4": 1 / 8, "p5": 2 / 8}
