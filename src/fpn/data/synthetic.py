@@ -22,85 +22,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-CLASSES = ["circle", "square", "triangle", "star", "cross"]
-MIN_SIDE = 8.0
-MIN_VISIBLE_FRACTION = 0.35  # an object hidden more than this is dropped
-MIN_VISIBLE_PIXELS = 24
+from fpn.data import synthetic_context
+from fpn.data.drawing import (
+    MIN_SIDE,
+    MIN_VISIBLE_FRACTION,
+    MIN_VISIBLE_PIXELS,
+    SHAPES,
+    background,
+    object_mask,
+)
 
-
-def _polygon(kind: str, cx: float, cy: float, side: float, angle: float) -> list[tuple[float, float]]:
-    """Vertices of a shape of the given side (its unrotated bounding-box side), rotated."""
-    r = side / 2
-    match kind:
-        case "square":
-            pts = [(-r, -r), (r, -r), (r, r), (-r, r)]
-        case "triangle":
-            pts = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
-        case "star":
-            pts = [((r if i % 2 == 0 else 0.45 * r) * math.cos(-math.pi / 2 + i * math.pi / 5),
-                    (r if i % 2 == 0 else 0.45 * r) * math.sin(-math.pi / 2 + i * math.pi / 5))
-                   for i in range(10)]
-        case "cross":
-            t = r / 3
-            pts = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t),
-                   (-r, -t), (-t, -t)]
-        case _:
-            raise ValueError(kind)
-    cos, sin = math.cos(angle), math.sin(angle)
-    return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in pts]
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A textured, cluttered background: a colour gradient, noise, blurred blobs and lines."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    direction = rng.uniform(0, 2 * math.pi)
-    t = (np.cos(direction) * xx + np.sin(direction) * yy)
-    t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
-    image = c0 * (1 - t[..., None]) + c1 * t[..., None]
-    coarse = rng.normal(0, 25, (size // 16 + 1, size // 16 + 1, 3)).astype(np.float32)
-    image += np.kron(coarse, np.ones((16, 16, 1), np.float32))[:size, :size]
-    image += rng.normal(0, 10, (size, size, 3))
-    canvas = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(4, 14))):  # clutter: lines and arcs, never one of the classes
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
-        if rng.random() < 0.6:
-            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(1, 4)))
-        else:
-            box = (min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1)
-            draw.arc(box, float(rng.uniform(0, 360)), float(rng.uniform(0, 360)), fill=colour,
-                     width=int(rng.integers(1, 3)))
-    return np.asarray(canvas)
-
-
-def _object_mask(kind: str, size: int, cx: float, cy: float, side: float, angle: float) -> np.ndarray:
-    canvas = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(canvas)
-    if kind == "circle":
-        r = side / 2
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
-    else:
-        draw.polygon(_polygon(kind, cx, cy, side, angle), fill=1)
-    return np.asarray(canvas, dtype=bool)
-
+CLASSES = SHAPES  # the shapes benchmark's classes
 
 def make_image(rng: np.random.Generator, size: int, max_objects: int = 8
                ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """One image (H, W, 3) uint8 and its objects as (class index, visible mask)."""
-    image = _background(rng, size).copy()
+    image = background(rng, size).copy()
     max_side = 0.75 * size
     placed: list[tuple[int, np.ndarray]] = []
     for _ in range(int(rng.integers(2, max_objects + 1))):
         kind_index = int(rng.integers(len(CLASSES)))
         side = float(math.exp(rng.uniform(math.log(MIN_SIDE), math.log(max_side))))
         cx, cy = (float(v) for v in rng.uniform(side * 0.3, size - side * 0.3, 2))
-        mask = _object_mask(CLASSES[kind_index], size, cx, cy, side, float(rng.uniform(0, 2 * math.pi)))
+        mask = object_mask(CLASSES[kind_index], size, cx, cy, side, float(rng.uniform(0, 2 * math.pi)))
         if mask.sum() < MIN_VISIBLE_PIXELS:
             continue
         colour = rng.integers(0, 256, 3).astype(np.int16)
@@ -144,21 +92,17 @@ def _make_shapes(rng: np.random.Generator, size: int, pretrain: bool) -> tuple[n
 
 
 def _make_context(rng: np.random.Generator, size: int, pretrain: bool) -> tuple[np.ndarray, list]:
-    from fpn.data import synthetic_context
-
     image, objects = synthetic_context.make_context_image(rng, size)
     return image, synthetic_context.annotated(objects, pretrain=pretrain)
 
 
 def _variants() -> dict[str, Variant]:
-    from fpn.data.synthetic_context import CLASSES as CONTEXT_CLASSES
-    from fpn.data.synthetic_context import PRETRAIN_CLASSES
-
     return {
         "shapes": Variant("shapes", "five shapes in random colours over clutter (the demo's)", CLASSES,
                           CLASSES, _make_shapes),
         "context": Variant("context", "small shapes whose class is the region they lie in, and "
-                           "distractors (docs/benchmarks.md)", CONTEXT_CLASSES, PRETRAIN_CLASSES,
+                           "distractors (docs/benchmarks.md)", synthetic_context.CLASSES,
+                           synthetic_context.PRETRAIN_CLASSES,
                            _make_context),
     }
 

@@ -29,9 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fpn.data.synthetic import MIN_SIDE, MIN_VISIBLE_FRACTION, MIN_VISIBLE_PIXELS, _background, _object_mask
+from fpn.data.drawing import (
+    MIN_SIDE,
+    MIN_VISIBLE_FRACTION,
+    MIN_VISIBLE_PIXELS,
+    SHAPES,
+    background,
+    object_mask,
+)
 
-SHAPES = ["circle", "square", "triangle", "star", "cross"]
 REGIONS = ["ellipse", "hexagon"]
 CLASSES = [f"{shape} in {region}" for region in REGIONS for shape in SHAPES] + REGIONS
 PRETRAIN_CLASSES = SHAPES + REGIONS
@@ -110,7 +116,7 @@ def _shape_inside(rng: np.random.Generator, size: int, allowed: np.ndarray, max_
         shape = int(rng.integers(len(SHAPES)))
         side = float(math.exp(rng.uniform(math.log(MIN_SIDE), math.log(max_side))))
         pick = int(rng.integers(len(xs)))
-        mask = _object_mask(SHAPES[shape], size, float(xs[pick]), float(ys[pick]), side,
+        mask = object_mask(SHAPES[shape], size, float(xs[pick]), float(ys[pick]), side,
                             float(rng.uniform(0, 2 * math.pi)))
         if mask.sum() >= MIN_VISIBLE_PIXELS and not (mask & ~allowed).any():
             return shape, mask
@@ -148,7 +154,7 @@ def make_context_image(rng: np.random.Generator, size: int
     Distractors (shapes outside every region) have class index -1: they are objects only for
     pre-training, which labels shapes by shape alone.
     """
-    image = _background(rng, size).copy()
+    image = background(rng, size).copy()
     regions = _place_regions(rng, size)
     # (class, pretrain class, full mask) in drawing order: regions first, shapes over them
     drawn: list[tuple[int, int, np.ndarray]] = []
