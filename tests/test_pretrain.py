@@ -10,9 +10,9 @@ import torch
 from fpn.config import Config, load_config
 from fpn.data import CocoDetection, synthetic
 from fpn.data.crops import ObjectCrops, background_window, crop_and_resize, object_window
+from fpn.engine import initialisation
 from fpn.engine.checkpoint import load_weights
 from fpn.engine.pretrain import evaluate_classifier, lr_at
-from fpn.jobs import initialisation
 from fpn.jobs.pretraining import _normalizer, run_pretrain, split_images
 from fpn.model.classifier import BackboneClassifier
 from fpn.model.detector import FasterRCNN

@@ -59,8 +59,8 @@ class Budget:
 
 # The learning rates and lengths are those the calibration chose (reports/reproduction/calibration/).
 FULL = Budget(train_images=600, val_images=150, pretrain_images=1500, image_size=256,
-              iters={"1": 800, "2": 600, "3": 600, "6": 500},
-              base_lr={"1": 0.02, "2": 0.01, "3": 0.01, "6": 0.0075},
+              iters={"1": 800, "2": 1000, "3": 600, "6": 500},
+              base_lr={"1": 0.02, "2": 0.02, "3": 0.01, "6": 0.0075},
               seeds={"1": 3, "2": 3, "3": 3, "6": 1}, pretrain_iters=1000,
               pyramid_scales=(128, 181, 256, 362, 512))
 QUICK = Budget(train_images=4, val_images=2, pretrain_images=8, image_size=64,
