@@ -1,7 +1,7 @@
 """At initialisation, how large the pyramid's levels are and how much gradient reaches the backbone,
 with the top-down pathway (Table 1 row c, FPN) and without it (row d, bottom-up pyramid).
 
-The reproduction's miniature (``fpn.jobs.reproduce.miniature``) on one synthetic batch of 4
+The reproduction's miniature (``fpn.reproduction.plan.miniature``) on one synthetic batch of 4
 images, seeded; used by reports/reproduction/discussion.md to explain why the top-down rows
 train in a hotter regime than row (d) at the same learning rate.
 
@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 from fpn.bench.training import synthetic_batch
-from fpn.jobs.reproduce import FULL, ROWS, Reproduction
 from fpn.model.detector import FasterRCNN
+from fpn.reproduction.plan import FULL, ROWS
+from fpn.reproduction.study import Reproduction
 
 
 def main() -> None:
     images, targets = synthetic_batch(4)
-    reproduction = Reproduction(Path(tempfile.mkdtemp()), FULL, FULL.seeds)
+    reproduction = Reproduction(Path(tempfile.mkdtemp()), FULL)
     print("| row | std of P2..P6 at init | gradient norm reaching stem, res2..res5 |")
     print("|---|---|---|")
     for row in (r for r in ROWS if r.name in ("table1_c", "table1_d")):

@@ -63,3 +63,68 @@ def test_loads_in_pycocotools_with_two_splits(tmp_path):
     assert stats["train"]["images"] == 3 and stats["val"]["images"] == 2
     coco = COCO(str(tmp_path / "val" / "annotations.json"))
     assert len(coco.getImgIds()) == 2 and len(coco.getCatIds()) == 5
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    out = tmp_path_factory.mktemp("context")
+    stats = generate(out, num_train=0, num_val=24, num_pretrain=6, image_size=256, seed=5, variant="context",
+                     progress=False)
+    return out, stats
+
+
+def _decoded(ann):
+    return mask_utils.decode(ann["segmentation"]).astype(bool)
+
+
+def test_context_classes_are_read_off_the_region_that_holds_each_shape(context):
+    out, stats = context
+    data = json.loads((out / "val" / "annotations.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert len(names) == 12 and stats["val"]["objects"] > 24 * 4
+    checked = 0
+    for image_id in {a["image_id"] for a in data["annotations"]}:
+        anns = [a for a in data["annotations"] if a["image_id"] == image_id]
+        regions = [a for a in anns if names[a["category_id"]] in ("ellipse", "hexagon")]
+        assert 1 <= len(regions) <= 2
+        for ann in anns:
+            if ann in regions:
+                continue
+            shape, region_kind = names[ann["category_id"]].split(" in ")
+            # the shape lies inside the box of exactly one region, and that region's kind names its class
+            x, y, w, h = ann["bbox"]
+            holders = [r for r in regions if r["bbox"][0] <= x and r["bbox"][1] <= y
+                       and x + w <= r["bbox"][0] + r["bbox"][2] and y + h <= r["bbox"][1] + r["bbox"][3]]
+            assert [names[r["category_id"]] for r in holders] == [region_kind], (image_id, ann["id"])
+            checked += 1
+    assert checked > 24 * 3
+
+
+def test_distractors_are_objects_only_in_the_pretraining_split(context):
+    out, _ = context
+    pretrain = json.loads((out / "pretrain" / "annotations.json").read_text())
+    assert [c["name"] for c in pretrain["categories"]] == ["circle", "square", "triangle", "star", "cross",
+                                                           "ellipse", "hexagon"]
+    # the pretraining split labels every shape (distractors outside the regions too) by its shape
+    again = tmp = out.parent / "context_again"
+    generate(tmp, num_train=0, num_val=0, num_pretrain=6, image_size=256, seed=5, variant="context",
+             progress=False)
+    assert (again / "pretrain" / "annotations.json").read_bytes() == (out / "pretrain" / "annotations.json"
+                                                                      ).read_bytes()
+    per_image = {}
+    for ann in pretrain["annotations"]:
+        per_image.setdefault(ann["image_id"], []).append(ann)
+    regions = {i: [_decoded(a) for a in anns if a["category_id"] > 5] for i, anns in per_image.items()}
+    outside = 0
+    for image_id, anns in per_image.items():
+        union = np.logical_or.reduce(regions[image_id]) if regions[image_id] else None
+        for ann in anns:
+            if ann["category_id"] <= 5 and union is not None:
+                outside += not (_decoded(ann) & union).any()
+    assert outside >= 6  # at least one distractor per image on average (1 to 6 are drawn)
+
+
+def test_the_pretraining_split_is_another_random_stream(context):
+    out, _ = context
+    assert not np.array_equal(np.asarray(Image.open(out / "pretrain/images/000000.png")),
+                              np.asarray(Image.open(out / "val/images/000000.png")))

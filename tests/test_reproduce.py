@@ -7,27 +7,47 @@ import json
 import pytest
 from PIL import Image
 
-from fpn.jobs.reproduce import FULL, QUICK, ROWS, Reproduction, miniature, run_reproduction
-from fpn.jobs.reproduction_report import PAPER, claims, summarise
+from fpn.config import Config, from_dict, to_dict
+from fpn.reproduction.calibrate import choose_schedule
+from fpn.reproduction.plan import FULL, QUICK, ROWS, miniature
+from fpn.reproduction.report import PAPER, claims, summarise
+from fpn.reproduction.study import Reproduction, config_text, run_reproduction, same_config
 
 
 def test_every_row_of_a_table_shares_one_schedule_and_one_transform(tmp_path):
-    reproduction = Reproduction(tmp_path, FULL, seeds={"1": 1, "3": 1})
+    reproduction = Reproduction(tmp_path, FULL)
     for table in ("1", "2", "3", "6"):
         configs = [reproduction.config(row, 0) for row in ROWS if row.table == table]
         schedules = {json.dumps({k: v for k, v in vars(c.train).items()}, sort_keys=True) for c in configs}
         assert len(schedules) == 1, f"table {table}: rows train differently"
         assert {c.model.backbone.depth for c in configs} == {18}
         assert {c.model.input.max_size for c in configs} == {256}
+        # every row starts from the one pre-trained backbone, with the paper's frozen-BN convention
+        assert {tuple(c.train.init) for c in configs} == {(str(tmp_path / "pretrain"),)}
+        assert {(c.model.backbone.norm, c.model.backbone.freeze_at) for c in configs} == {("frozen_bn", 2)}
     c4 = reproduction.config(ROWS[0], 0).model
-    assert c4.rpn.anchors.sizes == {"c4": [16, 32, 64, 128, 256]}  # the paper's 32..512, scaled 256/512
+    # the paper's 32..512 px anchors at 800 px, scaled to 256 px: x 0.32
+    assert c4.rpn.anchors.sizes == {"c4": pytest.approx([10.24, 20.48, 40.96, 81.92, 163.84])}
     fpn = reproduction.config(ROWS[2], 0).model
-    assert fpn.rpn.anchors.sizes["p2"] == [16] and fpn.roi_heads.canonical_scale == 112
+    assert fpn.rpn.anchors.sizes["p2"] == pytest.approx([10.24])
+    assert fpn.roi_heads.canonical_scale == pytest.approx(224 * 0.32)  # Eq. 1's 224 px, scaled alike
+
+
+def test_seed_k_pairs_the_rows_of_a_table(tmp_path):
+    # the same seed, the same data order, flips and heads' initialisation in every row of a table
+    reproduction = Reproduction(tmp_path, FULL)
+    for seed in range(3):
+        assert {reproduction.config(row, seed).train.seed for row in ROWS if row.table == "2"} == {seed}
+    assert sorted({seed for row, seed in reproduction.runs() if row.table in "123"}) == [0, 1, 2]
+    per_row = {}
+    for row, seed in reproduction.runs():
+        per_row.setdefault(row.name, []).append(seed)
+    assert all(per_row[row.name] == [0, 1, 2] for row in ROWS if row.table in "123")
 
 
 def test_every_rpn_keeps_as_many_candidates_per_image_before_nms(tmp_path):
     # pre_nms_top_n is per level: a one-level RPN (C4, C5, P2 only) gets the five levels' total
-    reproduction = Reproduction(tmp_path, FULL, seeds={"1": 1, "3": 1})
+    reproduction = Reproduction(tmp_path, FULL)
     for split in ("train", "test"):
         per_image = {row.name: getattr(cfg.rpn, f"pre_nms_top_n_{split}") * len(cfg.rpn.levels)
                      for row in ROWS if row.table in "13"
@@ -41,11 +61,39 @@ def test_miniature_leaves_the_preset_alone():
     from fpn.config import load_config
 
     preset = load_config("paper_r50_fpn")
-    miniature(preset, FULL, 0.5)
+    miniature(preset, 256)
     assert preset.model.backbone.depth == 50 and preset.model.rpn.anchors.sizes["p2"] == [32]
 
 
-def test_seed_summary_and_claims_on_hand_made_rows():
+def test_a_new_config_field_at_its_default_does_not_make_finished_runs_stale():
+    cfg = miniature(Config(), 256)
+    recorded = json.loads(config_text(cfg))
+    del recorded["train"]["warmup_factor"]  # a field the run was recorded before
+    assert same_config(json.dumps(recorded), cfg)
+    changed = from_dict(Config, to_dict(cfg))
+    changed.train.warmup_factor = 0.5
+    assert not same_config(json.dumps(recorded), changed)  # ... unless it is set to something else
+    recorded["train"]["no_such_field"] = 1
+    assert not same_config(json.dumps(recorded), cfg)
+    assert not same_config("{not json", cfg)
+
+
+def test_the_schedule_rule_on_hand_made_curves():
+    def curve(*values):
+        return [{"step": 200 * (i + 1), "AP": v} for i, v in enumerate(values)]
+
+    curves = {"c": {0.005: curve(0.1, 0.2, 0.25, 0.28), 0.01: curve(0.2, 0.3, 0.33, 0.34)},
+              "d": {0.005: curve(0.1, 0.1, 0.2, 0.3), 0.01: curve(0.1, 0.2, 0.29, 0.30)}}
+    choice = choose_schedule(curves, "AP")
+    # end values (mean of the last two points, then of the rows): 0.005 -> (0.265 + 0.25) / 2,
+    # 0.01 -> (0.335 + 0.295) / 2: the higher rate wins
+    assert choice["rate"] == 0.01
+    assert choice["end_value"][0.01] == pytest.approx(0.315)
+    # 95% of the best: (c) 0.323 first reached at 0.33 (step 600), (d) 0.285 at 0.29 (step 600)
+    assert choice["plateau_step"] == {"c": 600, "d": 600} and choice["length"] == 600
+
+
+def test_seed_summary_and_paired_claims_on_hand_made_rows():
     def record(table, row, seed, **metrics):
         return {"table": table, "row": row, "label": f"({row})", "seed": seed, "train_seconds": 60.0,
                 "metrics": metrics}
@@ -57,10 +105,12 @@ def test_seed_summary_and_claims_on_hand_made_rows():
     summary = summarise(rows)
     assert summary["3"]["c"]["AP"] == pytest.approx((0.32, 0.02))  # mean, half the range
     assert summary["3"]["c"]["seeds"] == 2
-    lines = claims(summary, {})
-    assert any("AP above (a)? yes, within the seeds' spread (32.0 vs 30.0, +2.0 points)" in line
-               for line in lines), lines
-    assert any("AP_s above (a)? yes, beyond the seeds' spread" in line for line in lines), lines
+    lines = claims(summary, {}, rows)
+    # paired by seed: 0.30 - 0.31 = -1.0 and 0.34 - 0.29 = +5.0 points, mean +2.0
+    assert any("AP above (a)? yes (32.0 vs 30.0: +2.0 points paired by seed; the seeds disagree: "
+               "1 above, 1 below, 0 equal (-1.0 to +5.0))" in line for line in lines), lines
+    assert any("AP_s above (a)? yes (21.0 vs 11.0: +10.0 points paired by seed; the same sign in all 2 "
+               "seeds (+10.0 to +10.0))" in line for line in lines), lines
     assert any("largest on small objects? yes (AP_s +10.0, AP_m +0.0, AP_l -5.0)" in line for line in lines)
 
 
@@ -76,7 +126,8 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
     with pytest.raises(KeyboardInterrupt):
         run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
                          progress=killed_after_three_rows)
-    finished = sorted((tmp_path / "work" / "quick" / "runs").glob("*/row.json"))
+    work = tmp_path / "work" / "quick-data0"
+    finished = sorted((work / "runs").glob("*/row.json"))
     assert len(finished) == 3
     stamps = {p: p.stat().st_mtime_ns for p in finished}
 
@@ -84,7 +135,7 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
     run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
                      progress=lines.append)
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # not trained again
-    expected = sum(QUICK.seeds.get(row.table, 1) if row.compared else 1 for row in ROWS)
+    expected = sum(QUICK.seeds.get(row.table, 1) for row in ROWS)
     progress = [line for line in lines if line.startswith("[")]
     assert len(progress) == expected - 3 and progress[0].startswith(f"[4/{expected}]")
     assert all("min left" in line for line in progress)
@@ -107,16 +158,20 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
     for title in ("Table 1", "Table 2", "Table 3", "Table 6", "image pyramid", "claims, checked"):
         assert title in readme
     assert f"| {PAPER['1']['c'][1]:.1f} |" in readme  # the paper's FPN AR@1000 beside ours
+    assert "(data seed 0;" in readme and "held-out accuracy" in readme
+    assert "Validation objects per level under Eq. 1: P2 " in readme
+    assert set(results["level_shares"]) == {"p2", "p3", "p4", "p5"}
+    assert sum(results["level_shares"].values()) == pytest.approx(1.0)
     for figure in ("ar_vs_proposals.png", "by_object_size.png", "time_vs_accuracy.png"):
         with Image.open(tmp_path / "report" / figure) as image:
             assert image.width > 300 and image.height > 200
         assert f"]({figure})" in readme
 
-    # A row whose recorded config is not the one the code now makes is trained again, with the
-    # image pyramid that was evaluated from the old runs; the other rows are kept.
-    stale = tmp_path / "work" / "quick" / "runs" / "table6_dual_seed0"
+    # A row whose recorded config is not the one the code now makes is trained again; the other
+    # rows are kept, and so is the image pyramid, which Table 6 does not feed.
+    stale = work / "runs" / "table6_dual_seed0"
     (stale / "reproduce_config.json").write_text("{}")
-    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "quick" / "runs").glob("*/row.json")
+    kept = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/row.json")
             if stale not in p.parents}
     lines.clear()
     run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
@@ -124,5 +179,5 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
     assert any(f"{stale} was trained with another config" in line for line in lines), lines
     assert [line for line in lines if line.startswith("[")] == [
         line for line in lines if line.startswith(f"[{expected}/{expected}] table 6 5x5 and 7x7 MLPs")]
-    assert any(line.startswith("image pyramid:") for line in lines)
+    assert not any(line.startswith("image pyramid:") for line in lines)
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in kept.items())

@@ -25,7 +25,7 @@ from fpn import __version__
 from fpn.errors import MissingExtraError, UserError
 
 # A config override: a dotted key under one of the config's sections, "=", a YAML value.
-OVERRIDE = re.compile(r"^(model|data|train)(\.[A-Za-z_]\w*)+=")
+OVERRIDE = re.compile(r"^(model|data|train|pretrain)(\.[A-Za-z_]\w*)+=")
 # The help text of each option several commands share, written once.
 HELP = {
     "checkpoint": "run directory, checkpoint directory or weights file",
@@ -74,6 +74,11 @@ def _add_synth(sub) -> None:
     p.add_argument("--val", type=int, default=100, help="validation images (default 100)")
     p.add_argument("--image-size", type=int, default=512, help="side of the square images (default 512)")
     p.add_argument("--seed", type=int, default=0, help="the random stream (default 0)")
+    p.add_argument("--pretrain", type=int, default=0,
+                   help="images of a pre-training split (for fpn pretrain; default 0: none)")
+    p.add_argument("--variant", default="shapes",
+                   help="shapes (the demo's) or context (small objects whose class their surroundings "
+                        "tell; docs/benchmarks.md)")
 
 
 def _add_train(sub) -> None:
@@ -95,6 +100,15 @@ def _add_train(sub) -> None:
                    help="start from these weights (repeatable; appended to train.init): an fpn run, a "
                         "torchvision/detectron2/mmdetection detector checkpoint, or a torchvision "
                         "ImageNet ResNet (.pth) for the backbone")
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pre-train a backbone as a classifier of object crops "
+                       "(a start for backbones without ImageNet weights; then fpn train --init RUN)")
+    p.add_argument("--config", default="demo", help=HELP["config"])
+    _add_overrides(p, "pretrain.iters=2000")
+    p.add_argument("--output", type=Path, default=Path("runs/pretrain"),
+                   help="run directory (default: runs/pretrain)")
 
 
 def _add_eval(sub) -> None:
@@ -172,8 +186,14 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a step per row, on a tiny set (under a minute on a quiet 2-core machine)")
     p.add_argument("--seeds", type=_positive_int, default=None,
-                   help="seeds for the rows the paper compares most "
-                        "(default: 3 in Table 1 and 2 in Table 3; 2 with --quick)")
+                   help="seeds for every row of Tables 1-3 (default: 3; 2 with --quick)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="the benchmark generator's seed: another draw of the data (default 0)")
+    p.add_argument("--rows", default="",
+                   help="only these rows, comma-separated (e.g. table2_c,table2_d; default: all)")
+    p.add_argument("--calibrate", default="", metavar="TABLE",
+                   help="instead of the study: the learning-rate sweep and evaluation curves that choose "
+                        "TABLE's schedule (1, 2 or 3), written to OUTPUT/calibration/")
     p.add_argument("--output", type=Path, default=Path("reports/reproduction"), help="where the report goes")
     p.add_argument("--work", type=Path, default=Path("runs/reproduction"),
                    help="data and training runs (a killed reproduction continues from here)")
@@ -253,8 +273,8 @@ def _add_presets(sub) -> None:
     sub.add_parser("presets", help="list the config presets")
 
 
-PARSERS = [_add_synth, _add_train, _add_eval, _add_proposals, _add_predict, _add_browse, _add_demo,
-           _add_reproduce, _add_convert, _add_bench, _add_export, _add_serve, _add_presets]
+PARSERS = [_add_synth, _add_train, _add_pretrain, _add_eval, _add_proposals, _add_predict, _add_browse,
+           _add_demo, _add_reproduce, _add_convert, _add_bench, _add_export, _add_serve, _add_presets]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,7 +350,8 @@ def _run_synth(args: argparse.Namespace, progress: bool) -> None:
     from fpn.data import synthetic
 
     stats = synthetic.generate(args.out_dir, num_train=args.train, num_val=args.val,
-                               image_size=args.image_size, seed=args.seed, progress=progress)
+                               num_pretrain=args.pretrain, image_size=args.image_size, seed=args.seed,
+                               variant=args.variant, progress=progress)
     print(f"wrote {args.out_dir}: {stats}")
 
 
@@ -389,11 +410,26 @@ def _run_demo(args: argparse.Namespace, progress: bool) -> None:
     run_demo(args.output, overrides=args.overrides, progress=progress, overwrite=args.overwrite)
 
 
-def _run_reproduce(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.jobs.reproduce import run_reproduction
+def _run_pretrain(args: argparse.Namespace, progress: bool) -> None:
+    from fpn.config import load_config
+    from fpn.jobs.pretraining import describe, run_pretrain
 
-    run_reproduction(quick=args.quick, seeds=args.seeds, output=args.output, work=args.work,
-                     device=args.device)
+    result = run_pretrain(load_config(args.config, args.overrides), args.output, progress=progress)
+    print(f"{describe(result)}; backbone in {args.output} (use it with fpn train --init {args.output})")
+
+
+def _run_reproduce(args: argparse.Namespace, progress: bool) -> None:
+    if args.calibrate:
+        from fpn.reproduction.calibrate import run_calibration
+
+        run_calibration(args.calibrate, data_seed=args.data_seed, output=args.output, work=args.work,
+                        device=args.device, quick=args.quick)
+        return
+    from fpn.reproduction.study import run_reproduction
+
+    rows = tuple(name for name in args.rows.split(",") if name)
+    run_reproduction(quick=args.quick, seeds=args.seeds, data_seed=args.data_seed, output=args.output,
+                     work=args.work, device=args.device, only=rows)
 
 
 def _run_convert(args: argparse.Namespace, progress: bool) -> None:
@@ -449,7 +485,8 @@ def _run_presets(args: argparse.Namespace, progress: bool) -> None:
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
-    "synth": _run_synth, "train": _run_train, "eval": _run_eval, "proposals": _run_proposals,
+    "synth": _run_synth, "train": _run_train, "pretrain": _run_pretrain, "eval": _run_eval,
+    "proposals": _run_proposals,
     "predict": _run_predict, "browse": _run_browse, "demo": _run_demo, "reproduce": _run_reproduce,
     "convert": _run_convert, "bench": _run_bench, "export": _run_export, "serve": _run_serve,
     "presets": _run_presets,

@@ -274,10 +274,33 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Pre-training the bottom-up pathway as a classifier of object crops (``fpn pretrain``).
+
+    The stand-in for ImageNet weights where none exist (docs/pretraining.md): crops of the objects
+    of ``data.train_*`` with some context, and of background, classified by a linear layer on C5.
+    """
+
+    crop_size: int = 64
+    # A crop's window is this many times its object's longer side (drawn log-uniformly per crop).
+    context: list[float] = field(default_factory=lambda: [1.5, 3.0])
+    background_per_object: float = 0.25
+    held_out: float = 0.1  # share of the images whose crops measure the accuracy, never trained on
+    iters: int = 2000
+    batch_size: int = 128
+    lr: float = 0.1  # cosine decay to 0 after a linear warm-up
+    warmup_iters: int = 100
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------

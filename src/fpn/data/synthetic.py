@@ -7,96 +7,49 @@ line clutter that is not an object; shapes differ by shape, not by colour. Masks
 visible pixels of each object), boxes are the tight boxes of those masks, and everything is a
 function of the seed.
 
-``generate(out_dir)`` writes ``train/`` and ``val/``, each ``images/*.png`` + ``annotations.json``.
+``generate(out_dir)`` writes ``train/`` and ``val/``, each ``images/*.png`` + ``annotations.json``;
+``variant="context"`` makes the benchmark of ``fpn.data.synthetic_context`` instead (docs/benchmarks.md),
+and ``num_pretrain`` a ``pretrain/`` split for ``fpn pretrain``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-CLASSES = ["circle", "square", "triangle", "star", "cross"]
-MIN_SIDE = 8.0
-MIN_VISIBLE_FRACTION = 0.35  # an object hidden more than this is dropped
-MIN_VISIBLE_PIXELS = 24
+from fpn.data import synthetic_context
+from fpn.data.drawing import (
+    MIN_SIDE,
+    MIN_VISIBLE_FRACTION,
+    MIN_VISIBLE_PIXELS,
+    SHAPES,
+    background,
+    object_mask,
+)
+from fpn.errors import ConfigError
 
-
-def _polygon(kind: str, cx: float, cy: float, side: float, angle: float) -> list[tuple[float, float]]:
-    """Vertices of a shape of the given side (its unrotated bounding-box side), rotated."""
-    r = side / 2
-    match kind:
-        case "square":
-            pts = [(-r, -r), (r, -r), (r, r), (-r, r)]
-        case "triangle":
-            pts = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
-        case "star":
-            pts = [((r if i % 2 == 0 else 0.45 * r) * math.cos(-math.pi / 2 + i * math.pi / 5),
-                    (r if i % 2 == 0 else 0.45 * r) * math.sin(-math.pi / 2 + i * math.pi / 5))
-                   for i in range(10)]
-        case "cross":
-            t = r / 3
-            pts = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t),
-                   (-r, -t), (-t, -t)]
-        case _:
-            raise ValueError(kind)
-    cos, sin = math.cos(angle), math.sin(angle)
-    return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in pts]
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A textured, cluttered background: a colour gradient, noise, blurred blobs and lines."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    direction = rng.uniform(0, 2 * math.pi)
-    t = (np.cos(direction) * xx + np.sin(direction) * yy)
-    t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
-    image = c0 * (1 - t[..., None]) + c1 * t[..., None]
-    coarse = rng.normal(0, 25, (size // 16 + 1, size // 16 + 1, 3)).astype(np.float32)
-    image += np.kron(coarse, np.ones((16, 16, 1), np.float32))[:size, :size]
-    image += rng.normal(0, 10, (size, size, 3))
-    canvas = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(4, 14))):  # clutter: lines and arcs, never one of the classes
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
-        if rng.random() < 0.6:
-            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(1, 4)))
-        else:
-            box = (min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1)
-            draw.arc(box, float(rng.uniform(0, 360)), float(rng.uniform(0, 360)), fill=colour,
-                     width=int(rng.integers(1, 3)))
-    return np.asarray(canvas)
-
-
-def _object_mask(kind: str, size: int, cx: float, cy: float, side: float, angle: float) -> np.ndarray:
-    canvas = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(canvas)
-    if kind == "circle":
-        r = side / 2
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
-    else:
-        draw.polygon(_polygon(kind, cx, cy, side, angle), fill=1)
-    return np.asarray(canvas, dtype=bool)
-
+CLASSES = SHAPES  # the shapes benchmark's classes
 
 def make_image(rng: np.random.Generator, size: int, max_objects: int = 8
                ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """One image (H, W, 3) uint8 and its objects as (class index, visible mask)."""
-    image = _background(rng, size).copy()
+    image = background(rng, size).copy()
     max_side = 0.75 * size
     placed: list[tuple[int, np.ndarray]] = []
     for _ in range(int(rng.integers(2, max_objects + 1))):
         kind_index = int(rng.integers(len(CLASSES)))
         side = float(math.exp(rng.uniform(math.log(MIN_SIDE), math.log(max_side))))
         cx, cy = (float(v) for v in rng.uniform(side * 0.3, size - side * 0.3, 2))
-        mask = _object_mask(CLASSES[kind_index], size, cx, cy, side, float(rng.uniform(0, 2 * math.pi)))
+        mask = object_mask(CLASSES[kind_index], size, cx, cy, side, float(rng.uniform(0, 2 * math.pi)))
         if mask.sum() < MIN_VISIBLE_PIXELS:
             continue
         colour = rng.integers(0, 256, 3).astype(np.int16)
@@ -123,26 +76,84 @@ def mask_to_annotation(mask: np.ndarray) -> dict[str, Any]:
             "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0], "iscrowd": 0}
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A benchmark: its classes and its image maker; ``pretrain_*`` label its pre-training split."""
+
+    name: str
+    description: str
+    classes: list[str]
+    pretrain_classes: list[str]
+    # (rng, size, pretrain) -> image (H, W, 3) uint8 and its annotated objects as (class index, mask)
+    make: Callable[[np.random.Generator, int, bool], tuple[np.ndarray, list[tuple[int, np.ndarray]]]]
+
+
+def _make_shapes(rng: np.random.Generator, size: int, pretrain: bool) -> tuple[np.ndarray, list]:
+    return make_image(rng, size)
+
+
+def _make_context(rng: np.random.Generator, size: int, pretrain: bool) -> tuple[np.ndarray, list]:
+    image, objects = synthetic_context.make_context_image(rng, size)
+    return image, synthetic_context.annotated(objects, pretrain=pretrain)
+
+
+def _variants() -> dict[str, Variant]:
+    return {
+        "shapes": Variant("shapes", "five shapes in random colours over clutter (the demo's)", CLASSES,
+                          CLASSES, _make_shapes),
+        "context": Variant("context", "small shapes whose class is the region they lie in, and "
+                           "distractors (docs/benchmarks.md)", synthetic_context.CLASSES,
+                           synthetic_context.PRETRAIN_CLASSES,
+                           _make_context),
+    }
+
+
+def variant_names() -> list[str]:
+    return list(_variants())
+
+
+def get_variant(name: str) -> Variant:
+    variants = _variants()
+    if name not in variants:
+        raise ConfigError(f"unknown benchmark variant {name!r} (known: {', '.join(variants)})")
+    return variants[name]
+
+
+# The random stream of each split: train and val as they always were; pre-training apart from both.
+def _split_stream(split: str, seed: int) -> int:
+    return {"train": seed * 2, "val": seed * 2 + 1, "pretrain": 2**31 + seed}[split]
+
+
 def generate_split(out_dir: str | Path, num_images: int, image_size: int, seed: int,
-                   progress: bool = True, desc: str = "synth") -> dict[str, Any]:
-    """Write ``num_images`` images and their COCO annotations into ``out_dir``."""
+                   progress: bool = True, desc: str = "synth", *, variant: str = "shapes",
+                   pretrain: bool = False) -> dict[str, Any]:
+    """Write ``num_images`` images and their COCO annotations into ``out_dir``.
+
+    Image ``index`` is drawn from the random stream ``(seed, index)`` alone. ``pretrain`` labels
+    the objects with the variant's pre-training classes.
+    """
+    maker = get_variant(variant)
+    classes = maker.pretrain_classes if pretrain else maker.classes
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in tqdm(range(num_images), desc=desc, disable=not progress, dynamic_ncols=True):
         rng = np.random.default_rng([seed, index])
-        pixels, objects = make_image(rng, image_size)
+        pixels, objects = maker.make(rng, image_size, pretrain)
         file_name = f"{index:06d}.png"
         Image.fromarray(pixels).save(out_dir / "images" / file_name, compress_level=1)
         images.append({"id": index + 1, "file_name": file_name, "height": image_size, "width": image_size})
         for kind_index, mask in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1,
                                 "category_id": kind_index + 1, **mask_to_annotation(mask)})
+    description = (f"fpn synthetic benchmark, variant {variant}" if variant != "shapes"
+                   else "fpn synthetic multi-scale shapes benchmark")
+    description += " (pre-training labels)" if pretrain else ""
     dataset = {
-        "info": {"description": "fpn synthetic multi-scale shapes benchmark", "seed": seed},
+        "info": {"description": description, "seed": seed, "variant": variant},
         "images": images, "annotations": annotations,
-        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
-                       for i, name in enumerate(CLASSES)],
+        "categories": [{"id": i + 1, "name": name, "supercategory": variant}
+                       for i, name in enumerate(classes)],
     }
     (out_dir / "annotations.json").write_text(json.dumps(dataset))
     return {"images": len(images), "objects": len(annotations), **size_bins(annotations)}
@@ -158,12 +169,16 @@ def size_bins(annotations: list[dict[str, Any]]) -> dict[str, float]:
             "large": round(float((areas >= 96**2).mean()), 3)}
 
 
-def generate(out_dir: str | Path, *, num_train: int = 400, num_val: int = 100, image_size: int = 512,
-             seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """The benchmark: ``out_dir/train`` and ``out_dir/val`` (disjoint random streams)."""
+def generate(out_dir: str | Path, *, num_train: int = 400, num_val: int = 100, num_pretrain: int = 0,
+             image_size: int = 512, seed: int = 0, variant: str = "shapes", progress: bool = True
+             ) -> dict[str, Any]:
+    """The benchmark: ``out_dir/train`` and ``out_dir/val``, and ``out_dir/pretrain`` when
+    ``num_pretrain`` > 0 (three disjoint random streams of ``seed``)."""
     if image_size < 64:
-        raise ValueError(f"image_size {image_size} is too small (at least 64 px)")
+        raise ConfigError(f"image_size {image_size} is too small (at least 64 px)")
+    get_variant(variant)
     out_dir = Path(out_dir)
-    train = generate_split(out_dir / "train", num_train, image_size, seed * 2, progress, "synth train")
-    val = generate_split(out_dir / "val", num_val, image_size, seed * 2 + 1, progress, "synth val")
-    return {"train": train, "val": val}
+    splits = {"train": num_train, "val": num_val, "pretrain": num_pretrain}
+    return {split: generate_split(out_dir / split, count, image_size, _split_stream(split, seed), progress,
+                                  f"synth {split}", variant=variant, pretrain=split == "pretrain")
+            for split, count in splits.items() if count or split != "pretrain"}

@@ -136,6 +136,23 @@ def _load_backbone(source: InitSource, model: FasterRCNN, report: list[str]) -> 
     report.append("  loaded: backbone (ImageNet classifier dropped); kept fresh: the pyramid and the heads")
 
 
+def _res5_into_head(state: dict[str, Tensor], model: FasterRCNN, report: list[str]) -> dict[str, Tensor]:
+    """A source's ``backbone.res5`` on a C4 detector, whose bottom-up pathway stops at res4: it
+    initialises the conv5 RoI head (He et al.'s C4 baseline starts its head from the pre-trained
+    res5, ablation a), or is left out when the model has no such head (the C4 RPN alone)."""
+    own = model.state_dict()
+    res5 = {k: v for k, v in state.items() if k.startswith("backbone.res5.")}
+    if not res5 or any(k.startswith("backbone.res5.") for k in own):
+        return state
+    rest = {k: v for k, v in state.items() if k not in res5}
+    moved = {"roi_heads.box_head.res5." + k[len("backbone.res5."):]: v for k, v in res5.items()}
+    if set(moved) <= set(own):
+        report.append("  backbone.res5 -> roi_heads.box_head.res5 (the C4 detector's conv5 head)")
+        return {**rest, **moved}
+    report.append("  left out: backbone.res5 (this C4 model has no stage that uses it)")
+    return rest
+
+
 def initialise(model: FasterRCNN, sources: list[InitSource], *, skip_mismatched: bool = False) -> list[str]:
     """Load the sources into ``model`` in order; the report, one line per fact."""
     report = []
@@ -144,7 +161,8 @@ def initialise(model: FasterRCNN, sources: list[InitSource], *, skip_mismatched:
         if source.library == "torchvision_resnet":
             _load_backbone(source, model, report)
             continue
-        state = _fit_shapes(source, _class_rows(source, model, report), model, skip_mismatched, report)
+        state = _res5_into_head(_class_rows(source, model, report), model, report)
+        state = _fit_shapes(source, state, model, skip_mismatched, report)
         try:
             parts = model.load_parts(state, source=source.path, allow_missing=True)
         except CheckpointError as err:

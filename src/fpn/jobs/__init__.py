@@ -9,8 +9,9 @@
 - ``conversion``: another library's Faster R-CNN weights as an fpn run;
 - ``export``: a run as one ONNX graph, checked with ONNX Runtime;
 - ``demo``: synthesise, train, evaluate and draw in one go;
-- ``reproduce`` / ``reproduction_report``: the paper's tables in miniature (an experiment built on
-  the jobs above).
+- ``pretraining``: a backbone pre-trained as a classifier of object crops (``fpn pretrain``).
+
+The paper's tables in miniature are an experiment built on these jobs: ``fpn.reproduction``.
 
 Layering: ``cli`` -> ``api`` / ``jobs`` -> ``engine`` -> ``model``, ``data`` -> ``config``.
 """

@@ -178,7 +178,8 @@ class FasterRCNN(nn.Module):
             if key in own and own[key].shape != value.shape:
                 raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects "
                                  f"{tuple(own[key].shape)}")
-        missing = [k for k in own if k not in state_dict]
+        # BatchNorm's step counter is no weight (it only matters with momentum=None): never "missing"
+        missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
         if missing and not allow_missing:
             raise CheckpointError(f"{source}: no tensor for {missing[0]!r} ({len(missing)} missing)")
         self.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)

@@ -78,32 +78,63 @@ def table_markdown(table: str, summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _compare(summary, table, metric, winner, losers) -> list[str]:
-    """One line per comparison: the difference and whether it exceeds the seeds' spread."""
+def paired(rows: list[dict[str, Any]], table: str, winner: str, loser: str, metric: str
+           ) -> list[tuple[int, float]]:
+    """(seed, metric of ``winner`` - metric of ``loser``) for every seed both rows were trained with."""
+    by_seed: dict[tuple[str, int], float] = {}
+    for record in rows:
+        if record["table"] == table and metric in record["metrics"]:
+            by_seed[(record["row"], record["seed"])] = record["metrics"][metric]
+    seeds = sorted({seed for (row, seed) in by_seed if row == winner} & {seed for (row, seed) in by_seed
+                                                                          if row == loser})
+    return [(seed, by_seed[(winner, seed)] - by_seed[(loser, seed)]) for seed in seeds]
+
+
+def _compare(summary, rows, table, metric, winner, losers) -> list[str]:
+    """One line per comparison: the mean of the paired (same-seed) differences, their range, and
+    whether every seed agrees in sign."""
     lines = []
     best = summary.get(table, {}).get(winner)
     for loser in losers:
         other = summary.get(table, {}).get(loser)
         if not best or not other or metric not in best or metric not in other:
             continue
-        (m1, s1), (m2, s2) = best[metric], other[metric]
-        diff = (m1 - m2) * 100
-        verdict = "yes" if diff >= 0.05 else "no" if diff <= -0.05 else "equal"  # at the table's precision
-        if best["seeds"] > 1 and other["seeds"] > 1:
-            beyond = abs(diff) > (s1 + s2) * 100
-            verdict += ", beyond the seeds' spread" if beyond else ", within the seeds' spread"
+        differences = [d * 100 for _, d in paired(rows, table, winner, loser, metric)]
+        (m1, _), (m2, _) = best[metric], other[metric]
+        if not differences:
+            continue
+        mean = statistics.mean(differences)
+        verdict = "yes" if mean >= 0.05 else "no" if mean <= -0.05 else "equal"  # at the table's precision
+        above, below = sum(d >= 0.05 for d in differences), sum(d <= -0.05 for d in differences)
+        seeds, span = len(differences), f"{min(differences):+.1f} to {max(differences):+.1f}"
+        if seeds == 1:
+            spread = ", one seed"
+        elif seeds in (above, below):
+            spread = f"; the same sign in all {seeds} seeds ({span})"
+        else:
+            equal = seeds - above - below
+            spread = f"; the seeds disagree: {above} above, {below} below, {equal} equal ({span})"
         lines.append(f"- Table {table}: {best['label']} {metric} above {other['label']}? {verdict} "
-                     f"({m1 * 100:.1f} vs {m2 * 100:.1f}, {diff:+.1f} points)")
+                     f"({m1 * 100:.1f} vs {m2 * 100:.1f}: {mean:+.1f} points paired by seed{spread})")
     return lines
 
 
-def claims(summary: dict[str, dict[str, dict[str, Any]]], pyramid: dict[str, Any]) -> list[str]:
-    """The paper's findings, each checked against the miniature's numbers (stated, never forced)."""
+def claims(summary: dict[str, dict[str, dict[str, Any]]], pyramid: dict[str, Any],
+           rows: list[dict[str, Any]] | None = None) -> list[str]:
+    """The paper's findings, each checked against the miniature's numbers (stated, never forced).
+
+    Differences are paired by seed: seed k trains every row of a table with the same data order,
+    flips and heads' initialisation, so the difference of two rows at one seed is a measurement
+    of the designs, and their spread over the seeds is its uncertainty.
+    """
+    rows = rows or []
     lines = []
     for metric in ("AR@1000", "AR_s@1000"):
-        lines += _compare(summary, "1", metric, "c", ["a", "b", "d", "e"])
+        lines += _compare(summary, rows, "1", metric, "c", ["a", "b", "d", "e", "f"])
     for metric in ("AP", "AP_s"):
-        lines += _compare(summary, "3", metric, "c", ["a", "b"])
+        lines += _compare(summary, rows, "2", metric, "c", ["a", "b", "d", "e", "f"])
+    for metric in ("AP", "AP_s"):
+        lines += _compare(summary, rows, "3", metric, "c", ["a", "b"])
     fpn = summary.get("3", {}).get("c", {})
     for base in ("a", "b"):
         other = summary.get("3", {}).get(base, {})
@@ -113,11 +144,11 @@ def claims(summary: dict[str, dict[str, dict[str, Any]]], pyramid: dict[str, Any
             lines.append(f"- Table 3: FPN's gain over {other['label']} is largest on small objects? "
                          f"{'yes' if largest == 'AP_s' else 'no'} ("
                          + ", ".join(f"{k} {v:+.1f}" for k, v in gains.items()) + ")")
-    lines += _compare(summary, "6", "mask_AR@1000", "dual", ["5x5", "7x7"])
-    rows = pyramid.get("rows", {})
-    names = list(rows)
+    lines += _compare(summary, rows, "6", "mask_AR@1000", "dual", ["5x5", "7x7"])
+    pyramid_rows = pyramid.get("rows", {})
+    names = list(pyramid_rows)
     if len(names) == 3:
-        one, many, fpn_row = (rows[n] for n in names)
+        one, many, fpn_row = (pyramid_rows[n] for n in names)
         faster = fpn_row["seconds_per_image"] < many["seconds_per_image"]
         at_least = fpn_row["AP"] >= many["AP"]
         lines.append(f"- Image pyramid: FPN faster than {names[1]}? {'yes' if faster else 'no'} "
@@ -196,22 +227,66 @@ def _save(fig, path: Path) -> str:
 DISCUSSION = "discussion.md"
 
 
+def validation_level_shares(data_dir: Path, cfg) -> dict[str, float]:
+    """The share of the validation objects Eq. 1 sends to each of P2..P5 under the miniature's
+    geometry, after the detector's own resize (``fpn.model.level_assignment``)."""
+    import torch
+
+    from fpn.model.level_assignment import level_shares
+
+    coco = json.loads((data_dir / "val" / "annotations.json").read_text())
+    boxes_per_image: dict[int, list[list[float]]] = {image["id"]: [] for image in coco["images"]}
+    for a in coco["annotations"]:
+        if not a.get("iscrowd"):
+            x, y, w, h = a["bbox"]
+            boxes_per_image[a["image_id"]].append([x, y, x + w, y + h])
+    images = ((torch.tensor(boxes_per_image[image["id"]], dtype=torch.float32).reshape(-1, 4),
+               (image["height"], image["width"])) for image in coco["images"])
+    return level_shares(images, cfg.model)
+
+
+def _setup_lines(result: dict[str, Any], budget: dict[str, Any], shares: dict[str, float], cfg) -> str:
+    held = result.get("pretraining", {}).get("held_out", {})
+    lines = [f"- **Benchmark**: `fpn synth --variant {budget['variant']} --seed {budget['data_seed']}` "
+             f"(data seed {budget['data_seed']}; docs/benchmarks.md), {budget['train_images']} training and "
+             f"{budget['val_images']} validation images of {budget['image_size']} px."]
+    if held:
+        lines.append(f"- **Pre-trained backbone** (every row starts from it; frozen BatchNorm, stem and res2 "
+                     f"fixed): held-out accuracy {held['accuracy'] * 100:.1f}% on {held['crops']} crops of "
+                     f"{result['pretraining']['held_out_images']} pre-training images never trained on "
+                     f"({len(result['pretraining']['classes'])} classes with background; the majority "
+                     "class is "
+                     f"{held['majority'] * 100:.1f}%); {budget['pretrain_iters']} steps, "
+                     f"{result['pretraining']['seconds'] / 60:.1f} min.")
+    anchors = cfg.model.rpn.anchors.sizes
+    lines.append(f"- **Geometry**: the paper's scaled by {budget['image_size']}/800: anchors "
+                 + ", ".join(f"{level} {sizes[0]:.1f}" for level, sizes in anchors.items())
+                 + f" px; Eq. 1's canonical size {cfg.model.roi_heads.canonical_scale:.1f} px. Validation "
+                 "objects per level under Eq. 1: "
+                 + ", ".join(f"{level.upper()} {share * 100:.0f}%" for level, share in shares.items()) + ".")
+    return "\n".join(lines)
+
+
 def write_report(result: dict[str, Any], out_dir: Path, *, command: str, wall_seconds: float, machine: str,
-                 budget: dict[str, Any], notes: str = "") -> Path:
+                 budget: dict[str, Any], data_dir: Path, level_config, notes: str = "") -> Path:
     """README.md, results.json and the plots in ``out_dir``."""
     summary = summarise(result["rows"])
+    shares = validation_level_shares(data_dir, level_config)
     (out_dir / "results.json").write_text(json.dumps(
         {"command": command, "wall_seconds": wall_seconds, "machine": machine, "budget": budget,
+         "level_shares": shares, "pretraining": {k: v for k, v in result.get("pretraining", {}).items()
+                                                 if k != "log"},
          "rows": result["rows"], "pyramid": result["pyramid"]}, indent=1))
     figures = plot(summary, result["pyramid"], out_dir)
     parts = [
         "# The paper's ablations in miniature",
         f"Made by `{command}` in {wall_seconds / 60:.0f} min on {machine}. Budget: "
         + ", ".join(f"{k} {v}" for k, v in budget.items()) + ". "
-        "Every row of a table shares one schedule and the miniature transform of "
-        "`src/fpn/jobs/reproduce.py`; ours are means over the seeds (± half the range), in percent; "
+        "Every row of a table shares one schedule, one learning rate and the miniature transform of "
+        "`src/fpn/reproduction/plan.py`; ours are means over the seeds (± half the range), in percent; "
         "the paper's are ResNet-50 on COCO minival. s/image: the model's forward time per image on "
         "this CPU, measured during evaluation in the same run.",
+        _setup_lines(result, budget, shares, level_config),
     ]
     if notes:
         parts.append(notes)
@@ -219,7 +294,9 @@ def write_report(result: dict[str, Any], out_dir: Path, *, command: str, wall_se
         parts.append(f"Where the miniature agrees with the paper and where it does not, and why: "
                      f"[{DISCUSSION}]({DISCUSSION}), written by hand for the run committed with it "
                      "(this README and results.json are regenerated by the command; it is not).")
-    parts.append("## The paper's claims, checked\n\n" + "\n".join(claims(summary, result["pyramid"])))
+    parts.append("## The paper's claims, checked\n\nDifferences are paired by seed (seed k gives every row "
+                 "of a table the same data order, flips and heads' initialisation).\n\n"
+                 + "\n".join(claims(summary, result["pyramid"], result["rows"])))
     for table in ("1", "2", "3", "6"):
         if table in summary:
             parts.append(f"## {TITLES[table]}\n\n{table_markdown(table, summary[table])}")

@@ -1,0 +1,364 @@
+"""``fpn reproduce``: the paper's ablations in miniature, one command (docs/paper.md §4, §5, §7).
+
+The study, in the order it runs (each step cached in the work directory, so a killed run
+continues where it stopped and a finished row is never trained again):
+
+1. the benchmark (``fpn synth --variant context``, seed ``--data-seed``): train, val and a
+   pre-training split drawn from three disjoint random streams;
+2. the backbone, pre-trained once as a classifier of crops of the pre-training split
+   (``fpn pretrain``); its held-out accuracy goes into the report;
+3. every row of ``fpn.reproduction.plan.ROWS``, each seed of its table (paired: seed k gives every
+   row of a table the same heads' initialisation, data order and flips), from that backbone;
+   Table 2 reads the proposals of Table 1's FPN RPN (seed 0), as the paper's Table 2 does;
+4. the featurized image pyramid (Fig. 1a): Table 3's C5 detector on several image scales.
+
+Each run records the config it was made with (``reproduce_config.json``); a run whose config the
+code no longer makes is trained again, with what was derived from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fpn.config import Config, ConfigError, from_dict, load_config, to_dict
+from fpn.data import synthetic
+from fpn.engine.metrics_file import read_metrics
+from fpn.engine.run_folder import holds_a_run
+from fpn.jobs.datasets import dataset_for
+from fpn.jobs.evaluation import evaluate_model, open_run
+from fpn.jobs.pretraining import RESULT as PRETRAIN_RESULT
+from fpn.jobs.pretraining import run_pretrain
+from fpn.jobs.proposals import run_proposals
+from fpn.jobs.training import run_train
+from fpn.reproduction.plan import FULL, QUICK, ROWS, Budget, Row, miniature, pretraining_config, row_named
+
+# The config a run was made with, beside it: a run made with another is trained again.
+ROW_CONFIG = "reproduce_config.json"
+
+# Table 2's fixed proposals are those of the FPN RPN (Table 1, row c, seed 0), as in the paper.
+PROPOSAL_SOURCE = "table1_c"
+
+
+@dataclass
+class Reproduction:
+    """The runs of a reproduction in ``out_dir``: what is done, what is left, and running them.
+
+    ``only`` restricts the rows run (by name, ``table2_c``); the rows they need (Table 1's FPN for
+    Table 2's proposals) are run too.
+    """
+
+    out_dir: Path
+    budget: Budget
+    device: str = "auto"
+    progress: Callable[[str], None] = print
+    only: tuple[str, ...] = ()
+    started: float = field(default_factory=time.perf_counter)
+    trained: int = 0  # training runs made by this invocation
+
+    @property
+    def data_dir(self) -> Path:
+        return self.out_dir / "data"
+
+    @property
+    def pretrain_dir(self) -> Path:
+        return self.out_dir / "pretrain"
+
+    def runs(self) -> Iterator[tuple[Row, int]]:
+        """(row, seed) in the order they run: Table 1 first (Table 2 needs its FPN row's proposals)."""
+        wanted = set(self.only)
+        if any(name.startswith("table2_") for name in wanted):
+            wanted.add(PROPOSAL_SOURCE)
+        for row in ROWS:
+            if wanted and row.name not in wanted:
+                continue
+            for seed in range(self.budget.seeds.get(row.table, 1)):
+                if wanted and row.name == PROPOSAL_SOURCE and seed > 0 and row.name not in self.only:
+                    continue  # only needed for its proposals
+                yield row, seed
+
+    def run_dir(self, row: Row, seed: int) -> Path:
+        return self.out_dir / "runs" / f"{row.name}_seed{seed}"
+
+    def config(self, row: Row, seed: int, *, base_lr: float | None = None) -> Config:
+        """The row's config: its preset, the miniature transform, the table's schedule, the seed."""
+        cfg = miniature(load_config(row.preset), self.budget.image_size)
+        data, train = cfg.data, cfg.train
+        data.train_images, data.train_annotations = _split(self.data_dir, "train")
+        data.val_images, data.val_annotations = _split(self.data_dir, "val")
+        data.num_workers = 1
+        if row.table == "2":
+            source = self.run_dir(row_named(PROPOSAL_SOURCE), 0)
+            data.train_proposals = str(source / "train.proposals")
+            data.val_proposals = str(source / "val.proposals")
+        iters = self.budget.iters[row.table]
+        train.batch_size = train.base_batch_size = self.budget.batch_size
+        train.base_lr = self.budget.base_lr[row.table] if base_lr is None else base_lr
+        train.max_iter, train.warmup_iters = iters, min(100, iters // 5)
+        train.lr_steps = [int(iters * 0.85), int(iters * 0.95)]
+        train.checkpoint_period, train.log_period = max(1, iters // 2), 20
+        train.eval_period = self.budget.eval_every.get(row.table, 0)
+        train.seed, train.device, train.init = seed, self.device, [str(self.pretrain_dir)]
+        return cfg
+
+    def run(self) -> dict[str, Any]:
+        """The data, the pre-trained backbone, every row not yet finished, then the image pyramid."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_data()
+        pretraining = self.pretrain()
+        todo = list(self.runs())
+        discarded = [(row, seed) for row, seed in todo if self._discard_if_stale(row, seed)]
+        if any(row.table == "3" and seed == 0 for row, seed in discarded):  # the pyramid's source runs
+            (self.out_dir / "pyramid.json").unlink(missing_ok=True)
+        if (row_named(PROPOSAL_SOURCE), 0) in discarded:
+            for row, seed in self.all_runs():
+                if row.table == "2" and self.run_dir(row, seed).is_dir():
+                    shutil.rmtree(self.run_dir(row, seed))
+        for index, (row, seed) in enumerate(todo, start=1):
+            if not (self.run_dir(row, seed) / "row.json").is_file():
+                self._run_row(row, seed, index, todo)
+        pyramid = self._image_pyramid() if not self.only else {}
+        return {"rows": self.results(), "pyramid": pyramid, "pretraining": pretraining}
+
+    def all_runs(self) -> Iterator[tuple[Row, int]]:
+        for row in ROWS:
+            for seed in range(self.budget.seeds.get(row.table, 1)):
+                yield row, seed
+
+    def prepare_data(self) -> None:
+        """The benchmark's train, val and pre-training splits, unless already written."""
+        if (self.data_dir / "pretrain" / "annotations.json").is_file():
+            return
+        self.progress(f"generating the {self.budget.variant} benchmark (data seed {self.budget.data_seed}) "
+                      f"in {self.data_dir}")
+        synthetic.generate(self.data_dir, num_train=self.budget.train_images, num_val=self.budget.val_images,
+                           num_pretrain=self.budget.pretrain_images, image_size=self.budget.image_size,
+                           seed=self.budget.data_seed, variant=self.budget.variant, progress=False)
+
+    def pretraining_config(self) -> Config:
+        cfg = pretraining_config(self.budget.image_size, self.budget)
+        cfg.data.train_images, cfg.data.train_annotations = _split(self.data_dir, "pretrain")
+        cfg.data.num_workers, cfg.train.device = 1, self.device
+        return cfg
+
+    def pretrain(self) -> dict[str, Any]:
+        """The pre-trained backbone every row starts from: trained once, then read from its run."""
+        cfg = self.pretraining_config()
+        result_file, recorded = self.pretrain_dir / PRETRAIN_RESULT, self.pretrain_dir / ROW_CONFIG
+        if result_file.is_file() and recorded.is_file() and same_config(recorded.read_text(), cfg):
+            return json.loads(result_file.read_text())
+        if self.pretrain_dir.exists():
+            self.progress(f"{self.pretrain_dir} was made with another config; pre-training again")
+            shutil.rmtree(self.pretrain_dir)
+            shutil.rmtree(self.out_dir / "runs", ignore_errors=True)  # every run started from it
+        self.progress(f"pre-training the backbone on crops of {self.budget.pretrain_images} images "
+                      f"({cfg.pretrain.iters} steps of {cfg.pretrain.batch_size})")
+        self.pretrain_dir.mkdir(parents=True)
+        recorded.write_text(config_text(cfg))
+        result = run_pretrain(cfg, self.pretrain_dir, progress=False)
+        held = result["held_out"]
+        self.progress(f"pre-trained in {result['seconds'] / 60:.1f} min: held-out accuracy "
+                      f"{held.get('accuracy', float('nan')):.3f} "
+                      f"(majority class {held.get('majority', 0):.3f})")
+        return result
+
+    def _discard_if_stale(self, row: Row, seed: int) -> bool:
+        """Delete a row's run if it was made with another config (the code or the budget changed)."""
+        run_dir = self.run_dir(row, seed)
+        if not run_dir.is_dir():
+            return False
+        recorded = run_dir / ROW_CONFIG
+        if recorded.is_file() and same_config(recorded.read_text(), self.config(row, seed)):
+            return False
+        self.progress(f"{run_dir} was trained with another config; training it again")
+        shutil.rmtree(run_dir)
+        return True
+
+    def ensure(self, row: Row, seed: int) -> None:
+        """Train one run unless it is finished with the config the code makes now."""
+        self._discard_if_stale(row, seed)
+        if not (self.run_dir(row, seed) / "row.json").is_file():
+            self._run_row(row, seed, 1, [(row, seed)])
+
+    def _run_row(self, row: Row, seed: int, index: int, todo: list[tuple[Row, int]]) -> None:
+        run_dir = self.run_dir(row, seed)
+        start = time.perf_counter()
+        cfg = self.config(row, seed)
+        if not run_dir.is_dir():
+            run_dir.mkdir(parents=True)
+            (run_dir / ROW_CONFIG).write_text(config_text(cfg))
+        result = run_train(cfg, run_dir, resume=holds_a_run(run_dir), progress=False)
+        if row.name == PROPOSAL_SOURCE and seed == 0:
+            for split in ("train", "val"):
+                run_proposals(run_dir, split, run_dir / f"{split}.proposals", [], progress=False)
+        numbers = result["metrics"]
+        record = {"table": row.table, "row": row.key, "label": row.label, "preset": row.preset, "seed": seed,
+                  "train_seconds": result["seconds"], "seconds": time.perf_counter() - start,
+                  "metrics": numbers, "curve": eval_curve(run_dir)}
+        (run_dir / "row.json").write_text(json.dumps(record, indent=1))
+        self.trained += 1
+        self.progress(self._progress_line(row, seed, index, todo, record))
+
+    def _progress_line(self, row: Row, seed: int, index: int, todo: list[tuple[Row, int]],
+                       record: dict[str, Any]) -> str:
+        done = [json.loads((self.run_dir(r, s) / "row.json").read_text()) for r, s in todo
+                if (self.run_dir(r, s) / "row.json").is_file()]
+        per_row: dict[str, list[float]] = {}
+        for item in done:
+            per_row.setdefault(f"{item['table']}{item['row']}", []).append(item["seconds"])
+        iters = self.budget.iters
+        per_iteration = sum(item["seconds"] for item in done) / sum(iters[item["table"]] for item in done)
+        left = sum(_mean(per_row.get(f"{r.table}{r.key}", [])) or per_iteration * iters[r.table]
+                   for r, s in todo if not (self.run_dir(r, s) / "row.json").is_file())
+        return (f"[{index}/{len(todo)}] table {row.table} {row.label} seed {seed}: "
+                f"{_headline(record['metrics'])} "
+                f"({record['seconds'] / 60:.1f} min); about {left / 60:.0f} min left")
+
+    def _image_pyramid(self) -> dict[str, Any]:
+        """Fig. 1(a): Table 3's single-scale C5 detector on an image pyramid, against FPN at one scale."""
+        path = self.out_dir / "pyramid.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        scales = list(self.budget.pyramid_scales)
+        c5, fpn = self.run_dir(row_named("table3_b"), 0), self.run_dir(row_named("table3_c"), 0)
+        rows = {}
+        start = time.perf_counter()
+        for name, run, overrides in (
+                ("C5, one scale", c5, []),
+                (f"C5, image pyramid {scales}", c5, [f"model.input.test_scales={scales}",
+                                                      f"model.input.max_size={max(scales)}"]),
+                ("FPN, one scale", fpn, [])):
+            cfg, detector, _ = open_run(run, [f"train.device={self.device}", *overrides])
+            evaluation = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=False)
+            rows[name] = evaluation.numbers()
+        result = {"scales": scales, "rows": rows, "seconds": time.perf_counter() - start}
+        path.write_text(json.dumps(result, indent=1))
+        aps = ", ".join(f"{name}: AP {metrics['AP']:.3f}" for name, metrics in rows.items())
+        self.progress(f"image pyramid: {aps}")
+        return result
+
+    def results(self) -> list[dict[str, Any]]:
+        return [json.loads((self.run_dir(r, s) / "row.json").read_text()) for r, s in self.runs()
+                if (self.run_dir(r, s) / "row.json").is_file()]
+
+
+def config_text(cfg: Config) -> str:
+    """The config a run is recorded with (``reproduce_config.json``)."""
+    return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+def same_config(recorded_text: str, cfg: Config) -> bool:
+    """Whether a run recorded with ``recorded_text`` was made with ``cfg``. Fields added to the config
+    since the run (absent from its record) count as their defaults, so a new option that changes
+    nothing by default does not make every finished run stale."""
+    try:
+        recorded = from_dict(Config, json.loads(recorded_text))
+    except (ConfigError, json.JSONDecodeError, TypeError):
+        return False
+    return config_text(recorded) == config_text(cfg)
+
+
+def eval_curve(run_dir: Path) -> list[dict[str, float]]:
+    """The run's evaluations in order: ``{"step", metric: value}`` (the metrics log's ``eval`` records;
+    a half-written last line of a killed run is skipped)."""
+    log = run_dir / "metrics.jsonl"
+    records = read_metrics(log) if log.is_file() else []
+    return [{"step": record["step"], **{k: v for k, v in record["eval"].items()
+                                        if isinstance(v, int | float)}}
+            for record in records if "eval" in record]
+
+
+def _split(data_dir: Path, split: str) -> tuple[str, str]:
+    return str(data_dir / split / "images"), str(data_dir / split / "annotations.json")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    for key in ("AP", "mask_AR@1000", "AR@1000"):
+        if key in metrics:
+            return f"{key} {metrics[key]:.3f}"
+    return "-"
+
+
+def machine() -> str:
+    """The machine a report was measured on, in one line."""
+    cpu = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
+            f"torch {torch.__version__}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+
+
+def budget_for(*, quick: bool, seeds: int | None, data_seed: int) -> Budget:
+    """The full or quick budget, with ``seeds`` for every table of Tables 1-3 if given."""
+    budget = QUICK if quick else FULL
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+        budget = _replace(budget, seeds={t: (seeds if t in "123" else n) for t, n in budget.seeds.items()})
+    return _replace(budget, data_seed=data_seed)
+
+
+def _replace(budget: Budget, **changes) -> Budget:
+    from dataclasses import replace
+
+    return replace(budget, **changes)
+
+
+def work_dir(work: str | Path, budget: Budget, quick: bool) -> Path:
+    """Where a budget's data and runs live: one folder per budget kind and data seed."""
+    return Path(work) / f"{'quick' if quick else 'full'}-data{budget.data_seed}"
+
+
+def run_reproduction(*, quick: bool = False, seeds: int | None = None, data_seed: int = 0,
+                     output: str | Path = "reports/reproduction", work: str | Path = "runs/reproduction",
+                     device: str = "auto", only: tuple[str, ...] = (),
+                     progress: Callable[[str], None] = print) -> Path:
+    """Train and evaluate every row (continuing a killed run in ``work``), then write the report."""
+    from fpn.reproduction.report import write_report
+
+    budget = budget_for(quick=quick, seeds=seeds, data_seed=data_seed)
+    for name in only:
+        row_named(name)
+    reproduction = Reproduction(work_dir(work, budget, quick), budget, device, progress, tuple(only))
+    count = len(list(reproduction.runs()))
+    progress(f"reproducing the paper in miniature: {count} training runs in {reproduction.out_dir} "
+             f"({'quick' if quick else 'full'} budget; seeds per table: {budget.seeds}; "
+             f"data seed {data_seed})")
+    start = time.perf_counter()
+    result = reproduction.run()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    options = [("--quick", quick), (f"--seeds {seeds}", seeds is not None),
+               (f"--data-seed {data_seed}", data_seed), (f"--rows {','.join(only)}", only)]
+    command = " ".join(["fpn reproduce", *(text for text, given in options if given)])
+    # A resumed run's wall clock misses the rows an earlier invocation finished: the report gives
+    # the work of every row, of the pre-training and of the image pyramid, summed.
+    this_invocation = time.perf_counter() - start
+    compute = (sum(r["seconds"] for r in result["rows"]) + result["pyramid"].get("seconds", 0.0)
+               + result["pretraining"].get("seconds", 0.0))
+    last = (f"the last invocation trained {reproduction.trained} of them in {this_invocation / 60:.0f} min"
+            if reproduction.trained else "the last invocation only wrote this report")
+    path = write_report(result, output, command=command, wall_seconds=compute, machine=machine(),
+                        budget=budget.describe(), data_dir=reproduction.data_dir,
+                        level_config=reproduction.config(row_named("table3_c"), 0),
+                        notes=f"The time is the sum over the {len(result['rows'])} training runs (each with "
+                              "its evaluation), the pre-training and the image pyramid's evaluation, "
+                              f"including work an earlier, interrupted invocation finished; {last}.")
+    progress(f"wrote {path}")
+    return path
