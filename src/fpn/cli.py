@@ -373,7 +373,10 @@ def _run_eval(args: argparse.Namespace, progress: bool) -> None:
     result, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress,
                            precision=args.precision, calibration=args.calibration)
     print(result.summary())
-    print(f"metrics in {out}")
+    charts = [p for p in result.pictures if "/" not in p]
+    worst = len(result.pictures) - len(charts)
+    print(f"metrics in {out}" + (f", with {', '.join(charts) or 'no charts (pip install matplotlib)'} and "
+                                 f"{worst} worst image(s) in worst/" if result.pictures else ""))
 
 
 def _run_proposals(args: argparse.Namespace, progress: bool) -> None:

@@ -8,6 +8,7 @@ parts call for (box AP, proposal AR, mask AR). The scoring itself is pycocotools
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -61,7 +62,8 @@ def inference_on_dataset(model: Callable, data_loader: Iterable, evaluators: Seq
     kwargs = _model_kwargs(evaluators)
     image_ids, forward_seconds = [], 0.0
     skipped = BadSampleCounter(max_bad_samples)  # the same limit as training (train.max_bad_samples)
-    for images, targets, *bad in tqdm(data_loader, desc="eval", disable=not progress, dynamic_ncols=True):
+    bar = progress and getattr(sys.stderr, "isatty", lambda: False)()  # no bar redrawn into a log file
+    for images, targets, *bad in tqdm(data_loader, desc="eval", disable=not bar, dynamic_ncols=True):
         skipped.add(bad[0] if bad else [])
         if not images:
             continue

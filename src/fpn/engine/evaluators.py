@@ -18,23 +18,30 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from pycocotools.coco import COCO
 from torch import Tensor
 
 from fpn.engine import distributed
 from fpn.engine.coco_eval import (
     BOX_KEYS,
+    PrecisionRecall,
     box_cocoeval,
     detections_to_coco_results,
     encode_mask_proposals,
+    format_per_class_table,
     mask_proposal_ar,
     mask_results,
+    per_class_box_ap,
     proposal_ar,
 )
+from fpn.engine.confusion import confusion_of
 from fpn.engine.results import EvalResult
 from fpn.engine.voc_eval import format_voc_table, voc_map
 
 VOC_TABLE_HEADING = "Pascal VOC AP at IoU 0.5 (difficult objects ignored)"
+COCO_TABLE_HEADING = "COCO box AP per class (pycocotools)"
+CONFUSION_SCORE_THRESH = 0.5  # detections counted in the confusion matrix: those drawn (fpn.visualize)
 
 
 class Evaluator:
@@ -59,13 +66,18 @@ def _gathered(items: list) -> list:
 
 
 class BoxEvaluator(Evaluator):
-    """COCO box AP of the detections (``boxes``, ``scores``, ``labels`` 1..K), over the images processed.
+    """COCO box AP of the detections (``boxes``, ``scores``, ``labels`` 1..K), over the images processed:
+    the headline numbers, AP per class (``per_class["coco"]`` and a table), the precision-recall
+    curves (``curves``) and, at ``score_thresh``, the confusion matrix and each image's errors
+    (``fpn.engine.confusion``).
 
     A model whose outputs have no ``boxes`` (the RPN alone) gets no box numbers.
     """
 
-    def __init__(self, coco_gt: COCO, label_to_category_id: dict[int, int]):
+    def __init__(self, coco_gt: COCO, label_to_category_id: dict[int, int], *,
+                 score_thresh: float = CONFUSION_SCORE_THRESH):
         self.coco_gt, self.label_to_category_id = coco_gt, label_to_category_id
+        self.score_thresh = score_thresh
         self.cocoeval = None  # pycocotools' evaluation of the last ``evaluate``, once it ran
         self.reset()
 
@@ -86,11 +98,35 @@ class BoxEvaluator(Evaluator):
         detections = _gathered(self.detections)
         image_ids = [image_id for image_id, _ in detections]
         results = detections_to_coco_results([d for _, d in detections], image_ids, self.label_to_category_id)
+        confusion, errors = confusion_of(self._with_ground_truth(detections), self.class_names(),
+                                         score_thresh=self.score_thresh)
         if not results:
-            return EvalResult(metrics=dict.fromkeys(BOX_KEYS, 0.0))
+            return EvalResult(metrics=dict.fromkeys(BOX_KEYS, 0.0), confusion=confusion, image_errors=errors)
         self.cocoeval = box_cocoeval(self.coco_gt, results, image_ids=image_ids)
         metrics = {k: max(0.0, float(v)) for k, v in zip(BOX_KEYS, self.cocoeval.stats[:6], strict=True)}
-        return EvalResult(metrics=metrics, coco_results=results)
+        per_class = per_class_box_ap(self.cocoeval)
+        return EvalResult(metrics=metrics, coco_results=results, per_class={"coco": per_class},
+                          tables={COCO_TABLE_HEADING: format_per_class_table(per_class)},
+                          curves=PrecisionRecall.of(self.cocoeval), confusion=confusion, image_errors=errors)
+
+    def class_names(self) -> list[str]:
+        """The names of labels 1..K (the ground truth's category names)."""
+        return [self.coco_gt.cats[self.label_to_category_id[label]]["name"]
+                for label in sorted(self.label_to_category_id)]
+
+    def _with_ground_truth(self, detections: list[tuple[int, dict[str, Tensor]]]) -> list[dict[str, Any]]:
+        """Each image's detections beside its ground truth (xyxy, labels 1..K, crowd regions)."""
+        label_of = {cat: label for label, cat in self.label_to_category_id.items()}
+        images = []
+        for image_id, out in detections:
+            anns = [a for a in self.coco_gt.imgToAnns.get(image_id, []) if a["category_id"] in label_of]
+            xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
+                            dtype=np.float64).reshape(-1, 4)
+            crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+            labels = np.array([label_of[a["category_id"]] for a in anns], dtype=np.int64)
+            images.append({"image_id": image_id, "gt_boxes": xyxy[~crowd], "gt_labels": labels[~crowd],
+                           "crowd_boxes": xyxy[crowd], **{k: v.numpy() for k, v in out.items()}})
+        return images
 
 
 class ProposalEvaluator(Evaluator):

@@ -1,16 +1,31 @@
-"""Where training's numbers go: ``metrics.jsonl`` in the run folder, and TensorBoard when installed.
+"""Where training's numbers go, in the run folder: ``metrics.jsonl`` (the record of truth),
+``metrics.csv`` (the same numbers as a table), ``curves.png`` (redrawn at each evaluation and at
+the end), and TensorBoard's event files in ``tensorboard/`` when it is installed (the
+``tensorboard`` extra; ``tensorboard --logdir runs``).
 
 A record is a dict with ``step`` and either the loss terms and learning rate of a step or
 ``eval`` (the numbers of an evaluation). ``MetricsLog`` hands each record to its sinks; a sink is
-anything with ``write(record)`` and ``close()``, so another format (a CSV, a plot) is one class.
+anything with ``write(record)`` and ``close()``, so another format is one class. The CSV and the
+picture start from the records already in ``metrics.jsonl`` (a resumed run, its log trimmed to
+its checkpoint), so they always show the whole run.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from fpn.engine.checkpoint import atomic_write_bytes
+from fpn.engine.metrics_file import METRICS_FILE, read_metrics
+
+log = logging.getLogger(__name__)
+
+CSV_FILE, CURVES_FILE = "metrics.csv", "curves.png"
 
 
 class Sink(Protocol):
@@ -33,6 +48,80 @@ class JsonLinesSink:
 
     def close(self) -> None:
         self.file.close()
+
+
+def flat_numbers(record: dict[str, Any]) -> dict[str, float | int]:
+    """A record's numbers in one level: ``step``, the loss terms and lr, or an evaluation's numbers
+    under their own names (AP, AP50, ...) and ``eval_seconds``; the log's ``time`` left out."""
+    flat: dict[str, float | int] = {"step": record["step"]}
+    items = [*record.get("eval", {}).items(), *record.items()] if isinstance(record.get("eval"), dict) \
+        else record.items()
+    for key, value in items:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if key not in ("step", "time", "eval") and number:
+            flat[key] = value
+    return flat
+
+
+class CsvSink:
+    """``metrics.csv``: a row per record (a step's losses and lr, or an evaluation's numbers), a
+    column for every number from the record it first appears in. Rows are appended; when a record
+    brings a new column (the first evaluation) the file is rewritten, atomically, with it."""
+
+    def __init__(self, path: Path, records: list[dict[str, Any]] = ()):
+        self.path = Path(path)
+        self.rows = [flat_numbers(r) for r in records if isinstance(r.get("step"), int)]
+        self.columns: list[str] = []
+        for row in self.rows:
+            self.columns += [key for key in row if key not in self.columns]
+        self._rewrite()
+
+    def write(self, record: dict[str, Any]) -> None:
+        row = flat_numbers(record)
+        self.rows.append(row)
+        new = [key for key in row if key not in self.columns]
+        if new:
+            self.columns += new
+            self._rewrite()
+            return
+        with self.path.open("a", newline="") as file:
+            csv.DictWriter(file, self.columns).writerow(row)
+
+    def _rewrite(self) -> None:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.columns or ["step"])
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.path, text.getvalue().encode())
+
+    def close(self) -> None:
+        pass
+
+
+class CurvesSink:
+    """``curves.png`` (``fpn.engine.plots.plot_training_curves``), redrawn after every evaluation
+    and when the log closes (the end of training, or its failure). A picture that cannot be drawn
+    is a warning, never the end of a run."""
+
+    def __init__(self, path: Path, records: list[dict[str, Any]] = ()):
+        self.path, self.records = Path(path), list(records)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if "eval" in record:
+            self.draw()
+
+    def draw(self) -> None:
+        from fpn.engine.plots import plot_training_curves
+
+        try:
+            plot_training_curves(self.records, self.path)
+        except Exception as err:  # noqa: BLE001  (a plot must not cost a training run)
+            log.warning("%s not drawn: %s: %s", self.path, type(err).__name__, err)
+
+    def close(self) -> None:
+        if self.records:
+            self.draw()
 
 
 class TensorBoardSink:
@@ -70,12 +159,15 @@ class MetricsLog:
 
     @classmethod
     def for_run(cls, run_dir: Path, *, enabled: bool) -> MetricsLog:
-        """``run_dir/metrics.jsonl`` and ``run_dir/tensorboard`` (when installed); nothing when not
-        ``enabled`` (the ranks other than 0 under torchrun)."""
+        """``metrics.jsonl``, ``metrics.csv``, ``curves.png`` and ``tensorboard/`` (when installed)
+        in ``run_dir``; nothing when not ``enabled`` (the ranks other than 0 under torchrun)."""
         if not enabled:
             return cls()
-        board = TensorBoardSink.if_installed(Path(run_dir) / "tensorboard")
-        return cls([JsonLinesSink(Path(run_dir) / "metrics.jsonl"), *([board] if board else [])])
+        run_dir = Path(run_dir)
+        earlier = read_metrics(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).is_file() else []
+        board = TensorBoardSink.if_installed(run_dir / "tensorboard")
+        return cls([JsonLinesSink(run_dir / METRICS_FILE), CsvSink(run_dir / CSV_FILE, earlier),
+                    CurvesSink(run_dir / CURVES_FILE, earlier), *([board] if board else [])])
 
     def write(self, record: dict[str, Any]) -> None:
         for sink in self.sinks:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fpn.engine.coco_eval import AR_KEYS, BOX_KEYS, MASK_AR_KEYS, RESULT_KEYS
+from fpn.engine.coco_eval import AR_KEYS, BOX_KEYS, MASK_AR_KEYS, RESULT_KEYS, PrecisionRecall
+from fpn.engine.confusion import ConfusionMatrix, ImageErrors
 from fpn.errors import output_dir
 
 # Numbers a table shows as they are, not as percentages.
@@ -31,6 +32,9 @@ class EvalResult:
         coco_results: the detections (or masks) in COCO's results format.
         image_ids: the images scored (the readable ones); ``skipped_images``: messages naming the
             unreadable ones.
+        curves: the precision-recall curve of every class (pycocotools'), for box AP.
+        confusion: the confusion matrix with a background row and column; ``image_errors``: the
+            false positives and misses of each image (``fpn.engine.confusion``), for box AP.
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
@@ -39,6 +43,10 @@ class EvalResult:
     coco_results: list[dict[str, Any]] = field(default_factory=list)
     image_ids: list[int] = field(default_factory=list)
     skipped_images: list[str] = field(default_factory=list)
+    curves: PrecisionRecall | None = None
+    confusion: ConfusionMatrix | None = None
+    image_errors: list[ImageErrors] = field(default_factory=list)
+    pictures: list[str] = field(default_factory=list)  # drawn from it by fpn eval, relative to its folder
 
     @property
     def num_images(self) -> int:
@@ -50,6 +58,9 @@ class EvalResult:
         self.per_class.update(other.per_class)
         self.tables.update(other.tables)
         self.coco_results += other.coco_results
+        self.curves = other.curves or self.curves
+        self.confusion = other.confusion or self.confusion
+        self.image_errors += other.image_errors
         return self
 
     def numbers(self) -> dict[str, float]:
@@ -57,9 +68,11 @@ class EvalResult:
         return {**self.metrics, "num_images": self.num_images}
 
     def to_json(self) -> dict[str, Any]:
-        """What ``metrics.json`` holds: the numbers, the skipped images, ``<family>_per_class``."""
+        """What ``metrics.json`` holds: the numbers, the skipped images, ``<family>_per_class``
+        (``coco_per_class``: AP, AP50, ... per class; ``voc_per_class``) and ``confusion_matrix``."""
         per_class = {f"{family}_per_class": table for family, table in self.per_class.items()}
-        return {**self.numbers(), "skipped_images": self.skipped_images, **per_class}
+        confusion = {"confusion_matrix": self.confusion.to_json()} if self.confusion is not None else {}
+        return {**self.numbers(), "skipped_images": self.skipped_images, **per_class, **confusion}
 
     def skipped_note(self) -> str:
         """One line saying which images the metrics leave out, or '' when none were skipped."""

@@ -1,7 +1,8 @@
 """A training run's folder: when training may start in it, resume it, or clear it.
 
-A run folder holds what training writes (``RUN_OUTPUTS``): ``checkpoints/``, ``metrics.jsonl``,
-``eval/`` and ``tensorboard/``, beside ``config.yaml``. Three rules keep a run from being lost or
+A run folder holds what training writes (``RUN_OUTPUTS``): ``checkpoints/``, ``metrics.jsonl``
+with its views ``metrics.csv`` and ``curves.png``, ``eval/`` and ``tensorboard/``, beside
+``config.yaml``. Three rules keep a run from being lost or
 silently changed:
 
 - **A new run never lands in an old one.** Training without ``--resume`` into a folder that holds
@@ -26,13 +27,14 @@ from typing import Any
 
 from fpn.config import Config, ConfigError, load_config, merge
 from fpn.engine.checkpoint import latest_checkpoint
+from fpn.engine.metrics import CSV_FILE, CURVES_FILE
 from fpn.engine.metrics_file import METRICS_FILE, read_metrics, write_metrics
 from fpn.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # What training writes into a run folder (config.yaml is rewritten by every start).
-RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "eval", "tensorboard")
+RUN_OUTPUTS = ("checkpoints", METRICS_FILE, CSV_FILE, CURVES_FILE, "eval", "tensorboard")
 
 # Fields a resumed run may change: they extend or shorten the schedule, change how often it logs,
 # saves and evaluates, where it runs, or what the evaluation reads and keeps. None changes the

@@ -26,7 +26,7 @@ from fpn.data.order import EpochView, training_batches
 from fpn.device import resolve_device
 from fpn.engine import distributed
 from fpn.engine.checkpoint import resume_training
-from fpn.engine.hooks import MetricsWriter, PeriodicCheckpointer, PeriodicEvaluator, ProgressBar
+from fpn.engine.hooks import MetricsWriter, PeriodicCheckpointer, PeriodicEvaluator, progress_hook
 from fpn.engine.loop import HookBase, TrainLoop, TrainState, autocast, check_finite, make_grad_scaler
 from fpn.engine.metrics import MetricsLog
 from fpn.engine.optim import HeadsOnly, build_optimizer, build_scheduler, lr_factor, scaled_lr
@@ -81,7 +81,7 @@ class Trainer:
         """The default hooks, in the order they run after a step: progress, (heads-only warm-up),
         log, checkpoint, evaluate."""
         tcfg, main = self.tcfg, self.dist.is_main
-        hooks: list[HookBase] = [ProgressBar(enabled=self.progress and main)]
+        hooks: list[HookBase] = [progress_hook(enabled=self.progress and main, period=tcfg.log_period)]
         if self.heads_only is not None:
             hooks.append(self.heads_only)
         hooks += [MetricsWriter(metrics, period=tcfg.log_period),

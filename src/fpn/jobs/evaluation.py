@@ -18,6 +18,7 @@ from fpn.engine.evaluate import detector_evaluators, inference_on_dataset
 from fpn.engine.evaluators import Evaluator, VOCEvaluator
 from fpn.engine.results import EvalResult, save_metrics
 from fpn.jobs.datasets import coco_ground_truth, dataset_for, label_to_category_id, val_loader
+from fpn.jobs.eval_pictures import write_eval_pictures
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,18 @@ def open_run(checkpoint: str | Path, overrides: list[str] | None = None, *, prec
 def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, output: str | Path | None = None,
              progress: bool = True, precision: str = "fp32", calibration: list[str | Path] | None = None
              ) -> tuple[EvalResult, Path]:
-    """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``).
+    """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``),
+    with the PR curves, the confusion matrix and the worst images (``fpn.jobs.eval_pictures``).
 
     ``precision`` defaults to fp32, so that a run's AP is the same number on every host; the
     log says which precision ran (``auto`` measures what ``fpn predict`` would run).
     """
     cfg, detector, config_file = open_run(checkpoint, overrides, precision=precision, calibration=calibration)
-    result = evaluate_model(detector.model, dataset_for(cfg, "val"), cfg, progress=progress,
-                            network=detector.network)
+    dataset = dataset_for(cfg, "val")
+    result = evaluate_model(detector.model, dataset, cfg, progress=progress, network=detector.network)
     log.info("evaluated at precision %s", detector.precision)
     out = Path(output) if output else config_file.parent / "eval"
     save_metrics(result, out)
+    result.pictures = write_eval_pictures(result, dataset, out,
+                                          label_to_category_id=label_to_category_id(cfg))
     return result, out
