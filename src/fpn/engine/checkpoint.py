@@ -28,6 +28,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from fpn.engine.atomic_files import atomic_write_bytes, current_umask, fsync_dir, fsync_file
 from fpn.engine.loop import TrainState
 from fpn.engine.rng import capture_rng_state, restore_rng_state
 from fpn.errors import CheckpointError, PathNotFoundError, UnsafeCheckpointError, output_dir
@@ -40,54 +41,6 @@ POINTER = "last_checkpoint"
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "latest_checkpoint",
            "load_checkpoint", "load_weights", "capture_rng_state", "restore_rng_state", "atomic_write_bytes",
            "save_training_checkpoint", "resume_training", "find_checkpoint"]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def current_umask() -> int:
-    """This process's umask, read without changing it where Linux tells it (``os.umask`` sets it
-    for every thread for an instant)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename (mode from the umask)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def save_checkpoint(directory: str | Path, step: int, model_state: Mapping[str, torch.Tensor],
@@ -106,13 +59,13 @@ def save_checkpoint(directory: str | Path, step: int, model_state: Mapping[str, 
         # clone: safetensors refuses tensors that share storage, and needs contiguous ones
         weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
         save_file(weights, str(tmp / "model.safetensors"))
-        _fsync_file(tmp / "model.safetensors")
+        fsync_file(tmp / "model.safetensors")
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
-            _fsync_file(tmp / "train_state.pt")
+            fsync_file(tmp / "train_state.pt")
         if config is not None:
             (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            _fsync_file(tmp / "config.yaml")
+            fsync_file(tmp / "config.yaml")
         for file in tmp.iterdir():  # safetensors writes its file 0600
             file.chmod(0o666 & ~current_umask())
         if final.exists():  # the same step written again (e.g. a stop right after a periodic save)
@@ -121,7 +74,7 @@ def save_checkpoint(directory: str | Path, step: int, model_state: Mapping[str, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     atomic_write_bytes(directory / POINTER, final.name.encode())
     _prune(directory, keep)
     return final

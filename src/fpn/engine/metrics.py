@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from fpn.engine.checkpoint import atomic_write_bytes
+from fpn.engine.atomic_files import atomic_write_bytes
 from fpn.engine.metrics_file import METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fpn.engine.checkpoint import atomic_write_bytes
+from fpn.engine.atomic_files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The pictures of an evaluation and of a training run (matplotlib, the optional ``plots`` extra).
+"""The pictures of an evaluation and of a training run (matplotlib).
 
 - ``plot_pr_curves``: each class's precision against recall at IoU 0.5 and averaged over IoU
   .5:.95, straight from pycocotools' precision array (``PrecisionRecall``);
@@ -66,7 +66,7 @@ def matplotlib_or_none() -> Any:
         import matplotlib.pyplot as plt
     except ImportError:
         if not _warned:
-            log.warning("no plots: they need matplotlib (pip install 'fpn[plots]')")
+            log.warning("no plots: they need matplotlib (pip install matplotlib)")
             _warned = True
         return None
     return plt
