@@ -53,7 +53,8 @@ def draw_worst_images(result: EvalResult, dataset: CocoDetection | VOCDetection,
     ranked = sorted((e for e in result.image_errors if e.total), key=lambda e: -e.total)[:num_images]
     if not ranked:
         return []
-    by_id = dict(zip(dataset.image_ids(), annotated_images(dataset), strict=True))
+    annotated = getattr(dataset, "dataset", dataset)  # under fixed proposals (WithProposals): its images
+    by_id = dict(zip(dataset.image_ids(), annotated_images(annotated), strict=True))
     category_to_label = {cat: label for label, cat in label_to_category_id.items()}
     names = result.confusion.class_names
     thresh = result.confusion.score_thresh

@@ -25,6 +25,7 @@ from fpn.api import Detector, load_image
 from fpn.data import DatasetError
 from fpn.data.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images
 from fpn.data.video import VideoWriter, read_frames, require_av, video_info
+from fpn.engine.checkpoint import find_checkpoint
 from fpn.engine.evaluate import encode_mask_proposals
 from fpn.errors import PathNotFoundError, output_dir
 from fpn.model.segment_proposals import paste_masks
@@ -114,6 +115,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     ``Detector``; int8 calibrates on ``calibration`` (images or folders), else on the run's
     training images, else on the input images.
     """
+    find_checkpoint(checkpoint)  # a wrong run folder is the first thing to say, before the inputs
     sources = expand_inputs(inputs)
     detector = Detector(checkpoint, device, score_thresh=score_thresh, overrides=overrides,
                         precision=precision, calibration=calibration or None,
