@@ -8,10 +8,18 @@ import pytest
 from PIL import Image
 
 from fpn.config import Config, from_dict, to_dict
+from fpn.errors import StaleRunError
 from fpn.reproduction.calibrate import choose_schedule
 from fpn.reproduction.plan import FULL, QUICK, ROWS, miniature
 from fpn.reproduction.report import PAPER, claims, summarise
-from fpn.reproduction.study import Reproduction, config_text, run_reproduction, same_config
+from fpn.reproduction.study import (
+    Reproduction,
+    busy_seconds,
+    config_differences,
+    config_text,
+    run_reproduction,
+    same_config,
+)
 
 
 def test_every_row_of_a_table_shares_one_schedule_and_one_transform(tmp_path):
@@ -78,6 +86,27 @@ def test_a_new_config_field_at_its_default_does_not_make_finished_runs_stale():
     assert not same_config("{not json", cfg)
 
 
+def test_a_renamed_field_reads_under_its_new_name_and_differences_are_named():
+    # train.amp became train.precision: a run recorded with amp "off" was made with fp32
+    cfg = miniature(Config(), 256)
+    recorded = json.loads(config_text(cfg))
+    del recorded["train"]["precision"]
+    recorded["train"]["amp"] = "off"
+    assert config_differences(json.dumps(recorded), cfg) == []
+    recorded["train"]["base_lr"] = 0.5
+    recorded["model"]["neck"]["channels"] = 7
+    assert config_differences(json.dumps(recorded), cfg) == [
+        f"model.neck.channels: 7 -> {cfg.model.neck.channels}", f"train.base_lr: 0.5 -> {cfg.train.base_lr}"]
+
+
+def test_busy_time_counts_runs_trained_side_by_side_once():
+    side_by_side = [{"started": 0.0, "ended": 10.0, "seconds": 10.0},
+                    {"started": 2.0, "ended": 12.0, "seconds": 10.0},
+                    {"started": 20.0, "ended": 25.0, "seconds": 5.0}]  # then a pause, then one more
+    assert busy_seconds(side_by_side) == pytest.approx(12.0 + 5.0)
+    assert busy_seconds([*side_by_side, {"seconds": 3.0}]) == pytest.approx(20.0)  # an older record
+
+
 def test_the_schedule_rule_on_hand_made_curves():
     def curve(*values):
         return [{"step": 200 * (i + 1), "AP": v} for i, v in enumerate(values)]
@@ -133,7 +162,7 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
 
     lines.clear()
     run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
-                     progress=lines.append)
+                     jobs=2, progress=lines.append)  # the rest, two runs at a time
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # not trained again
     expected = sum(QUICK.seeds.get(row.table, 1) for row in ROWS)
     progress = [line for line in lines if line.startswith("[")]
@@ -167,16 +196,27 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
             assert image.width > 300 and image.height > 200
         assert f"]({figure})" in readme
 
-    # A row whose recorded config is not the one the code now makes is trained again; the other
-    # rows are kept, and so is the image pyramid, which Table 6 does not feed.
+    # A run whose recorded config is not the one the code now makes stops the study, naming it
+    # and the field; nothing is deleted. --retrain-stale moves it aside and trains it again; the
+    # other rows are kept, and so is the image pyramid, which Table 6 does not feed.
     stale = work / "runs" / "table6_dual_seed0"
-    (stale / "reproduce_config.json").write_text("{}")
+    recorded = json.loads((stale / "reproduce_config.json").read_text())
+    recorded["train"]["base_lr"] = 0.123
+    (stale / "reproduce_config.json").write_text(json.dumps(recorded))
     kept = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/row.json")
             if stale not in p.parents}
+    with pytest.raises(StaleRunError, match=r"table6_dual_seed0 were made with another config .*"
+                                            r"train\.base_lr: 0\.123 -> .*--retrain-stale"):
+        run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
+                         progress=lines.append)
+    assert (stale / "row.json").is_file()
     lines.clear()
     run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
-                     progress=lines.append)
-    assert any(f"{stale} was trained with another config" in line for line in lines), lines
+                     retrain_stale=True, progress=lines.append)
+    moved = list((work / "stale").glob("*/runs/table6_dual_seed0/row.json"))
+    assert len(moved) == 1, lines  # the stale run is kept, beside the study
+    assert any(f"{stale} was made with another config (train.base_lr: 0.123 -> " in line
+               for line in lines), lines
     assert [line for line in lines if line.startswith("[")] == [
         line for line in lines if line.startswith(f"[{expected}/{expected}] table 6 5x5 and 7x7 MLPs")]
     assert not any(line.startswith("image pyramid:") for line in lines)

@@ -19,7 +19,9 @@ The family, by what the user has to fix:
 - ``NonFiniteLossError``: training diverged (a NaN or infinite loss);
 - ``PathError``: a path the user named cannot be read or written (``PathNotFoundError``: it
   does not exist);
-- ``MissingExtraError``: an optional dependency (``pip install 'fpn[serve]'``) is not installed.
+- ``MissingExtraError``: an optional dependency (``pip install 'fpn[serve]'``) is not installed;
+- ``StaleRunError``: finished work (a reproduction's run) was made with another config than the
+  code makes now; it is kept until the user says to move it aside and train it again.
 
 Each class is also the standard exception it refines (a ``ConfigError`` is a ``ValueError``, a
 ``PathNotFoundError`` a ``FileNotFoundError``, a ``NonFiniteLossError`` a ``FloatingPointError``),
@@ -89,6 +91,11 @@ class PathNotFoundError(PathError, FileNotFoundError):
 
 class MissingExtraError(UserError, ImportError):
     """An optional dependency is not installed; the message says which extra to install."""
+
+
+class StaleRunError(UserError, RuntimeError):
+    """Finished runs were made with another config than the code makes now; the message names
+    them, the fields that differ and the option that moves them aside to train them again."""
 
 
 def output_dir(path: str | Path, *, what: str = "output folder") -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from fpn.reproduction.study import (
     budget_for,
     config_text,
     eval_curve,
-    same_config,
+    recorded_differences,
     work_dir,
 )
 
@@ -76,14 +75,15 @@ def _end_value(curve: list[dict[str, float]], metric: str) -> float:
 
 def run_calibration(table: str, *, data_seed: int = 0, output: str | Path = "reports/reproduction",
                     work: str | Path = "runs/reproduction", device: str = "auto", quick: bool = False,
-                    progress=print) -> Path:
+                    retrain_stale: bool = False, progress=print) -> Path:
     """Train the sweep of ``table`` (each run once; a killed sweep continues), choose, write, plot."""
     if table not in CALIBRATED_ROWS:
         raise ConfigError(f"--calibrate: table {table!r} has no calibration "
                          f"(tables: {', '.join(CALIBRATED_ROWS)})")
     budget = budget_for(quick=quick, seeds=None, data_seed=data_seed)
-    study = Reproduction(work_dir(work, budget, quick), budget, device, progress)
+    study = Reproduction(work_dir(work, budget, quick), budget, device, progress, retrain_stale=retrain_stale)
     study.prepare_data()
+    study.set_aside(study.stale([]))  # a stale pre-training, with every run started from it
     study.pretrain()
     if table == "2":  # Table 2 reads the proposals of Table 1's FPN RPN
         study.ensure(row_named(PROPOSAL_SOURCE), 0)
@@ -98,12 +98,12 @@ def run_calibration(table: str, *, data_seed: int = 0, output: str | Path = "rep
             cfg = study.config(row, 0, base_lr=rate)
             cfg.train.max_iter, cfg.train.lr_steps, cfg.train.eval_period = length, [], every
             cfg.train.checkpoint_period = every
-            recorded = run_dir / ROW_CONFIG
-            if recorded.is_file() and not same_config(recorded.read_text(), cfg):
-                shutil.rmtree(run_dir)  # made with another config: trained again
+            if run_dir.is_dir():
+                differences = recorded_differences(run_dir, cfg)
+                study.set_aside({run_dir: differences} if differences else {})
             if not (run_dir / "done").is_file():
                 run_dir.mkdir(parents=True, exist_ok=True)
-                recorded.write_text(config_text(cfg))
+                (run_dir / ROW_CONFIG).write_text(config_text(cfg))
                 run_train(cfg, run_dir, resume=holds_a_run(run_dir), progress=False)
                 (run_dir / "done").write_text("")
             curves.setdefault(key, {})[rate] = eval_curve(run_dir)

@@ -12,28 +12,39 @@ continues where it stopped and a finished row is never trained again):
    Table 2 reads the proposals of Table 1's FPN RPN (seed 0), as the paper's Table 2 does;
 4. the featurized image pyramid (Fig. 1a): Table 3's C5 detector on several image scales.
 
-Each run records the config it was made with (``reproduce_config.json``); a run whose config the
-code no longer makes is trained again, with what was derived from it.
+Each run records the config it was made with (``reproduce_config.json``). Finished work whose
+config the code no longer makes (a changed budget or default) is never deleted: the study stops
+with a ``StaleRunError`` naming the runs and the fields that differ, and ``--retrain-stale`` moves
+them, with what was derived from them, to ``WORK/stale/<time>/`` and trains them again. Fields
+added to the config since a run was made count as their defaults, renamed ones under their new
+names, so neither makes a run stale.
+
+``--jobs N`` trains N runs at once in separate processes, each with cores/N threads (small
+miniature layers use two threads poorly: on 2 cores two one-thread runs do about 1.45x the work of
+one two-thread run); Table 2's rows wait for the proposals of Table 1's FPN.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fpn.config import Config, ConfigError, from_dict, load_config, to_dict
+from fpn.config import Config, ConfigError, from_dict, load_config, to_dict, upgrade_renamed
 from fpn.data import synthetic
 from fpn.engine.metrics_file import read_metrics
 from fpn.engine.run_folder import holds_a_run
+from fpn.errors import StaleRunError
 from fpn.jobs.datasets import dataset_for
 from fpn.jobs.evaluation import evaluate_model, open_run
 from fpn.jobs.pretraining import RESULT as PRETRAIN_RESULT
@@ -62,6 +73,8 @@ class Reproduction:
     device: str = "auto"
     progress: Callable[[str], None] = print
     only: tuple[str, ...] = ()
+    retrain_stale: bool = False  # move stale runs aside and train them again (else: StaleRunError)
+    jobs: int = 1  # runs trained at once, each in its own process
     started: float = field(default_factory=time.perf_counter)
     trained: int = 0  # training runs made by this invocation
 
@@ -114,18 +127,10 @@ class Reproduction:
         """The data, the pre-trained backbone, every row not yet finished, then the image pyramid."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prepare_data()
-        pretraining = self.pretrain()
         todo = list(self.runs())
-        discarded = [(row, seed) for row, seed in todo if self._discard_if_stale(row, seed)]
-        if any(row.table == "3" and seed == 0 for row, seed in discarded):  # the pyramid's source runs
-            (self.out_dir / "pyramid.json").unlink(missing_ok=True)
-        if (row_named(PROPOSAL_SOURCE), 0) in discarded:
-            for row, seed in self.all_runs():
-                if row.table == "2" and self.run_dir(row, seed).is_dir():
-                    shutil.rmtree(self.run_dir(row, seed))
-        for index, (row, seed) in enumerate(todo, start=1):
-            if not (self.run_dir(row, seed) / "row.json").is_file():
-                self._run_row(row, seed, index, todo)
+        self.set_aside(self.stale(todo))
+        pretraining = self.pretrain()
+        self.train(todo)
         pyramid = self._image_pyramid() if not self.only else {}
         return {"rows": self.results(), "pyramid": pyramid, "pretraining": pretraining}
 
@@ -156,10 +161,9 @@ class Reproduction:
         result_file, recorded = self.pretrain_dir / PRETRAIN_RESULT, self.pretrain_dir / ROW_CONFIG
         if result_file.is_file() and recorded.is_file() and same_config(recorded.read_text(), cfg):
             return json.loads(result_file.read_text())
-        if self.pretrain_dir.exists():
-            self.progress(f"{self.pretrain_dir} was made with another config; pre-training again")
+        if self.pretrain_dir.exists():  # a pre-training killed before it finished (stale ones are set aside)
+            self.progress(f"{self.pretrain_dir} holds an unfinished pre-training; pre-training again")
             shutil.rmtree(self.pretrain_dir)
-            shutil.rmtree(self.out_dir / "runs", ignore_errors=True)  # every run started from it
         self.progress(f"pre-training the backbone on crops of {self.budget.pretrain_images} images "
                       f"({cfg.pretrain.iters} steps of {cfg.pretrain.batch_size})")
         self.pretrain_dir.mkdir(parents=True)
@@ -171,27 +175,104 @@ class Reproduction:
                       f"(majority class {held.get('majority', 0):.3f})")
         return result
 
-    def _discard_if_stale(self, row: Row, seed: int) -> bool:
-        """Delete a row's run if it was made with another config (the code or the budget changed)."""
-        run_dir = self.run_dir(row, seed)
-        if not run_dir.is_dir():
-            return False
-        recorded = run_dir / ROW_CONFIG
-        if recorded.is_file() and same_config(recorded.read_text(), self.config(row, seed)):
-            return False
-        self.progress(f"{run_dir} was trained with another config; training it again")
-        shutil.rmtree(run_dir)
-        return True
+    def stale(self, todo: list[tuple[Row, int]]) -> dict[Path, list[str]]:
+        """Finished or started work made with another config than the code makes now, and what
+        was derived from it: ``{path: why}``. A stale pre-training makes every run and
+        calibration run stale; Table 1's FPN makes Table 2 (its proposals); Table 3's seed-0 runs
+        make the image pyramid."""
+        why: dict[Path, list[str]] = {}
+        if (self.pretrain_dir / PRETRAIN_RESULT).is_file():
+            differences = recorded_differences(self.pretrain_dir, self.pretraining_config())
+            if differences:
+                why[self.pretrain_dir] = differences
+                for derived in (self.out_dir / "runs", self.out_dir / "calibration"):
+                    if derived.is_dir():
+                        why[derived] = [f"started from the stale {self.pretrain_dir.name}"]
+                return why
+        for row, seed in todo:
+            if self.run_dir(row, seed).is_dir():
+                differences = recorded_differences(self.run_dir(row, seed), self.config(row, seed))
+                if differences:
+                    why[self.run_dir(row, seed)] = differences
+        source = self.run_dir(row_named(PROPOSAL_SOURCE), 0)
+        if source in why:
+            for row, seed in self.all_runs():
+                if row.table == "2" and self.run_dir(row, seed).is_dir():
+                    reason = f"read the proposals of the stale {source.name}"
+                    why.setdefault(self.run_dir(row, seed), [reason])
+        if any(path.name in ("table3_b_seed0", "table3_c_seed0") for path in why):
+            if (self.out_dir / "pyramid.json").is_file():
+                why[self.out_dir / "pyramid.json"] = ["evaluated stale Table 3 runs"]
+        return why
+
+    def set_aside(self, why: dict[Path, list[str]]) -> None:
+        """Stale work (``stale``): a ``StaleRunError`` naming it, or with ``retrain_stale`` moved
+        to ``out_dir/stale/<time>/`` (to be trained again). Never deleted."""
+        if not why:
+            return
+        first, reasons = next(iter(why.items()))
+        detail = "; ".join(reasons[:3]) + (f"; {len(reasons) - 3} more fields" if len(reasons) > 3 else "")
+        if not self.retrain_stale:
+            others = f" and {len(why) - 1} more" if len(why) > 1 else ""
+            raise StaleRunError(
+                f"{first}{others} were made with another config than the code makes now ({detail}); "
+                f"rerun with --retrain-stale to move them to {self.out_dir / 'stale'} and train them "
+                "again, or use another --work")
+        destination = self.out_dir / "stale" / time.strftime("%Y%m%d-%H%M%S")
+        for path, reasons in why.items():
+            target = destination / path.relative_to(self.out_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(target))
+            self.progress(f"{path} was made with another config ({'; '.join(reasons[:3])}); "
+                          f"moved to {target}, training it again")
 
     def ensure(self, row: Row, seed: int) -> None:
         """Train one run unless it is finished with the config the code makes now."""
-        self._discard_if_stale(row, seed)
-        if not (self.run_dir(row, seed) / "row.json").is_file():
-            self._run_row(row, seed, 1, [(row, seed)])
+        self.set_aside(self.stale([(row, seed)]))
+        self.train([(row, seed)])
 
-    def _run_row(self, row: Row, seed: int, index: int, todo: list[tuple[Row, int]]) -> None:
+    def train(self, todo: list[tuple[Row, int]]) -> None:
+        """Every run of ``todo`` not yet finished, ``jobs`` at a time; Table 2's wait for the
+        proposals of Table 1's FPN (seed 0)."""
+        left = [(row, seed) for row, seed in todo if not (self.run_dir(row, seed) / "row.json").is_file()]
+        if self.jobs <= 1 or len(left) <= 1:
+            for row, seed in left:
+                self._finished(row, seed, self.train_one(row, seed), todo)
+            return
+        source = (row_named(PROPOSAL_SOURCE), 0)
+        waiting = [run for run in left if run[0].table == "2" and source in left]
+        queue = [run for run in left if run not in waiting]
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        self.progress(f"training {len(left)} runs, {self.jobs} at a time ({threads} threads each)")
+        # spawn, not fork: a forked copy of a process that has run OpenMP threads can hang
+        pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+        running: dict[Future, tuple[Row, int]] = {}
+        portable = replace(self, progress=_quiet)  # what a worker needs, without an unpicklable callback
+        try:
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    row, seed = queue.pop(0)
+                    running[pool.submit(_train_in_worker, portable, row.name, seed, threads)] = (row, seed)
+                if not running:  # only Table 2 is left, and its proposals are not there
+                    raise RuntimeError(f"{source[0].name} seed 0 did not finish; Table 2 cannot start")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    row, seed = running.pop(future)
+                    self._finished(row, seed, future.result(), todo)
+                    if (row, seed) == source:
+                        queue.extend(waiting)
+                        waiting = []
+        except BaseException:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()  # a killed run continues from its last checkpoint next time
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def train_one(self, row: Row, seed: int) -> dict[str, Any]:
+        """Train (or continue) one run, write its ``row.json`` and return it."""
         run_dir = self.run_dir(row, seed)
-        start = time.perf_counter()
+        start, started = time.perf_counter(), time.time()
         cfg = self.config(row, seed)
         if not run_dir.is_dir():
             run_dir.mkdir(parents=True)
@@ -200,16 +281,18 @@ class Reproduction:
         if row.name == PROPOSAL_SOURCE and seed == 0:
             for split in ("train", "val"):
                 run_proposals(run_dir, split, run_dir / f"{split}.proposals", [], progress=False)
-        numbers = result["metrics"]
         record = {"table": row.table, "row": row.key, "label": row.label, "preset": row.preset, "seed": seed,
                   "train_seconds": result["seconds"], "seconds": time.perf_counter() - start,
-                  "metrics": numbers, "curve": eval_curve(run_dir)}
+                  "started": started, "ended": time.time(), "metrics": result["metrics"],
+                  "curve": eval_curve(run_dir)}
         (run_dir / "row.json").write_text(json.dumps(record, indent=1))
-        self.trained += 1
-        self.progress(self._progress_line(row, seed, index, todo, record))
+        return record
 
-    def _progress_line(self, row: Row, seed: int, index: int, todo: list[tuple[Row, int]],
-                       record: dict[str, Any]) -> str:
+    def _finished(self, row: Row, seed: int, record: dict[str, Any], todo: list[tuple[Row, int]]) -> None:
+        self.trained += 1
+        self.progress(self._progress_line(row, seed, todo, record))
+
+    def _progress_line(self, row: Row, seed: int, todo: list[tuple[Row, int]], record: dict[str, Any]) -> str:
         done = [json.loads((self.run_dir(r, s) / "row.json").read_text()) for r, s in todo
                 if (self.run_dir(r, s) / "row.json").is_file()]
         per_row: dict[str, list[float]] = {}
@@ -219,9 +302,9 @@ class Reproduction:
         per_iteration = sum(item["seconds"] for item in done) / sum(iters[item["table"]] for item in done)
         left = sum(_mean(per_row.get(f"{r.table}{r.key}", [])) or per_iteration * iters[r.table]
                    for r, s in todo if not (self.run_dir(r, s) / "row.json").is_file())
-        return (f"[{index}/{len(todo)}] table {row.table} {row.label} seed {seed}: "
+        return (f"[{len(done)}/{len(todo)}] table {row.table} {row.label} seed {seed}: "
                 f"{_headline(record['metrics'])} "
-                f"({record['seconds'] / 60:.1f} min); about {left / 60:.0f} min left")
+                f"({record['seconds'] / 60:.1f} min); about {left / 60 / self.jobs:.0f} min left")
 
     def _image_pyramid(self) -> dict[str, Any]:
         """Fig. 1(a): Table 3's single-scale C5 detector on an image pyramid, against FPN at one scale."""
@@ -256,15 +339,62 @@ def config_text(cfg: Config) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True)
 
 
-def same_config(recorded_text: str, cfg: Config) -> bool:
-    """Whether a run recorded with ``recorded_text`` was made with ``cfg``. Fields added to the config
-    since the run (absent from its record) count as their defaults, so a new option that changes
-    nothing by default does not make every finished run stale."""
+def config_differences(recorded_text: str, cfg: Config) -> list[str]:
+    """How a run recorded with ``recorded_text`` differs from ``cfg``: ``["train.base_lr: 0.01 ->
+    0.02", ...]``, empty if it was made with ``cfg``. Fields added to the config since the run
+    (absent from its record) count as their defaults and renamed fields are read under their new
+    names (``fpn.config.RENAMED_FIELDS``), so neither makes every finished run stale."""
     try:
-        recorded = from_dict(Config, json.loads(recorded_text))
-    except (ConfigError, json.JSONDecodeError, TypeError):
-        return False
-    return config_text(recorded) == config_text(cfg)
+        values = upgrade_renamed(json.loads(recorded_text), "recorded config")
+        recorded = from_dict(Config, values)
+    except json.JSONDecodeError:
+        return ["its recorded config is not JSON"]
+    except (ConfigError, TypeError) as error:
+        return [f"its recorded config no longer reads: {error}"]
+    return _differences(to_dict(recorded), to_dict(cfg))
+
+
+def _differences(recorded: Any, current: Any, where: str = "") -> list[str]:
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [line for key in sorted(set(recorded) | set(current))
+                for line in _differences(recorded.get(key), current.get(key), f"{where}{key}.")]
+    return [] if recorded == current else [f"{where.rstrip('.')}: {recorded!r} -> {current!r}"]
+
+
+def same_config(recorded_text: str, cfg: Config) -> bool:
+    """Whether a run recorded with ``recorded_text`` was made with ``cfg`` (``config_differences``)."""
+    return not config_differences(recorded_text, cfg)
+
+
+def recorded_differences(run_dir: Path, cfg: Config) -> list[str]:
+    """``config_differences`` of the config recorded in ``run_dir``, or why there is none."""
+    recorded = run_dir / ROW_CONFIG
+    if not recorded.is_file():
+        return [f"no {ROW_CONFIG} records its config"]
+    return config_differences(recorded.read_text(), cfg)
+
+
+def busy_seconds(records: list[dict[str, Any]]) -> float:
+    """The time in which at least one of the runs ``records`` was training: the union of their
+    ``started``..``ended`` intervals (runs trained side by side counted once); a record without
+    them (written before they were recorded) adds its ``seconds``."""
+    timed = sorted((r["started"], r["ended"]) for r in records if "started" in r and "ended" in r)
+    total = sum(r["seconds"] for r in records if not ("started" in r and "ended" in r))
+    covered_to = float("-inf")
+    for begin, end in timed:
+        total += max(0.0, end - max(begin, covered_to))
+        covered_to = max(covered_to, end)
+    return total
+
+
+def _quiet(line: str) -> None:
+    """A worker's progress: the parent prints a line when a run finishes."""
+
+
+def _train_in_worker(reproduction: Reproduction, row_name: str, seed: int, threads: int) -> dict[str, Any]:
+    """One run in a worker process of ``Reproduction.train`` (``threads`` torch threads)."""
+    torch.set_num_threads(threads)
+    return reproduction.train_one(row_named(row_name), seed)
 
 
 def eval_curve(run_dir: Path) -> list[dict[str, float]]:
@@ -315,8 +445,6 @@ def budget_for(*, quick: bool, seeds: int | None, data_seed: int) -> Budget:
 
 
 def _replace(budget: Budget, **changes) -> Budget:
-    from dataclasses import replace
-
     return replace(budget, **changes)
 
 
@@ -327,15 +455,21 @@ def work_dir(work: str | Path, budget: Budget, quick: bool) -> Path:
 
 def run_reproduction(*, quick: bool = False, seeds: int | None = None, data_seed: int = 0,
                      output: str | Path = "reports/reproduction", work: str | Path = "runs/reproduction",
-                     device: str = "auto", only: tuple[str, ...] = (),
-                     progress: Callable[[str], None] = print) -> Path:
-    """Train and evaluate every row (continuing a killed run in ``work``), then write the report."""
+                     device: str = "auto", only: tuple[str, ...] = (), jobs: int = 1,
+                     retrain_stale: bool = False, progress: Callable[[str], None] = print) -> Path:
+    """Train and evaluate every row (continuing a killed run in ``work``), then write the report.
+
+    ``jobs`` runs train at once; ``retrain_stale`` moves runs made with another config aside and
+    trains them again (without it they stop the study with a ``StaleRunError``)."""
     from fpn.reproduction.report import write_report
 
     budget = budget_for(quick=quick, seeds=seeds, data_seed=data_seed)
     for name in only:
         row_named(name)
-    reproduction = Reproduction(work_dir(work, budget, quick), budget, device, progress, tuple(only))
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    reproduction = Reproduction(work_dir(work, budget, quick), budget, device, progress, tuple(only),
+                                retrain_stale=retrain_stale, jobs=jobs)
     count = len(list(reproduction.runs()))
     progress(f"reproducing the paper in miniature: {count} training runs in {reproduction.out_dir} "
              f"({'quick' if quick else 'full'} budget; seeds per table: {budget.seeds}; "
@@ -347,18 +481,19 @@ def run_reproduction(*, quick: bool = False, seeds: int | None = None, data_seed
     options = [("--quick", quick), (f"--seeds {seeds}", seeds is not None),
                (f"--data-seed {data_seed}", data_seed), (f"--rows {','.join(only)}", only)]
     command = " ".join(["fpn reproduce", *(text for text, given in options if given)])
-    # A resumed run's wall clock misses the rows an earlier invocation finished: the report gives
-    # the work of every row, of the pre-training and of the image pyramid, summed.
+    # A resumed run's wall clock misses the rows an earlier invocation finished, and runs trained
+    # side by side (--jobs) overlap: the report gives the machine's busy time (busy_seconds).
     this_invocation = time.perf_counter() - start
-    compute = (sum(r["seconds"] for r in result["rows"]) + result["pyramid"].get("seconds", 0.0)
+    compute = (busy_seconds(result["rows"]) + result["pyramid"].get("seconds", 0.0)
                + result["pretraining"].get("seconds", 0.0))
     last = (f"the last invocation trained {reproduction.trained} of them in {this_invocation / 60:.0f} min"
             if reproduction.trained else "the last invocation only wrote this report")
     path = write_report(result, output, command=command, wall_seconds=compute, machine=machine(),
                         budget=budget.describe(), data_dir=reproduction.data_dir,
                         level_config=reproduction.config(row_named("table3_c"), 0),
-                        notes=f"The time is the sum over the {len(result['rows'])} training runs (each with "
-                              "its evaluation), the pre-training and the image pyramid's evaluation, "
-                              f"including work an earlier, interrupted invocation finished; {last}.")
+                        notes=f"The time is the machine's busy time: the {len(result['rows'])} training runs "
+                              "(each with its evaluation; runs trained side by side counted once), the "
+                              "pre-training and the image pyramid's evaluation, including work an "
+                              f"earlier, interrupted invocation finished; {last}.")
     progress(f"wrote {path}")
     return path
