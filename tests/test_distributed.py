@@ -30,19 +30,24 @@ def _train_args(root, run_dir):
             "train.warmup_iters=0", "train.device=cpu", "data.horizontal_flip=0.5"]
 
 
-@pytest.mark.slow
-def test_two_ranks_with_global_batch_4_match_one_process(tiny_synth, tmp_path):
+def _one_process_and_two_ranks(tmp_path, args_for):
+    """Train ``args_for(run_dir)`` in one process and under torchrun with 2 ranks; assert their
+    parameters agree to 1e-5 and return both run folders."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "fpn", *_train_args(tiny_synth, single)], check=True,
-                   capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run([*torchrun, "-m", "fpn", *_train_args(tiny_synth, ddp)], capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    for launcher, run_dir in (([sys.executable], single), (torchrun, ddp)):
+        run = subprocess.run([*launcher, "-m", "fpn", *args_for(run_dir)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
     expected = load_checkpoint(latest_checkpoint(single / "checkpoints"))[0]
     got = load_checkpoint(latest_checkpoint(ddp / "checkpoints"))[0]
     gap = max((expected[k] - got[k]).abs().max().item() for k in expected)
     assert gap <= 1e-5, f"largest parameter difference {gap:.2e}"
+    return single, ddp
+
+
+@pytest.mark.slow
+def test_two_ranks_with_global_batch_4_match_one_process(tiny_synth, tmp_path):
+    single, ddp = _one_process_and_two_ranks(tmp_path, lambda run_dir: _train_args(tiny_synth, run_dir))
     assert len(list((ddp / "checkpoints").glob("step_*"))) == 1  # only rank 0 wrote
 
 
@@ -70,18 +75,7 @@ def test_two_ranks_on_real_photos_of_different_sizes_match_one_process(tmp_path)
     float64 the two runs agree to 2e-16 (docs/distributed.md); in float32 what remains is rounding
     (sums over 2 images instead of 4, the gradients summed by the all-reduce): 6e-8 here. Without
     the two fixes they differed by 4e-3 after two steps."""
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    run = subprocess.run([sys.executable, "-m", "fpn", *_real_photo_args(tmp_path, single)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    run = subprocess.run([*torchrun, "-m", "fpn", *_real_photo_args(tmp_path, ddp)], capture_output=True,
-                         text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    expected = load_checkpoint(latest_checkpoint(single / "checkpoints"))[0]
-    got = load_checkpoint(latest_checkpoint(ddp / "checkpoints"))[0]
-    gap = max((expected[k] - got[k]).abs().max().item() for k in expected)
-    assert gap <= 1e-5, f"largest parameter difference {gap:.2e}"
+    single, ddp = _one_process_and_two_ranks(tmp_path, lambda run_dir: _real_photo_args(tmp_path, run_dir))
     # the log of the 2-rank run shows the global batch's losses, as one process logs them, and rank 0's own
     one, two = read_metrics(single / "metrics.jsonl"), read_metrics(ddp / "metrics.jsonl")
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
-from fpn.engine.coco_eval import PER_CLASS_AP, as_coco
+from fpn.engine.coco_eval import as_coco
 from fpn.engine.confusion import confusion_of
 from fpn.engine.evaluators import BoxEvaluator
+from fpn.engine.per_class import PER_CLASS_AP
 
 pytest.importorskip("matplotlib")
 

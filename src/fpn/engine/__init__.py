@@ -11,7 +11,8 @@
 - ``evaluate``: the evaluation loop; ``evaluators``: one evaluator per metric family (boxes,
   proposals, masks, VOC), each with ``process`` and ``evaluate``; ``results``: ``EvalResult``, the
   typed result, printed and saved; ``coco_eval`` and ``voc_eval`` score through pycocotools and
-  the VOC devkit's rules.
+  the VOC devkit's rules; ``per_class`` reads per-class AP and precision-recall curves from
+  pycocotools' arrays; ``confusion`` and ``plots`` draw what an evaluation found.
 
 Layering: ``engine`` imports ``model``, ``data`` and the neutral helpers, never ``jobs`` or ``cli``.
 """

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import io
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,6 @@ MASK_AR_KEYS = ["mask_AR@10", "mask_AR@100", "mask_AR@1000", "mask_AR_s@1000", "
                 "mask_AR_l@1000"]
 MASK_AR_MAX_DETS = [10, 100, 1000]
 RESULT_KEYS = ["image_id", "category_id", "bbox", "score"]  # COCO's results format for boxes
-# Per class: (IoU threshold or None for the mean over .5:.95, area range index [all, s, m, l]).
-PER_CLASS_AP = {"AP": (None, 0), "AP50": (0.5, 0), "AP75": (0.75, 0), "AP_s": (None, 1), "AP_m": (None, 2),
-                "AP_l": (None, 3)}
 
 
 def as_coco(coco_gt: COCO | str | Path | dict) -> COCO:
@@ -205,54 +201,3 @@ def mask_results(masks_rle_per_image: list[list[dict[str, Any]]], scores_per_ima
             results.append({"image_id": int(image_id), "category_id": category_id, "segmentation": rle,
                             "score": float(score)})
     return results
-
-
-@dataclass
-class PrecisionRecall:
-    """pycocotools' precision-recall curve of every class (all areas, at most 100 detections an
-    image): ``precision[t, r, k]`` is the interpolated precision of class ``class_names[k]`` at IoU
-    ``iou_thresholds[t]`` and recall ``recall[r]``; -1 for a class without ground truth."""
-
-    class_names: list[str]
-    iou_thresholds: np.ndarray  # (T,)
-    recall: np.ndarray  # (R,) pycocotools' 101 recall points 0, 0.01, ..., 1
-    precision: np.ndarray  # (T, R, K)
-
-    @classmethod
-    def of(cls, evaluator: COCOeval) -> PrecisionRecall:
-        """The curves an accumulated ``COCOeval`` holds (its ``eval["precision"]``, no recomputation)."""
-        params = evaluator.params
-        names = [evaluator.cocoGt.cats[cat_id]["name"] for cat_id in params.catIds]
-        return cls(names, np.asarray(params.iouThrs), np.asarray(params.recThrs),
-                   np.asarray(evaluator.eval["precision"][:, :, :, 0, -1]))
-
-
-def per_class_box_ap(evaluator: COCOeval) -> dict[str, dict[str, float | int | None]]:
-    """Class name -> AP, AP50, AP75, AP_s, AP_m, AP_l (``PER_CLASS_AP``, fractions) and
-    ``objects`` (non-crowd ground truth over the images scored), read from an accumulated
-    ``COCOeval``'s precision array as ``summarize`` reads it for one class; ``None`` where the class
-    has no ground truth (of that size)."""
-    params, precision = evaluator.params, evaluator.eval["precision"]  # (T, R, K, A, M)
-    table = {}
-    for k, cat_id in enumerate(params.catIds):
-        row: dict[str, float | int | None] = {}
-        for key, (iou, area) in PER_CLASS_AP.items():
-            values = precision[:, :, k, area, -1]
-            if iou is not None:
-                values = values[np.isclose(params.iouThrs, iou)]
-            values = values[values > -1]
-            row[key] = float(np.mean(values)) if values.size else None
-        row["objects"] = len(evaluator.cocoGt.getAnnIds(imgIds=params.imgIds, catIds=[cat_id], iscrowd=False))
-        table[evaluator.cocoGt.cats[cat_id]["name"]] = row
-    return table
-
-
-def format_per_class_table(table: dict[str, dict[str, float | int | None]]) -> str:
-    """The per-class AP of ``per_class_box_ap`` as text: percentages with one decimal, '-' for none."""
-    width = max([len(name) for name in table] + [5])
-    keys = list(PER_CLASS_AP)
-    lines = [f"{'class':<{width}} " + " ".join(f"{k:>6}" for k in keys) + f" {'objects':>8}"]
-    for name, row in table.items():
-        cells = ["     -" if row[k] is None else f"{100 * row[k]:6.1f}" for k in keys]
-        lines.append(f"{name:<{width}} " + " ".join(cells) + f" {row['objects']:>8}")
-    return "\n".join(lines)

@@ -25,17 +25,15 @@ from torch import Tensor
 from fpn.engine import distributed
 from fpn.engine.coco_eval import (
     BOX_KEYS,
-    PrecisionRecall,
     box_cocoeval,
     detections_to_coco_results,
     encode_mask_proposals,
-    format_per_class_table,
     mask_proposal_ar,
     mask_results,
-    per_class_box_ap,
     proposal_ar,
 )
 from fpn.engine.confusion import confusion_of
+from fpn.engine.per_class import PrecisionRecall, format_per_class_table, per_class_box_ap
 from fpn.engine.results import EvalResult
 from fpn.engine.voc_eval import format_voc_table, voc_map
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from fpn.engine.coco_eval import AR_KEYS, BOX_KEYS, MASK_AR_KEYS, PrecisionRecall
+from fpn.engine.coco_eval import AR_KEYS, BOX_KEYS, MASK_AR_KEYS
 from fpn.engine.confusion import ConfusionMatrix
+from fpn.engine.per_class import PrecisionRecall
 from fpn.visualize import PALETTE
 
 log = logging.getLogger(__name__)

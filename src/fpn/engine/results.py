@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fpn.engine.coco_eval import AR_KEYS, BOX_KEYS, MASK_AR_KEYS, RESULT_KEYS, PrecisionRecall
+from fpn.engine.coco_eval import AR_KEYS, BOX_KEYS, MASK_AR_KEYS, RESULT_KEYS
 from fpn.engine.confusion import ConfusionMatrix, ImageErrors
+from fpn.engine.per_class import PrecisionRecall
 from fpn.errors import output_dir
 
 # Numbers a table shows as they are, not as percentages.
