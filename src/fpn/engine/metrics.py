@@ -105,6 +105,7 @@ class CurvesSink:
 
     def __init__(self, path: Path, records: list[dict[str, Any]] = ()):
         self.path, self.records = Path(path), list(records)
+        self.drawn = -1  # how many records the picture shows
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -116,11 +117,12 @@ class CurvesSink:
 
         try:
             plot_training_curves(self.records, self.path)
+            self.drawn = len(self.records)
         except Exception as err:  # noqa: BLE001  (a plot must not cost a training run)
             log.warning("%s not drawn: %s: %s", self.path, type(err).__name__, err)
 
     def close(self) -> None:
-        if self.records:
+        if self.records and self.drawn != len(self.records):
             self.draw()
 
 

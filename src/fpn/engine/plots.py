@@ -74,23 +74,30 @@ def matplotlib_or_none() -> Any:
 
 
 def _panel(fig: Any, ax: Any) -> Panel:
-    """The pixel box of ``ax`` in ``fig`` saved at ``DPI`` (without a tight bounding box)."""
-    fig.canvas.draw()
+    """The pixel box of ``ax`` in ``fig`` as last drawn at ``DPI``."""
     x0, y0, x1, y1 = ax.get_window_extent().extents
     height = fig.get_size_inches()[1] * DPI
     return Panel((x0, height - y1, x1, height - y0), tuple(ax.get_xlim()), tuple(ax.get_ylim()),
                  log_y=ax.get_yscale() == "log")
 
 
-def _save(plt: Any, fig: Any, path: Path, axes: dict[str, Any]) -> dict[str, Panel]:
-    """Lay out, note where each panel is, write ``path`` atomically, close the figure."""
-    fig.tight_layout()
+def _save(plt: Any, fig: Any, path: Path, axes: dict[str, Any], *, tight: bool = True) -> dict[str, Panel]:
+    """Lay out (``tight``: around the labels; else the figure's own margins), draw once, note
+    where each panel is, write ``path`` atomically, close the figure. One rendering: the PNG is
+    the drawn canvas's pixels (a training run draws its curves after every evaluation)."""
+    from PIL import Image
+
+    fig.set_dpi(DPI)
+    if tight:
+        fig.tight_layout()
+    fig.canvas.draw()
     panels = {name: _panel(fig, ax) for name, ax in axes.items()}
+    pixels = np.asarray(fig.canvas.buffer_rgba())
+    plt.close(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    fig.savefig(partial, dpi=DPI, format="png")
-    plt.close(fig)
+    Image.fromarray(pixels[..., :3]).save(partial, format="PNG")
     os.replace(partial, path)
     return panels
 
@@ -187,6 +194,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | Path) -> dic
         return None
     train, evals = training_series(records)
     fig, (losses, lr, scores) = plt.subplots(1, 3, figsize=(15, 4))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.18)  # no layout pass
     for i, (name, points) in enumerate((k, v) for k, v in train.items() if k != "lr"):
         steps, values = zip(*points, strict=True)
         positive = [max(v, 1e-6) for v in values]
@@ -206,4 +214,4 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | Path) -> dic
             ax.legend(fontsize=7)
     for ax in (losses, lr, scores):
         ax.grid(alpha=0.3)
-    return _save(plt, fig, Path(path), {"losses": losses, "lr": lr, "eval": scores})
+    return _save(plt, fig, Path(path), {"losses": losses, "lr": lr, "eval": scores}, tight=False)
