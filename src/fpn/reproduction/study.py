@@ -108,7 +108,7 @@ class Reproduction:
         data, train = cfg.data, cfg.train
         data.train_images, data.train_annotations = _split(self.data_dir, "train")
         data.val_images, data.val_annotations = _split(self.data_dir, "val")
-        data.num_workers = 1
+        data.num_workers = self.budget.data_workers
         if row.table == "2":
             source = self.run_dir(row_named(PROPOSAL_SOURCE), 0)
             data.train_proposals = str(source / "train.proposals")
@@ -152,7 +152,7 @@ class Reproduction:
     def pretraining_config(self) -> Config:
         cfg = pretraining_config(self.budget.image_size, self.budget)
         cfg.data.train_images, cfg.data.train_annotations = _split(self.data_dir, "pretrain")
-        cfg.data.num_workers, cfg.train.device = 1, self.device
+        cfg.data.num_workers, cfg.train.device = self.budget.data_workers, self.device
         return cfg
 
     def pretrain(self) -> dict[str, Any]:
@@ -243,7 +243,8 @@ class Reproduction:
         waiting = [run for run in left if run[0].table == "2" and source in left]
         queue = [run for run in left if run not in waiting]
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        self.progress(f"training {len(left)} runs, {self.jobs} at a time ({threads} threads each)")
+        self.progress(f"training {len(left)} runs, {self.jobs} at a time "
+                      f"({threads} thread{'s' if threads > 1 else ''} each)")
         # spawn, not fork: a forked copy of a process that has run OpenMP threads can hang
         pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
         running: dict[Future, tuple[Row, int]] = {}
