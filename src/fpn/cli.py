@@ -223,7 +223,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=_positive_int, default=None,
                    help="timed runs per row (default: 3, 5 with --train)")
     p.add_argument("--quick", action="store_true",
-                   help="only the 512x512 input and small scaling tables (with --train: no 800 px row)")
+                   help="only the 512x512 input, small scaling tables at 512 px and no ONNX Runtime rows "
+                        "(with --train: no 800 px row)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=None, help="also write the Markdown report here")

@@ -154,16 +154,17 @@ def scaling_tables(reference, repeats: int, quick: bool) -> list[str]:
             seconds = median_seconds(lambda image=image, model=model: model(image), repeats)
         scale_rows.append([f"{h}x{w}", f"{h * w / 1e6:.2f}", f"{seconds:.3f}"])
     prop_rows = []
-    image = [torch.rand(3, 800, 800)]
+    side = 512 if quick else 800
+    image = [torch.rand(3, side, side)]
     for count in ([100, 300, 1000] if not quick else [100, 1000]):
-        model = fpn_twin(reference, {"input": {"min_size_test": 800, "max_size": 1333},
+        model = fpn_twin(reference, {"input": {"min_size_test": side, "max_size": 1333},
                                      "rpn": {"post_nms_top_n_test": count}})
         with torch.inference_mode():
             seconds = median_seconds(lambda model=model: model(image), repeats)
         prop_rows.append([str(count), f"{seconds:.3f}"])
     return ["\nOur latency against image size (no resize: the network sees these pixels):\n",
             markdown_table(["image", "megapixels", "ours s"], scale_rows),
-            "\nOur latency against the number of proposals (800x800):\n",
+            f"\nOur latency against the number of proposals ({side}x{side}):\n",
             markdown_table(["proposals per image", "ours s"], prop_rows)]
 
 
@@ -203,7 +204,8 @@ def run(repeats: int = 3, quick: bool = False, threads: int | None = None, preci
     if not quick:
         rows.append(compile_row(reference, ours, name, chosen[name], repeats, reference_seconds[name]))
         print(markdown_table(HEADER, rows[-1:]), flush=True)
-    onnx_note = _onnx_rows(reference, ours, chosen, repeats, reference_seconds, rows)
+    onnx_note = ("ONNX Runtime rows: without --quick" if quick
+                 else _onnx_rows(reference, ours, chosen, repeats, reference_seconds, rows))
     report.append(markdown_table(HEADER, rows))
     if onnx_note:
         report.append(f"\n{onnx_note}")
