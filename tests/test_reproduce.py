@@ -143,6 +143,29 @@ def test_seed_summary_and_paired_claims_on_hand_made_rows():
     assert any("largest on small objects? yes (AP_s +10.0, AP_m +0.0, AP_l -5.0)" in line for line in lines)
 
 
+def test_a_diverged_seed_is_reported_and_the_study_goes_on(tmp_path, monkeypatch):
+    import fpn.reproduction.study as study
+    from fpn.errors import NonFiniteLossError
+    from fpn.reproduction.plan import row_named
+    from fpn.reproduction.report import table_markdown
+
+    def diverges(cfg, run_dir, **kwargs):
+        raise NonFiniteLossError("step 131: loss term 'loss_rpn_objectness' is nan")
+
+    monkeypatch.setattr(study, "run_train", diverges)
+    reproduction = Reproduction(tmp_path, QUICK, progress=lambda line: None)
+    record = reproduction.train_one(row_named("table1_f"), 2)
+    assert record["diverged"].startswith("step 131") and record["metrics"] == {}
+    assert json.loads((reproduction.run_dir(row_named("table1_f"), 2) / "row.json").read_text()) == record
+    finished = [{"table": "1", "row": "f", "label": "(f) only P2", "seed": s, "train_seconds": 60.0,
+                 "metrics": {"AR@1000": value}} for s, value in ((0, 0.5), (1, 0.6))]
+    summary = summarise([*finished, record])
+    assert summary["1"]["f"]["seeds"] == 2 and summary["1"]["f"]["diverged"] == 1
+    assert summary["1"]["f"]["AR@1000"] == pytest.approx((0.55, 0.05))  # the diverged seed is not a zero
+    assert "| (f) only P2 | 2 (1 diverged) | - | 55.0 ± 5.0 |" in table_markdown("1", summary["1"])
+    assert summarise([record])["1"]["f"]["seeds"] == 0  # every seed diverged: no numbers, no error
+
+
 @pytest.mark.slow
 def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_path):
     lines = []

@@ -37,15 +37,17 @@ TITLES = {"1": "Table 1: the RPN alone (proposals)",
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{table: {row: {label, seeds, metric: (mean, half range)}}} over the seeds of each row."""
+    """{table: {row: {label, seeds, diverged, metric: (mean, half range)}}} over the seeds of each
+    row; a seed whose training diverged counts in ``diverged``, not in the means."""
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in rows:
         grouped.setdefault((record["table"], record["row"]), []).append(record)
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (table, row), records in grouped.items():
-        keys = set.intersection(*(set(r["metrics"]) for r in records))
-        stats = {"label": records[0]["label"], "seeds": len(records),
-                 "train_minutes": statistics.mean(r["train_seconds"] for r in records) / 60}
+    for (table, row), every in grouped.items():
+        records = [r for r in every if "diverged" not in r]  # a diverged seed has no numbers
+        keys = set.intersection(*(set(r["metrics"]) for r in records)) if records else set()
+        stats = {"label": every[0]["label"], "seeds": len(records), "diverged": len(every) - len(records),
+                 "train_minutes": statistics.mean(r["train_seconds"] for r in every) / 60}
         for key in keys:
             values = [r["metrics"][key] for r in records]
             stats[key] = (statistics.mean(values), (max(values) - min(values)) / 2)
@@ -74,7 +76,8 @@ def table_markdown(table: str, summary: dict[str, dict[str, Any]]) -> str:
         if table == "1":
             cost.insert(0, _cell(stats.get("anchors_per_image"), percent=False, digits=0))
         paper = [f"{v:.1f}" for v in PAPER[table].get(key, [])] or ["-"] * len(columns)
-        lines.append("| " + " | ".join([stats["label"], str(stats["seeds"]), *ours, *cost, *paper]) + " |")
+        seeds = str(stats["seeds"]) + (f" ({stats['diverged']} diverged)" if stats.get("diverged") else "")
+        lines.append("| " + " | ".join([stats["label"], seeds, *ours, *cost, *paper]) + " |")
     return "\n".join(lines)
 
 

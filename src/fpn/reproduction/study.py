@@ -8,7 +8,9 @@ continues where it stopped and a finished row is never trained again):
 2. the backbone, pre-trained once as a classifier of crops of the pre-training split
    (``fpn pretrain``); its held-out accuracy goes into the report;
 3. every row of ``fpn.reproduction.plan.ROWS``, each seed of its table (paired: seed k gives every
-   row of a table the same heads' initialisation, data order and flips), from that backbone;
+   row of a table the same heads' initialisation, data order and flips), from that backbone; a
+   run whose loss becomes NaN at the table's learning rate is recorded as diverged (a result of
+   that row, reported and not retried), and the study goes on;
    Table 2 reads the proposals of Table 1's FPN RPN (seed 0), as the paper's Table 2 does;
 4. the featurized image pyramid (Fig. 1a): Table 3's C5 detector on several image scales.
 
@@ -44,7 +46,7 @@ from fpn.config import Config, ConfigError, from_dict, load_config, to_dict, upg
 from fpn.data import synthetic
 from fpn.engine.metrics_file import read_metrics
 from fpn.engine.run_folder import holds_a_run
-from fpn.errors import StaleRunError
+from fpn.errors import NonFiniteLossError, StaleRunError
 from fpn.jobs.datasets import dataset_for
 from fpn.jobs.evaluation import evaluate_model, open_run
 from fpn.jobs.pretraining import RESULT as PRETRAIN_RESULT
@@ -278,7 +280,15 @@ class Reproduction:
         if not run_dir.is_dir():
             run_dir.mkdir(parents=True)
             (run_dir / ROW_CONFIG).write_text(config_text(cfg))
-        result = run_train(cfg, run_dir, resume=holds_a_run(run_dir), progress=False)
+        try:
+            result = run_train(cfg, run_dir, resume=holds_a_run(run_dir), progress=False)
+        except NonFiniteLossError as error:  # a result of the row at the table's rate: reported, not retried
+            record = {"table": row.table, "row": row.key, "label": row.label, "preset": row.preset,
+                      "seed": seed, "train_seconds": time.perf_counter() - start,
+                      "seconds": time.perf_counter() - start, "started": started, "ended": time.time(),
+                      "metrics": {}, "diverged": str(error), "curve": eval_curve(run_dir)}
+            (run_dir / "row.json").write_text(json.dumps(record, indent=1))
+            return record
         if row.name == PROPOSAL_SOURCE and seed == 0:
             for split in ("train", "val"):
                 run_proposals(run_dir, split, run_dir / f"{split}.proposals", [], progress=False)
@@ -303,8 +313,9 @@ class Reproduction:
         per_iteration = sum(item["seconds"] for item in done) / sum(iters[item["table"]] for item in done)
         left = sum(_mean(per_row.get(f"{r.table}{r.key}", [])) or per_iteration * iters[r.table]
                    for r, s in todo if not (self.run_dir(r, s) / "row.json").is_file())
-        return (f"[{len(done)}/{len(todo)}] table {row.table} {row.label} seed {seed}: "
-                f"{_headline(record['metrics'])} "
+        headline = (f"diverged ({record['diverged']})" if "diverged" in record
+                    else _headline(record["metrics"]))
+        return (f"[{len(done)}/{len(todo)}] table {row.table} {row.label} seed {seed}: {headline} "
                 f"({record['seconds'] / 60:.1f} min); about {left / 60 / self.jobs:.0f} min left")
 
     def _image_pyramid(self) -> dict[str, Any]:
