@@ -120,6 +120,12 @@ def test_the_schedule_rule_on_hand_made_curves():
     assert choice["end_value"][0.01] == pytest.approx(0.315)
     # 95% of the best: (c) 0.323 first reached at 0.33 (step 600), (d) 0.285 at 0.29 (step 600)
     assert choice["plateau_step"] == {"c": 600, "d": 600} and choice["length"] == 600
+    # a larger rate must gain more than a point: 0.02 ending 0.8 points above 0.01 is not chosen,
+    # 1.2 points above is
+    for gain, chosen in ((0.008, 0.01), (0.012, 0.02)):
+        curves["c"][0.02] = curve(0.2, 0.3, 0.33 + gain, 0.34 + gain)
+        curves["d"][0.02] = curve(0.1, 0.2, 0.29 + gain, 0.30 + gain)
+        assert choose_schedule(curves, "AP")["rate"] == chosen, gain
 
 
 def test_seed_summary_and_paired_claims_on_hand_made_rows():
