@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -97,6 +98,16 @@ def test_a_renamed_field_reads_under_its_new_name_and_differences_are_named():
     recorded["model"]["neck"]["channels"] = 7
     assert config_differences(json.dumps(recorded), cfg) == [
         f"model.neck.channels: 7 -> {cfg.model.neck.channels}", f"train.base_lr: 0.5 -> {cfg.train.base_lr}"]
+
+
+def test_a_work_folder_named_relatively_or_absolutely_is_the_same_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = Reproduction(Path("work"), FULL), Reproduction(tmp_path / "work", FULL)
+    row = ROWS[8]  # Table 2's FPN: images, annotations, proposals and the pre-trained backbone
+    recorded = config_text(relative.config(row, 0))
+    assert config_differences(recorded, absolute.config(row, 0)) == []
+    elsewhere = Reproduction(tmp_path / "other", FULL).config(row, 0)
+    assert f"data.train_images: '{tmp_path / 'work'}" in config_differences(recorded, elsewhere)[1]
 
 
 def test_busy_time_counts_runs_trained_side_by_side_once():

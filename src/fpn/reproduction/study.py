@@ -363,7 +363,27 @@ def config_differences(recorded_text: str, cfg: Config) -> list[str]:
         return ["its recorded config is not JSON"]
     except (ConfigError, TypeError) as error:
         return [f"its recorded config no longer reads: {error}"]
-    return _differences(to_dict(recorded), to_dict(cfg))
+    return _differences(_absolute_paths(to_dict(recorded)), _absolute_paths(to_dict(cfg)))
+
+
+# Config fields that hold paths: a work folder named relatively (runs/reproduction) or absolutely
+# (/home/me/fpn/runs/reproduction) from the same directory is the same folder.
+PATH_FIELDS = {"data": ("train_images", "train_annotations", "val_images", "val_annotations",
+                        "train_proposals", "val_proposals"), "train": ("init",)}
+
+
+def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    def absolute(path: Any) -> Any:
+        return os.path.abspath(path) if isinstance(path, str) and path else path
+
+    values = {**values}
+    for section, names in PATH_FIELDS.items():
+        part = {**values.get(section, {})}
+        for name in names:
+            value = part.get(name)
+            part[name] = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+        values[section] = part
+    return values
 
 
 def _differences(recorded: Any, current: Any, where: str = "") -> list[str]:
