@@ -120,7 +120,8 @@ def run_calibration(table: str, *, data_seed: int = 0, output: str | Path = "rep
     out_dir = Path(output) / "calibration"
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"table": table, "rows": list(CALIBRATED_ROWS[table]), "rates": list(RATES), "length": length,
-              "every": every, "metric": METRIC[table], "plateau": PLATEAU, "choice": choice,
+              "every": every, "metric": METRIC[table], "plateau": PLATEAU, "tolerance": TOLERANCE,
+              "choice": choice,
               "curves": {row: {str(rate): curve for rate, curve in by_rate.items()}
                          for row, by_rate in curves.items()},
               "seconds_this_invocation": time.perf_counter() - start,
