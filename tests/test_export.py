@@ -106,10 +106,13 @@ def test_fpn_export_fails_when_onnx_runtime_differs(exported, tmp_path, capsys, 
     moved by 2 px), the command fails with one line naming the file instead of reporting success."""
     import shutil
 
-    import fpn.export
+    import fpn.jobs.export
     from fpn.export import OnnxDetector
 
+    traced = []
+
     def reuse(model, path, *args, **kwargs):  # the module's export, without tracing it again
+        traced.append(path)
         shutil.copy(exported.onnx, path)
         return Path(path)
 
@@ -118,13 +121,14 @@ def test_fpn_export_fails_when_onnx_runtime_differs(exported, tmp_path, capsys, 
     def moved(self, images):
         return [{**out, "boxes": out["boxes"] + 2.0} for out in run_onnx(self, images)]
 
-    monkeypatch.setattr(fpn.export, "export_onnx", reuse)
+    monkeypatch.setattr(fpn.jobs.export, "export_onnx", reuse)  # the name the job calls
     monkeypatch.setattr(OnnxDetector, "__call__", moved)
     broken = tmp_path / "broken.onnx"
     code = main(["export", str(exported.run), "--output", str(broken), "--verify-image", str(exported.image)])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "\n" not in err, err
     assert f"{broken}: ONNX Runtime's detections differ from PyTorch's" in err
+    assert traced == [broken]  # the copy was verified, not a new trace
 
 
 def test_fpn_export_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys):
