@@ -194,7 +194,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | Path) -> dic
         return None
     train, evals = training_series(records)
     fig, (losses, lr, scores) = plt.subplots(1, 3, figsize=(15, 4))
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.18)  # no layout pass
+    fig.subplots_adjust(left=0.05, right=0.985, bottom=0.13, top=0.9, wspace=0.22)  # no layout pass
     for i, (name, points) in enumerate((k, v) for k, v in train.items() if k != "lr"):
         steps, values = zip(*points, strict=True)
         positive = [max(v, 1e-6) for v in values]
@@ -205,6 +205,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | Path) -> dic
         steps, values = zip(*train["lr"], strict=True)
         lr.plot(steps, values, color=class_colour(3))
     lr.set(xlabel="step", title="learning rate")
+    lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))  # short labels: 2e-4, not 0.0002000
     for i, (name, points) in enumerate(evals.items()):
         steps, values = zip(*points, strict=True)
         scores.plot(steps, [100 * v for v in values], marker="o", label=name, color=class_colour(i))
