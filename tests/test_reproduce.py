@@ -108,6 +108,9 @@ def test_a_work_folder_named_relatively_or_absolutely_is_the_same_folder(tmp_pat
     assert config_differences(recorded, absolute.config(row, 0)) == []
     elsewhere = Reproduction(tmp_path / "other", FULL).config(row, 0)
     assert f"data.train_images: '{tmp_path / 'work'}" in config_differences(recorded, elsewhere)[1]
+    more_loaders = absolute.config(row, 0)
+    more_loaders.data.num_workers += 3  # how the data is read, not what is trained
+    assert config_differences(recorded, more_loaders) == []
 
 
 def test_busy_time_counts_runs_trained_side_by_side_once():

@@ -56,6 +56,21 @@ def test_stop_and_resume_gives_identical_weights(tiny_synth, tmp_path):
     assert len(lines) >= 2  # both runs logged into the same file
 
 
+@pytest.mark.slow
+def test_data_loading_processes_change_no_weight(tiny_synth, tmp_path):
+    """data.num_workers is how the data is read, not what is trained (each sample's flips and
+    sampling come from its own seed): 0 and 2 loader processes give the same weights, across an
+    epoch boundary. fpn reproduce relies on it (fpn.reproduction.study.RESULT_NEUTRAL_FIELDS)."""
+    weights = []
+    for workers in (0, 2):
+        cfg = _cfg(tiny_synth, 4)  # 6 images, batch 2: 3 steps an epoch
+        cfg.data.num_workers, cfg.data.horizontal_flip = workers, 0.5
+        _train(cfg, build_dataset(cfg.data, "train"), tmp_path / f"workers{workers}")
+        weights.append(_weights(tmp_path / f"workers{workers}"))
+    different = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
 def test_non_finite_loss_names_step_and_term():
     with pytest.raises(NonFiniteLossError, match="step 12: loss term 'loss_box' is nan"):
         check_finite({"loss_cls": torch.tensor(1.0), "loss_box": torch.tensor(float("nan"))}, 11)

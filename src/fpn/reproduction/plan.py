@@ -49,9 +49,10 @@ class Budget:
     data_seed: int = 0  # the benchmark's generator seed (``--data-seed``)
     pyramid_scales: tuple[int, ...] = ()  # shorter sides of the featurized image pyramid
     eval_every: dict[str, int] = field(default_factory=dict)  # per table: evaluation curve period (0: end)
-    # data loading processes per run: none for the quick budget's 4-image sets, where a worker
-    # only adds its start and the up-to-5-s shutdown of torch's DataLoader at every epoch's end
-    data_workers: int = 1
+    # data loading processes per run. None: a miniature step reads 4 small PNGs, and a loader
+    # process cost its start and up to 5 s at every epoch's end (torch's DataLoader shutdown),
+    # about 7% of a Table 1 run; with --jobs the cores are busy training anyway
+    data_workers: int = 0
 
     def describe(self) -> dict:
         return {"variant": self.variant, "data_seed": self.data_seed, "train_images": self.train_images,
@@ -70,7 +71,7 @@ FULL = Budget(train_images=600, val_images=150, pretrain_images=1500, image_size
 QUICK = Budget(train_images=4, val_images=2, pretrain_images=8, image_size=64,
                iters={"1": 1, "2": 1, "3": 1, "6": 1}, base_lr=FULL.base_lr,
                seeds={"1": 2, "2": 2, "3": 2, "6": 1}, pretrain_iters=2, pretrain_batch=16, batch_size=2,
-               pyramid_scales=(48, 64, 96), data_workers=0)
+               pyramid_scales=(48, 64, 96))
 
 
 @dataclass(frozen=True)

@@ -363,7 +363,7 @@ def config_differences(recorded_text: str, cfg: Config) -> list[str]:
         return ["its recorded config is not JSON"]
     except (ConfigError, TypeError) as error:
         return [f"its recorded config no longer reads: {error}"]
-    return _differences(_absolute_paths(to_dict(recorded)), _absolute_paths(to_dict(cfg)))
+    return _differences(_comparable(to_dict(recorded)), _comparable(to_dict(cfg)))
 
 
 # Config fields that hold paths: a work folder named relatively (runs/reproduction) or absolutely
@@ -372,7 +372,14 @@ PATH_FIELDS = {"data": ("train_images", "train_annotations", "val_images", "val_
                         "train_proposals", "val_proposals"), "train": ("init",)}
 
 
-def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+# Fields that change how a run is computed, not what it computes: the number of data loading
+# processes (each sample's flips and sampling come from its own seed; tests/test_train.py checks
+# that 0 and 2 give the same weights). A run made with another value is not stale.
+RESULT_NEUTRAL_FIELDS = {"data": ("num_workers",)}
+
+
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping with its paths absolute and the result-neutral fields left out."""
     def absolute(path: Any) -> Any:
         return os.path.abspath(path) if isinstance(path, str) and path else path
 
@@ -383,6 +390,8 @@ def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
             value = part.get(name)
             part[name] = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
         values[section] = part
+    for section, names in RESULT_NEUTRAL_FIELDS.items():
+        values[section] = {k: v for k, v in values[section].items() if k not in names}
     return values
 
 
