@@ -161,7 +161,7 @@ class Reproduction:
         """The pre-trained backbone every row starts from: trained once, then read from its run."""
         cfg = self.pretraining_config()
         result_file, recorded = self.pretrain_dir / PRETRAIN_RESULT, self.pretrain_dir / ROW_CONFIG
-        if result_file.is_file() and recorded.is_file() and same_config(recorded.read_text(), cfg):
+        if result_file.is_file() and not recorded_differences(self.pretrain_dir, cfg):
             return json.loads(result_file.read_text())
         if self.pretrain_dir.exists():  # a pre-training killed before it finished (stale ones are set aside)
             self.progress(f"{self.pretrain_dir} holds an unfinished pre-training; pre-training again")
@@ -282,19 +282,14 @@ class Reproduction:
             (run_dir / ROW_CONFIG).write_text(config_text(cfg))
         try:
             result = run_train(cfg, run_dir, resume=holds_a_run(run_dir), progress=False)
+            outcome = {"train_seconds": result["seconds"], "metrics": result["metrics"]}
         except NonFiniteLossError as error:  # a result of the row at the table's rate: reported, not retried
-            record = {"table": row.table, "row": row.key, "label": row.label, "preset": row.preset,
-                      "seed": seed, "train_seconds": time.perf_counter() - start,
-                      "seconds": time.perf_counter() - start, "started": started, "ended": time.time(),
-                      "metrics": {}, "diverged": str(error), "curve": eval_curve(run_dir)}
-            (run_dir / "row.json").write_text(json.dumps(record, indent=1))
-            return record
-        if row.name == PROPOSAL_SOURCE and seed == 0:
+            outcome = {"train_seconds": time.perf_counter() - start, "metrics": {}, "diverged": str(error)}
+        if row.name == PROPOSAL_SOURCE and seed == 0 and "diverged" not in outcome:
             for split in ("train", "val"):
                 run_proposals(run_dir, split, run_dir / f"{split}.proposals", [], progress=False)
         record = {"table": row.table, "row": row.key, "label": row.label, "preset": row.preset, "seed": seed,
-                  "train_seconds": result["seconds"], "seconds": time.perf_counter() - start,
-                  "started": started, "ended": time.time(), "metrics": result["metrics"],
+                  **outcome, "seconds": time.perf_counter() - start, "started": started, "ended": time.time(),
                   "curve": eval_curve(run_dir)}
         (run_dir / "row.json").write_text(json.dumps(record, indent=1))
         return record
@@ -481,12 +476,8 @@ def budget_for(*, quick: bool, seeds: int | None, data_seed: int) -> Budget:
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-        budget = _replace(budget, seeds={t: (seeds if t in "123" else n) for t, n in budget.seeds.items()})
-    return _replace(budget, data_seed=data_seed)
-
-
-def _replace(budget: Budget, **changes) -> Budget:
-    return replace(budget, **changes)
+        budget = replace(budget, seeds={t: (seeds if t in "123" else n) for t, n in budget.seeds.items()})
+    return replace(budget, data_seed=data_seed)
 
 
 def work_dir(work: str | Path, budget: Budget, quick: bool) -> Path:
