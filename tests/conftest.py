@@ -7,6 +7,19 @@ from pathlib import Path
 
 import pytest
 
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``scripts/test.sh`` runs two workers) each worker gets its share of the
+    cores, as do the subprocesses its tests start: two workers of all the cores each would fight
+    for them (OpenMP threads spin while they wait)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # ResNet-18 at width 8, d = 32, 96-px images: the paper's architecture at a size that trains in
 # a fraction of a second per step on a CPU.
 TINY_MODEL = [
