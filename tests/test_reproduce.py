@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -20,6 +20,7 @@ from fpn.reproduction.study import (
     config_text,
     run_reproduction,
     same_config,
+    work_dir,
 )
 
 
@@ -100,14 +101,25 @@ def test_a_renamed_field_reads_under_its_new_name_and_differences_are_named():
         f"model.neck.channels: 7 -> {cfg.model.neck.channels}", f"train.base_lr: 0.5 -> {cfg.train.base_lr}"]
 
 
-def test_a_work_folder_named_relatively_or_absolutely_is_the_same_folder(tmp_path, monkeypatch):
+def test_a_work_folder_named_relatively_or_absolutely_or_moved_is_the_same_study(tmp_path, monkeypatch):
+    def study(work, budget=FULL):
+        return Reproduction(work_dir(work, budget, quick=False), budget)
+
     monkeypatch.chdir(tmp_path)
-    relative, absolute = Reproduction(Path("work"), FULL), Reproduction(tmp_path / "work", FULL)
     row = ROWS[8]  # Table 2's FPN: images, annotations, proposals and the pre-trained backbone
-    recorded = config_text(relative.config(row, 0))
+    recorded = config_text(study("work").config(row, 0))
+    absolute = study(tmp_path / "work")
     assert config_differences(recorded, absolute.config(row, 0)) == []
-    elsewhere = Reproduction(tmp_path / "other", FULL).config(row, 0)
-    assert f"data.train_images: '{tmp_path / 'work'}" in config_differences(recorded, elsewhere)[1]
+    monkeypatch.chdir(tmp_path.parent)  # continued from another directory, or moved with its data
+    assert config_differences(recorded, study(tmp_path / "work").config(row, 0)) == []
+    assert config_differences(recorded, study(tmp_path / "moved").config(row, 0)) == []
+    other_data = study("work", replace(FULL, data_seed=1)).config(row, 0)  # another draw of the data
+    assert "data.train_images: 'full-data0/data/train/images' -> 'full-data1/data/train/images'" in (
+        config_differences(recorded, other_data))
+    elsewhere = absolute.config(row, 0)
+    elsewhere.train.init = ["backbone.pth"]  # a path outside any study: compared as an absolute path
+    assert config_differences(recorded, elsewhere) == [
+        f"train.init: ['full-data0/pretrain'] -> ['{tmp_path.parent / 'backbone.pth'}']"]
     more_loaders = absolute.config(row, 0)
     more_loaders.data.num_workers += 3  # how the data is read, not what is trained
     assert config_differences(recorded, more_loaders) == []
@@ -203,11 +215,21 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
     assert len(finished) == 3
     stamps = {p: p.stat().st_mtime_ns for p in finished}
 
+    # --report-only: the report of the three finished runs; nothing trained, nothing moved
+    run_reproduction(quick=True, output=tmp_path / "partial", work=tmp_path / "work", device="cpu",
+                     report_only=True, progress=lines.append)
+    assert sorted((work / "runs").glob("*/row.json")) == finished
+    partial = json.loads((tmp_path / "partial" / "results.json").read_text())
+    assert sorted(f"table{r['table']}_{r['row']}_seed{r['seed']}" for r in partial["rows"]) == sorted(
+        p.parent.name for p in finished)
+    expected = sum(QUICK.seeds.get(row.table, 1) for row in ROWS)
+    partial_readme = (tmp_path / "partial" / "README.md").read_text()
+    assert f"3 of the study's {expected} runs are finished" in partial_readme
+
     lines.clear()
     run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
                      jobs=2, progress=lines.append)  # the rest, two runs at a time
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # not trained again
-    expected = sum(QUICK.seeds.get(row.table, 1) for row in ROWS)
     progress = [line for line in lines if line.startswith("[")]
     assert len(progress) == expected - 3 and progress[0].startswith(f"[4/{expected}]")
     assert all("min left" in line for line in progress)
@@ -253,6 +275,9 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
         run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
                          progress=lines.append)
     assert (stale / "row.json").is_file()
+    with pytest.raises(StaleRunError):  # a report of stale runs would be a report of another study
+        run_reproduction(quick=True, output=tmp_path / "partial", work=tmp_path / "work", device="cpu",
+                         report_only=True, progress=lines.append)
     lines.clear()
     run_reproduction(quick=True, output=tmp_path / "report", work=tmp_path / "work", device="cpu",
                      retrain_stale=True, progress=lines.append)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fpn import __version__
-from fpn.errors import MissingExtraError, UserError
+from fpn.errors import ConfigError, MissingExtraError, UserError
 
 # A config override: a dotted key under one of the config's sections, "=", a YAML value.
 OVERRIDE = re.compile(r"^(model|data|train|pretrain)(\.[A-Za-z_]\w*)+=")
@@ -200,6 +200,9 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="train this many runs at once, each with cores/JOBS threads (on 2 cores, 2 jobs "
                         "did about 1.45x the work per hour of 1; default 1)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report of the runs finished so far; train nothing (safe while a study "
+                        "runs in the same --work)")
     p.add_argument("--retrain-stale", action="store_true",
                    help="move runs made with another config than the code makes now to WORK/.../stale/ "
                         "and train them again (without it they stop the study; nothing is deleted)")
@@ -432,6 +435,8 @@ def _run_reproduce(args: argparse.Namespace, progress: bool) -> None:
     if args.calibrate:
         from fpn.reproduction.calibrate import run_calibration
 
+        if args.report_only:
+            raise ConfigError("--report-only writes the study's report; it cannot be given with --calibrate")
         run_calibration(args.calibrate, data_seed=args.data_seed, output=args.output, work=args.work,
                         device=args.device, quick=args.quick, retrain_stale=args.retrain_stale)
         return
@@ -440,7 +445,7 @@ def _run_reproduce(args: argparse.Namespace, progress: bool) -> None:
     rows = tuple(name for name in args.rows.split(",") if name)
     run_reproduction(quick=args.quick, seeds=args.seeds, data_seed=args.data_seed, output=args.output,
                      work=args.work, device=args.device, only=rows, jobs=args.jobs,
-                     retrain_stale=args.retrain_stale)
+                     retrain_stale=args.retrain_stale, report_only=args.report_only)
 
 
 def _run_convert(args: argparse.Namespace, progress: bool) -> None:

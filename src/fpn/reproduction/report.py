@@ -185,7 +185,8 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], pyramid: dict[str, Any],
         ax.plot(counts, [stats[f"AR@{n}"][0] * 100 for n in counts], marker="o", label=stats["label"],
                 linewidth=2.5 if key == "c" else 1.2)
     ax.set(xscale="log", xlabel="proposals per image", ylabel="AR (%)", title="Table 1: AR against proposals")
-    ax.legend(fontsize=7)
+    if summary.get("1"):
+        ax.legend(fontsize=7)
     files.append(_save(fig, out_dir / "ar_vs_proposals.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -201,7 +202,10 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], pyramid: dict[str, Any],
                    width, yerr=[stats[k][1] * 100 if k in stats else 0 for k in keys], label=stats["label"])
         ax.set_xticks([j + width * (len(present) - 1) / 2 for j in range(3)], ["small", "medium", "large"])
         ax.set(ylabel=f"{prefix} (%)", title=f"Table {table}: {prefix} by object size")
-        ax.legend(fontsize=7)
+        if present:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not trained yet", ha="center", transform=ax.transAxes)
     files.append(_save(fig, out_dir / "by_object_size.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -32,6 +32,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +136,20 @@ class Reproduction:
         self.train(todo)
         pyramid = self._image_pyramid() if not self.only else {}
         return {"rows": self.results(), "pyramid": pyramid, "pretraining": pretraining}
+
+    def finished(self) -> dict[str, Any]:
+        """What the work directory holds now, training and moving nothing (``--report-only``): the
+        finished runs, the pre-training's record and the image pyramid's, where they exist. Stale
+        finished work stops it as it stops the study (``set_aside``)."""
+        if not self.data_dir.is_dir():
+            raise ConfigError(f"{self.out_dir} holds no study yet: "
+                              "run fpn reproduce without --report-only first")
+        self.set_aside(self.stale(list(self.runs())))
+        pretrained = self.pretrain_dir / PRETRAIN_RESULT
+        pyramid = self.out_dir / "pyramid.json"
+        return {"rows": self.results(),
+                "pyramid": json.loads(pyramid.read_text()) if pyramid.is_file() and not self.only else {},
+                "pretraining": json.loads(pretrained.read_text()) if pretrained.is_file() else {}}
 
     def all_runs(self) -> Iterator[tuple[Row, int]]:
         for row in ROWS:
@@ -361,8 +376,11 @@ def config_differences(recorded_text: str, cfg: Config) -> list[str]:
     return _differences(_comparable(to_dict(recorded)), _comparable(to_dict(cfg)))
 
 
-# Config fields that hold paths: a work folder named relatively (runs/reproduction) or absolutely
-# (/home/me/fpn/runs/reproduction) from the same directory is the same folder.
+# Config fields that hold paths. A path into a study's folder (``work_dir``: full-data0, ...) is
+# compared from that folder down, so a work folder named relatively (runs/reproduction) or
+# absolutely, from any directory, or moved with its data, is the same study; other paths are
+# compared as absolute paths.
+STUDY_FOLDER = re.compile(r"(full|quick)-data-?\d+")
 PATH_FIELDS = {"data": ("train_images", "train_annotations", "val_images", "val_annotations",
                         "train_proposals", "val_proposals"), "train": ("init",)}
 
@@ -376,7 +394,11 @@ RESULT_NEUTRAL_FIELDS = {"data": ("num_workers",)}
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
     """A config mapping with its paths absolute and the result-neutral fields left out."""
     def absolute(path: Any) -> Any:
-        return os.path.abspath(path) if isinstance(path, str) and path else path
+        if not isinstance(path, str) or not path:
+            return path
+        parts = Path(path).parts
+        inside = [i for i, part in enumerate(parts) if STUDY_FOLDER.fullmatch(part)]
+        return str(Path(*parts[inside[-1]:])) if inside else os.path.abspath(path)
 
     values = {**values}
     for section, names in PATH_FIELDS.items():
@@ -488,11 +510,13 @@ def work_dir(work: str | Path, budget: Budget, quick: bool) -> Path:
 def run_reproduction(*, quick: bool = False, seeds: int | None = None, data_seed: int = 0,
                      output: str | Path = "reports/reproduction", work: str | Path = "runs/reproduction",
                      device: str = "auto", only: tuple[str, ...] = (), jobs: int = 1,
-                     retrain_stale: bool = False, progress: Callable[[str], None] = print) -> Path:
+                     retrain_stale: bool = False, report_only: bool = False,
+                     progress: Callable[[str], None] = print) -> Path:
     """Train and evaluate every row (continuing a killed run in ``work``), then write the report.
 
     ``jobs`` runs train at once; ``retrain_stale`` moves runs made with another config aside and
-    trains them again (without it they stop the study with a ``StaleRunError``)."""
+    trains them again (without it they stop the study with a ``StaleRunError``); ``report_only``
+    writes the report of the runs finished so far and trains nothing (safe beside a running study)."""
     from fpn.reproduction.report import write_report
 
     budget = budget_for(quick=quick, seeds=seeds, data_seed=data_seed)
@@ -500,18 +524,21 @@ def run_reproduction(*, quick: bool = False, seeds: int | None = None, data_seed
         row_named(name)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if report_only and retrain_stale:
+        raise ConfigError("--report-only trains and moves nothing: it cannot be given with --retrain-stale")
     reproduction = Reproduction(work_dir(work, budget, quick), budget, device, progress, tuple(only),
                                 retrain_stale=retrain_stale, jobs=jobs)
     count = len(list(reproduction.runs()))
-    progress(f"reproducing the paper in miniature: {count} training runs in {reproduction.out_dir} "
-             f"({'quick' if quick else 'full'} budget; seeds per table: {budget.seeds}; "
-             f"data seed {data_seed})")
+    progress(f"{'the finished runs of' if report_only else 'reproducing'} the paper in miniature: "
+             f"{count} training runs in {reproduction.out_dir} ({'quick' if quick else 'full'} budget; "
+             f"seeds per table: {budget.seeds}; data seed {data_seed})")
     start = time.perf_counter()
-    result = reproduction.run()
+    result = reproduction.finished() if report_only else reproduction.run()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     options = [("--quick", quick), (f"--seeds {seeds}", seeds is not None),
-               (f"--data-seed {data_seed}", data_seed), (f"--rows {','.join(only)}", only)]
+               (f"--data-seed {data_seed}", data_seed), (f"--rows {','.join(only)}", only),
+               ("--report-only", report_only)]
     command = " ".join(["fpn reproduce", *(text for text, given in options if given)])
     # A resumed run's wall clock misses the rows an earlier invocation finished, and runs trained
     # side by side (--jobs) overlap: the report gives the machine's busy time (busy_seconds).
@@ -520,6 +547,9 @@ def run_reproduction(*, quick: bool = False, seeds: int | None = None, data_seed
                + result["pretraining"].get("seconds", 0.0))
     last = (f"the last invocation trained {reproduction.trained} of them in {this_invocation / 60:.0f} min"
             if reproduction.trained else "the last invocation only wrote this report")
+    if len(result["rows"]) < count:
+        last += (f". **{len(result['rows'])} of the study's {count} runs are finished**: rows and seeds "
+                 "missing from the tables below have not been trained yet")
     path = write_report(result, output, command=command, wall_seconds=compute, machine=machine(),
                         budget=budget.describe(), data_dir=reproduction.data_dir,
                         level_config=reproduction.config(row_named("table3_c"), 0),
