@@ -43,8 +43,8 @@ def coverage(anchors: torch.Tensor, boxes_xyxy: torch.Tensor, areas: torch.Tenso
     cells = {}
     for name, (low, high) in SIZES.items():
         inside = (areas >= low) & (areas < high)
-        cells[name] = (f"{best[inside].mean():.2f} / {100 * (best[inside] >= POSITIVE_IOU).float().mean():.0f}% / "
-                       f"{positives[inside].mean():.1f}")
+        share = 100 * (best[inside] >= POSITIVE_IOU).float().mean()
+        cells[name] = f"{best[inside].mean():.2f} / {share:.0f}% / {positives[inside].mean():.1f}"
     return cells
 
 
@@ -59,15 +59,16 @@ def main() -> None:
     areas = xywh[:, 2] * xywh[:, 3]
     counts = {name: int(((areas >= lo) & (areas < hi)).sum()) for name, (lo, hi) in SIZES.items()}
     print(f"{len(boxes)} validation boxes ({', '.join(f'{n} {c}' for n, c in counts.items())}); per size: "
-          f"mean best IoU / share with an anchor at IoU >= {POSITIVE_IOU} / anchors at IoU >= {POSITIVE_IOU} per box\n")
+          f"mean best IoU / share with an anchor at IoU >= {POSITIVE_IOU} / "
+          f"anchors at IoU >= {POSITIVE_IOU} per box\n")
     print("| row | anchors | small | medium | large |")
     print("|---|---|---|---|---|")
     reproduction = Reproduction(Path(tempfile.mkdtemp()), FULL)
     for row in (r for r in ROWS if r.table == "1"):
         anchors = anchors_for(reproduction.config(row, 0).model, FULL.image_size)
         cells = coverage(anchors, boxes, areas)
-        print(f"| {row.label}, {FULL.image_size} px | {len(anchors)} | {cells['small']} | {cells['medium']} | "
-              f"{cells['large']} |")
+        print(f"| {row.label}, {FULL.image_size} px | {len(anchors)} | {cells['small']} | "
+              f"{cells['medium']} | {cells['large']} |")
     scale = PAPER_IMAGE_SIZE / FULL.image_size
     anchors = anchors_for(load_config("rpn_c_fpn").model, PAPER_IMAGE_SIZE)
     cells = coverage(anchors, boxes * scale, areas)  # sizes binned at 256 px, as in the report

@@ -392,7 +392,8 @@ RESULT_NEUTRAL_FIELDS = {"data": ("num_workers",)}
 
 
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
-    """A config mapping with its paths absolute and the result-neutral fields left out."""
+    """A config mapping with its paths comparable (``STUDY_FOLDER``) and the result-neutral fields
+    left out."""
     def absolute(path: Any) -> Any:
         if not isinstance(path, str) or not path:
             return path
