@@ -132,19 +132,24 @@ class Reproduction:
         self.prepare_data()
         todo = list(self.runs())
         self.set_aside(self.stale(todo))
-        pretraining = self.pretrain()
+        self.pretrain()
         self.train(todo)
-        pyramid = self._image_pyramid() if not self.only else {}
-        return {"rows": self.results(), "pyramid": pyramid, "pretraining": pretraining}
+        if not self.only:
+            self._image_pyramid()
+        return self.recorded()
 
     def finished(self) -> dict[str, Any]:
-        """What the work directory holds now, training and moving nothing (``--report-only``): the
-        finished runs, the pre-training's record and the image pyramid's, where they exist. Stale
-        finished work stops it as it stops the study (``set_aside``)."""
+        """``recorded`` without training or moving anything (``--report-only``). Stale finished
+        work stops it as it stops the study (``set_aside``)."""
         if not self.data_dir.is_dir():
             raise ConfigError(f"{self.out_dir} holds no study yet: "
                               "run fpn reproduce without --report-only first")
         self.set_aside(self.stale(list(self.runs())))
+        return self.recorded()
+
+    def recorded(self) -> dict[str, Any]:
+        """What the work directory holds: the finished runs, and the records of the pre-training and
+        (for the whole study) the image pyramid, where they exist."""
         pretrained = self.pretrain_dir / PRETRAIN_RESULT
         pyramid = self.out_dir / "pyramid.json"
         return {"rows": self.results(),
@@ -172,12 +177,13 @@ class Reproduction:
         cfg.data.num_workers, cfg.train.device = self.budget.data_workers, self.device
         return cfg
 
-    def pretrain(self) -> dict[str, Any]:
-        """The pre-trained backbone every row starts from: trained once, then read from its run."""
+    def pretrain(self) -> None:
+        """The pre-trained backbone every row starts from: trained once (its record in
+        ``PRETRAIN_RESULT``), then read from its run."""
         cfg = self.pretraining_config()
         result_file, recorded = self.pretrain_dir / PRETRAIN_RESULT, self.pretrain_dir / ROW_CONFIG
         if result_file.is_file() and not recorded_differences(self.pretrain_dir, cfg):
-            return json.loads(result_file.read_text())
+            return
         if self.pretrain_dir.exists():  # a pre-training killed before it finished (stale ones are set aside)
             self.progress(f"{self.pretrain_dir} holds an unfinished pre-training; pre-training again")
             shutil.rmtree(self.pretrain_dir)
@@ -190,7 +196,6 @@ class Reproduction:
         self.progress(f"pre-trained in {result['seconds'] / 60:.1f} min: held-out accuracy "
                       f"{held.get('accuracy', float('nan')):.3f} "
                       f"(majority class {held.get('majority', 0):.3f})")
-        return result
 
     def stale(self, todo: list[tuple[Row, int]]) -> dict[Path, list[str]]:
         """Finished or started work made with another config than the code makes now, and what
@@ -328,11 +333,12 @@ class Reproduction:
         return (f"[{len(done)}/{len(todo)}] table {row.table} {row.label} seed {seed}: {headline} "
                 f"({record['seconds'] / 60:.1f} min); about {left / 60 / self.jobs:.0f} min left")
 
-    def _image_pyramid(self) -> dict[str, Any]:
-        """Fig. 1(a): Table 3's single-scale C5 detector on an image pyramid, against FPN at one scale."""
+    def _image_pyramid(self) -> None:
+        """Fig. 1(a): Table 3's single-scale C5 detector on an image pyramid, against FPN at one scale
+        (recorded in ``pyramid.json`` once)."""
         path = self.out_dir / "pyramid.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            return
         scales = list(self.budget.pyramid_scales)
         c5, fpn = self.run_dir(row_named("table3_b"), 0), self.run_dir(row_named("table3_c"), 0)
         rows = {}
@@ -349,7 +355,6 @@ class Reproduction:
         path.write_text(json.dumps(result, indent=1))
         aps = ", ".join(f"{name}: AP {metrics['AP']:.3f}" for name, metrics in rows.items())
         self.progress(f"image pyramid: {aps}")
-        return result
 
     def results(self) -> list[dict[str, Any]]:
         return [json.loads((self.run_dir(r, s) / "row.json").read_text()) for r, s in self.runs()
@@ -394,7 +399,7 @@ RESULT_NEUTRAL_FIELDS = {"data": ("num_workers",)}
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
     """A config mapping with its paths comparable (``STUDY_FOLDER``) and the result-neutral fields
     left out."""
-    def absolute(path: Any) -> Any:
+    def comparable(path: Any) -> Any:
         if not isinstance(path, str) or not path:
             return path
         parts = Path(path).parts
@@ -406,7 +411,7 @@ def _comparable(values: dict[str, Any]) -> dict[str, Any]:
         part = {**values.get(section, {})}
         for name in names:
             value = part.get(name)
-            part[name] = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+            part[name] = [comparable(v) for v in value] if isinstance(value, list) else comparable(value)
         values[section] = part
     for section, names in RESULT_NEUTRAL_FIELDS.items():
         values[section] = {k: v for k, v in values[section].items() if k not in names}
