@@ -289,3 +289,36 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
         line for line in lines if line.startswith(f"[{expected}/{expected}] table 6 5x5 and 7x7 MLPs")]
     assert not any(line.startswith("image pyramid:") for line in lines)
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in kept.items())
+
+
+@pytest.mark.slow
+def test_calibration_trains_each_rate_at_a_constant_rate_and_chooses_by_its_own_curves(tmp_path):
+    from fpn.errors import ConfigError
+    from fpn.reproduction.calibrate import RATES, run_calibration
+    from fpn.reproduction.study import eval_curve
+
+    with pytest.raises(ConfigError, match=r"table '4' has no calibration \(tables: 1, 2, 3\)"):
+        run_calibration("4", quick=True, output=tmp_path / "report", work=tmp_path / "work")
+    written = run_calibration("1", quick=True, output=tmp_path / "report", work=tmp_path / "work",
+                              device="cpu", progress=lambda line: None)
+    sweep = tmp_path / "work" / "quick-data0" / "calibration"
+    runs = sorted(sweep.glob("table1_*_lr*"))
+    assert [run.name for run in runs] == [f"table1_{row}_lr{rate}" for row in "cd" for rate in RATES]
+    for run in runs:  # what each run was trained with, from the config it recorded
+        train = json.loads((run / "reproduce_config.json").read_text())["train"]
+        assert train["base_lr"] == float(run.name.rsplit("_lr", 1)[1])
+        assert train["lr_steps"] == [] and train["max_iter"] == 2  # constant after warm-up
+        assert [point["step"] for point in eval_curve(run)] == [1, 2]  # an evaluation every step
+
+    record = json.loads(written.read_text())
+    curves = {row: {rate: eval_curve(sweep / f"table1_{row}_lr{rate}") for rate in RATES} for row in "cd"}
+    expected = choose_schedule(curves, "AR@1000")
+    assert record["choice"]["rate"] == expected["rate"] in RATES
+    assert record["choice"]["length"] == expected["length"]
+    with Image.open(tmp_path / "report" / "calibration" / "table1.png") as image:
+        assert image.width > 300
+
+    logs = {run: (run / "metrics.jsonl").stat().st_mtime_ns for run in runs}
+    run_calibration("1", quick=True, output=tmp_path / "report", work=tmp_path / "work",
+                    device="cpu", progress=lambda line: None)
+    assert all((run / "metrics.jsonl").stat().st_mtime_ns == stamp for run, stamp in logs.items())
