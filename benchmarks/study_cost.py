@@ -37,7 +37,10 @@ def run_cost(run_dir: Path) -> tuple[float, float, float]:
         previous_step, previous_time = record["step"], record["time"]
     evals = [r["eval_seconds"] for r in records if "eval" in r and "eval_seconds" in r]
     recorded = json.loads((run_dir / "row.json").read_text())["seconds"]
-    return statistics.median(per_step) * steps[-1]["step"], evals[-1] if evals else 0.0, recorded
+    evaluation = evals[-1] if evals else 0.0
+    if not per_step:  # too short to log two steps: nothing to take a pause out of
+        return max(0.0, recorded - evaluation), evaluation, recorded
+    return statistics.median(per_step) * steps[-1]["step"], evaluation, recorded
 
 
 def main() -> None:
