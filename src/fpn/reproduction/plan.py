@@ -63,7 +63,7 @@ class Budget:
 
 # Tables 1 and 2: the rate and length their calibration chose (reports/reproduction/calibration/, the rule
 # of fpn.reproduction.calibrate). Table 3 (0.01, 600 steps) is provisional: its calibration was not run,
-# and 600 steps are too short (seed 0 at 1000: FPN +6.5 AP, C5 +2.2; reports/reproduction/discussion.md).
+# and 600 steps are too short (at 1000: FPN +5.2 AP, C5 +1.9, 3 seeds; reports/reproduction/discussion.md).
 FULL = Budget(train_images=600, val_images=150, pretrain_images=1500, image_size=256,
               iters={"1": 800, "2": 1000, "3": 600, "6": 500},
               base_lr={"1": 0.01, "2": 0.01, "3": 0.01, "6": 0.0075},
