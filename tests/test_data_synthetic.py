@@ -128,3 +128,69 @@ def test_the_pretraining_split_is_another_random_stream(context):
     out, _ = context
     assert not np.array_equal(np.asarray(Image.open(out / "pretrain/images/000000.png")),
                               np.asarray(Image.open(out / "val/images/000000.png")))
+
+
+# The paper's pixel geometry (issue 34): sizes like COCO's by COCOeval's area, class free of size.
+@pytest.fixture(scope="module")
+def paper_geometry(tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper")
+    generate_split(out, 240, 384, seed=7, progress=False, variant="context", geometry="paper")
+    return json.loads((out / "annotations.json").read_text())
+
+
+def test_paper_geometry_draws_cocos_size_buckets_by_the_area_cocoeval_reads(paper_geometry):
+    from fpn.data.synthetic_context import COCO_SHARES
+
+    areas = np.array([a["area"] for a in paper_geometry["annotations"]], dtype=float)
+    assert len(areas) > 240 * 3
+    measured = {"small": (areas < 32**2).mean(), "medium": ((areas >= 32**2) & (areas < 96**2)).mean(),
+                "large": (areas >= 96**2).mean()}
+    for bucket, share in COCO_SHARES.items():  # 41 / 34 / 25 % by count, as on COCO
+        assert abs(measured[bucket] - share) < 0.06, measured
+    assert areas.max() <= 384**2 and areas.min() >= 24  # capped by the image; MIN_VISIBLE_PIXELS
+
+
+def test_paper_geometry_has_every_class_in_every_size_bucket(paper_geometry):
+    names = {c["id"]: c["name"] for c in paper_geometry["categories"]}
+    assert len(names) == 10 and all(" in " in name for name in names.values())  # regions are context only
+    seen = {(a["category_id"], "small" if a["area"] < 32**2 else "medium" if a["area"] < 96**2 else "large")
+            for a in paper_geometry["annotations"]}
+    assert seen == {(c, b) for c in names for b in ("small", "medium", "large")}
+
+
+def test_paper_geometry_shapes_take_their_class_from_the_region_that_holds_them():
+    from fpn.data.synthetic_context import REGIONS, SHAPE_CLASSES, make_context_image_paper
+
+    checked = 0
+    for index in range(12):
+        _, objects = make_context_image_paper(np.random.default_rng([11, index]), 320)
+        # regions come back unannotated (class -1) with their pre-training class (5 + kind)
+        regions = [(REGIONS[generic - 5], mask) for cls, generic, mask in objects if cls < 0 and generic >= 5]
+        assert 1 <= len(regions) <= 2
+        for cls, _, mask in objects:
+            if cls < 0:
+                continue
+            # the pixels just around a shape are its region's: shapes keep 2 px from each other and
+            # from the outline, so a 1-px ring around one lies in the (visible) region that holds it
+            ring = _grown_by_one(mask) & ~mask
+            holders = [kind for kind, region in regions if (ring & region).sum() == ring.sum()]
+            assert holders == [SHAPE_CLASSES[cls].split(" in ")[1]], (index, SHAPE_CLASSES[cls])
+            checked += 1
+    assert checked > 12 * 2
+
+
+def _grown_by_one(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1)
+    return (padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+            | padded[:-2, :-2] | padded[:-2, 2:] | padded[2:, :-2] | padded[2:, 2:])
+
+
+def test_the_calibration_split_is_a_random_stream_of_its_own(tmp_path):
+    generate(tmp_path, num_train=2, num_val=3, num_calibration=3, image_size=128, seed=2, variant="context",
+             geometry="paper", progress=False)
+    scored = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "val" / "images").glob("*.png"))]
+    calibration = sorted((tmp_path / "calibration" / "images").glob("*.png"))
+    assert len(calibration) == 3
+    for path in calibration:
+        pixels = np.asarray(Image.open(path))
+        assert not any(np.array_equal(pixels, other) for other in scored)

@@ -97,42 +97,58 @@ def _make_context(rng: np.random.Generator, size: int, pretrain: bool) -> tuple[
     return image, synthetic_context.annotated(objects, pretrain=pretrain)
 
 
-def _variants() -> dict[str, Variant]:
+def _make_context_paper(rng: np.random.Generator, size: int, pretrain: bool) -> tuple[np.ndarray, list]:
+    image, objects = synthetic_context.make_context_image_paper(rng, size)
+    return image, synthetic_context.annotated(objects, pretrain=pretrain)
+
+
+# How object sizes relate to the image (docs/benchmarks.md): "scaled", the first benchmarks' (sizes
+# relative to the image side, for geometry scaled with the image), or "paper" (sizes in pixels drawn
+# like COCO's, for the paper's anchors and Eq. 1 unscaled; the context variant only).
+GEOMETRIES = ("scaled", "paper")
+
+
+def _variants() -> dict[tuple[str, str], Variant]:
     return {
-        "shapes": Variant("shapes", "five shapes in random colours over clutter (the demo's)", CLASSES,
-                          CLASSES, _make_shapes),
-        "context": Variant("context", "small shapes whose class is the region they lie in, and "
-                           "distractors (docs/benchmarks.md)", synthetic_context.CLASSES,
-                           synthetic_context.PRETRAIN_CLASSES,
-                           _make_context),
+        ("shapes", "scaled"): Variant("shapes", "five shapes in random colours over clutter (the demo's)",
+                                      CLASSES, CLASSES, _make_shapes),
+        ("context", "scaled"): Variant("context", "small shapes whose class is the region they lie in, and "
+                                       "distractors (docs/benchmarks.md)", synthetic_context.CLASSES,
+                                       synthetic_context.PRETRAIN_CLASSES, _make_context),
+        ("context", "paper"): Variant("context", "shapes of COCO's sizes whose class is the region they lie "
+                                      "in, regions as context only (docs/benchmarks.md)",
+                                      synthetic_context.SHAPE_CLASSES, synthetic_context.PRETRAIN_CLASSES,
+                                      _make_context_paper),
     }
 
 
-def variant_names() -> list[str]:
-    return list(_variants())
-
-
-def get_variant(name: str) -> Variant:
+def get_variant(name: str, geometry: str = "scaled") -> Variant:
     variants = _variants()
-    if name not in variants:
-        raise ConfigError(f"unknown benchmark variant {name!r} (known: {', '.join(variants)})")
-    return variants[name]
+    if name not in {variant for variant, _ in variants}:
+        raise ConfigError(f"unknown benchmark variant {name!r} (known: "
+                          f"{', '.join(sorted({variant for variant, _ in variants}))})")
+    if (name, geometry) not in variants:
+        known = [g for variant, g in variants if variant == name]
+        raise ConfigError(f"the {name} benchmark has no geometry {geometry!r} (it has: {', '.join(known)})")
+    return variants[name, geometry]
 
 
-# The random stream of each split: train and val as they always were; pre-training apart from both.
+# The random stream of each split: train and val as they always were; pre-training and calibration
+# (the split schedules are chosen on, never the one a report scores) apart from both.
 def _split_stream(split: str, seed: int) -> int:
-    return {"train": seed * 2, "val": seed * 2 + 1, "pretrain": 2**31 + seed}[split]
+    streams = {"train": seed * 2, "val": seed * 2 + 1, "pretrain": 2**31 + seed, "calibration": 2**32 + seed}
+    return streams[split]
 
 
 def generate_split(out_dir: str | Path, num_images: int, image_size: int, seed: int,
                    progress: bool = True, desc: str = "synth", *, variant: str = "shapes",
-                   pretrain: bool = False) -> dict[str, Any]:
+                   geometry: str = "scaled", pretrain: bool = False) -> dict[str, Any]:
     """Write ``num_images`` images and their COCO annotations into ``out_dir``.
 
     Image ``index`` is drawn from the random stream ``(seed, index)`` alone. ``pretrain`` labels
     the objects with the variant's pre-training classes.
     """
-    maker = get_variant(variant)
+    maker = get_variant(variant, geometry)
     classes = maker.pretrain_classes if pretrain else maker.classes
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -148,9 +164,10 @@ def generate_split(out_dir: str | Path, num_images: int, image_size: int, seed: 
                                 "category_id": kind_index + 1, **mask_to_annotation(mask)})
     description = (f"fpn synthetic benchmark, variant {variant}" if variant != "shapes"
                    else "fpn synthetic multi-scale shapes benchmark")
+    description += f", {geometry} geometry" if geometry != "scaled" else ""
     description += " (pre-training labels)" if pretrain else ""
     dataset = {
-        "info": {"description": description, "seed": seed, "variant": variant},
+        "info": {"description": description, "seed": seed, "variant": variant, "geometry": geometry},
         "images": images, "annotations": annotations,
         "categories": [{"id": i + 1, "name": name, "supercategory": variant}
                        for i, name in enumerate(classes)],
@@ -170,15 +187,16 @@ def size_bins(annotations: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def generate(out_dir: str | Path, *, num_train: int = 400, num_val: int = 100, num_pretrain: int = 0,
-             image_size: int = 512, seed: int = 0, variant: str = "shapes", progress: bool = True
-             ) -> dict[str, Any]:
-    """The benchmark: ``out_dir/train`` and ``out_dir/val``, and ``out_dir/pretrain`` when
-    ``num_pretrain`` > 0 (three disjoint random streams of ``seed``)."""
+             num_calibration: int = 0, image_size: int = 512, seed: int = 0, variant: str = "shapes",
+             geometry: str = "scaled", progress: bool = True) -> dict[str, Any]:
+    """The benchmark: ``out_dir/train`` and ``out_dir/val``, and ``out_dir/pretrain`` and
+    ``out_dir/calibration`` when their counts are > 0 (disjoint random streams of ``seed``)."""
     if image_size < 64:
         raise ConfigError(f"image_size {image_size} is too small (at least 64 px)")
-    get_variant(variant)
+    get_variant(variant, geometry)
     out_dir = Path(out_dir)
-    splits = {"train": num_train, "val": num_val, "pretrain": num_pretrain}
+    splits = {"train": num_train, "val": num_val, "pretrain": num_pretrain, "calibration": num_calibration}
     return {split: generate_split(out_dir / split, count, image_size, _split_stream(split, seed), progress,
-                                  f"synth {split}", variant=variant, pretrain=split == "pretrain")
-            for split, count in splits.items() if count or split != "pretrain"}
+                                  f"synth {split}", variant=variant, geometry=geometry,
+                                  pretrain=split == "pretrain")
+            for split, count in splits.items() if count or split in ("train", "val")}

@@ -36,10 +36,12 @@ from fpn.data.drawing import (
     SHAPES,
     background,
     object_mask,
+    polygon,
 )
 
 REGIONS = ["ellipse", "hexagon"]
-CLASSES = [f"{shape} in {region}" for region in REGIONS for shape in SHAPES] + REGIONS
+SHAPE_CLASSES = [f"{shape} in {region}" for region in REGIONS for shape in SHAPES]
+CLASSES = SHAPE_CLASSES + REGIONS
 PRETRAIN_CLASSES = SHAPES + REGIONS
 
 REGION_SIDE = (0.45, 0.95)  # the larger axis of a region, as a fraction of the image side
@@ -209,3 +211,151 @@ def annotated(objects: list[tuple[int, int, np.ndarray]], *, pretrain: bool) -> 
     if pretrain:
         return [(generic, mask) for _, generic, mask in objects]
     return [(index, mask) for index, _, mask in objects if index >= 0]
+
+
+# --- The paper's pixel geometry (docs/benchmarks.md, "geometry") ---------------------------------
+# Objects as many pixels across as COCO's objects are for the paper's detector, in a smaller field
+# of view: sizes drawn by COCOeval's area (the visible mask's), 41% small, 34% medium, 25% large by
+# count as on COCO, every shape in every bucket, large ones capped by the image. Regions are the
+# context only (not annotated), so class and size are independent. Shapes do not overlap, so an
+# object's annotated area is the area it was drawn with.
+COCO_SHARES = {"small": 0.41, "medium": 0.34, "large": 0.25}
+# The buckets objects are drawn from: large ones more often, since a region holds few of them and
+# some find no room (measured: these weights give COCO_SHARES; tests/test_data_synthetic.py).
+DRAW_WEIGHTS = {"small": 0.29, "medium": 0.23, "large": 0.48}
+SMALLEST_AREA = 48.0  # px², a 7 x 7 square (MIN_VISIBLE_PIXELS is 24)
+PAPER_REGION_SIDE = (0.6, 0.98)  # the first region's larger axis, of the image side
+PAPER_SECOND_REGION_SIDE = (0.3, 0.6)
+PAPER_ELLIPSE_ASPECT = (1.15, 1.5)
+PAPER_SHAPES = (3, 8)  # shapes inside the regions per image
+PAPER_FIT = 0.85  # a shape's circumscribed diameter: at most this fraction of its region's minor axis
+GAP = 2  # px between two shapes, and between a shape and its region's outline
+
+
+def shape_fill(kind: str) -> float:
+    """A shape's area over its side² (``drawing.polygon``'s side): pi/4 for a circle."""
+    if kind == "circle":
+        return math.pi / 4
+    points = polygon(kind, 0.0, 0.0, 1.0, 0.0)
+    edges = zip(points, points[1:] + points[:1], strict=True)
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in edges)) / 2  # the shoelace formula
+
+
+def area_bounds(size: int) -> dict[str, tuple[float, float]]:
+    """COCO's buckets as area ranges to draw from; the large bucket ends where the image caps it."""
+    largest = max(96.0**2 * 1.5, (0.7 * size) ** 2)
+    return {"small": (SMALLEST_AREA, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, largest)}
+
+
+def _circumradius(kind: str, side: float) -> float:
+    """The radius of the disc a shape of ``side`` stays inside at any rotation."""
+    if kind == "circle":
+        return side / 2
+    return max(math.hypot(x, y) for x, y in polygon(kind, 0.0, 0.0, side, 0.0))
+
+
+def _place_paper_regions(rng: np.random.Generator, size: int) -> list[Region]:
+    """A large region (large shapes need room), and half the time a second, smaller one."""
+    regions: list[Region] = []
+    occupied = np.zeros((size, size), dtype=bool)
+    ranges = [PAPER_REGION_SIDE] + ([PAPER_SECOND_REGION_SIDE] if rng.random() < 0.5 else [])
+    for low, high in ranges:
+        for _attempt in range(12):
+            kind = REGIONS[int(rng.integers(len(REGIONS)))]
+            major = size * math.exp(rng.uniform(math.log(low), math.log(high)))
+            aspect = float(rng.uniform(*PAPER_ELLIPSE_ASPECT)) if kind == "ellipse" else 1.0
+            cx, cy = (float(v) for v in rng.uniform(major * 0.45, size - major * 0.45, 2))
+            mask = _region_mask(kind, size, cx, cy, major, aspect, float(rng.uniform(0, math.pi)))
+            if not (mask & occupied).any():
+                minor = major / aspect if kind == "ellipse" else major * math.sqrt(3) / 2
+                regions.append(Region(kind, mask, minor, rng.integers(0, 256, 3).astype(np.int16)))
+                occupied |= _dilate(mask, 6)
+                break
+    return regions
+
+
+def _draw_bucket(rng: np.random.Generator) -> str:
+    return str(rng.choice(list(DRAW_WEIGHTS), p=list(DRAW_WEIGHTS.values())))
+
+
+def _largest_area(kind: str, region: Region) -> float:
+    """The largest area a ``kind`` shape can have inside ``region`` (``PAPER_FIT``)."""
+    side = PAPER_FIT * region.minor / (2 * _circumradius(kind, 1.0))
+    return shape_fill(kind) * side**2
+
+
+def _draw_object(rng: np.random.Generator, size: int, regions: list[Region]) -> tuple[float, int, int] | None:
+    """(area, shape, region index) of one object: a bucket by ``COCO_SHARES``, a shape and a region
+    that can hold it at that size (another shape if this one cannot), the area log-uniform in the
+    bucket up to what the region holds."""
+    low, high = area_bounds(size)[_draw_bucket(rng)]
+    for shape in rng.permutation(len(SHAPES)):
+        kind = SHAPES[int(shape)]
+        fits = [i for i, region in enumerate(regions) if _largest_area(kind, region) >= low]
+        if fits:
+            index = fits[int(rng.integers(len(fits)))]
+            top = min(high, _largest_area(kind, regions[index]))
+            return float(math.exp(rng.uniform(math.log(low), math.log(top)))), int(shape), index
+    return None
+
+
+def _place_shape(rng: np.random.Generator, size: int, kind: str, side: float, allowed: np.ndarray
+                 ) -> np.ndarray | None:
+    """The mask of a ``kind`` shape of ``side`` drawn wholly inside ``allowed``, or None after a few
+    tries. Centres are drawn where a square inside the shape's circumscribed disc fits (a necessary
+    condition, cheap to compute)."""
+    centres = ~_dilate(~allowed, int(_circumradius(kind, side) / math.sqrt(2)))
+    ys, xs = np.nonzero(centres)
+    for _ in range(20 if len(xs) else 0):
+        pick = int(rng.integers(len(xs)))
+        mask = object_mask(kind, size, float(xs[pick]), float(ys[pick]), side,
+                           float(rng.uniform(0, 2 * math.pi)))
+        if mask.sum() >= MIN_VISIBLE_PIXELS and not (mask & ~allowed).any():
+            return mask
+    return None
+
+
+def make_context_image_paper(rng: np.random.Generator, size: int
+                             ) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray]]]:
+    """``make_context_image`` at the paper's pixel geometry (the section's comment above).
+
+    Regions come back with class index -1 (context, not objects) and their pre-training class, as
+    distractors do.
+    """
+    image = background(rng, size).copy()
+    regions = _place_paper_regions(rng, size)
+    drawn: list[tuple[int, int, np.ndarray]] = []
+    for region in regions:
+        shade = rng.normal(0, 8, (int(region.mask.sum()), 1)).astype(np.int16)
+        image[region.mask] = np.clip(region.colour + shade, 0, 255).astype(np.uint8)
+        drawn.append((-1, len(SHAPES) + REGIONS.index(region.kind), region.mask))
+    image = _clutter(rng, image, int(rng.integers(1, 5)))
+    taken = np.zeros((size, size), dtype=bool)
+    insides = [~_dilate(~region.mask, GAP) for region in regions]
+    wanted = [_draw_object(rng, size, regions) for _ in range(int(rng.integers(*PAPER_SHAPES) + 1))]
+    for area, shape, index in sorted(w for w in wanted if w is not None)[::-1]:  # the largest first
+        kind, region = SHAPES[shape], regions[index]
+        allowed = insides[index] & ~_dilate(taken, GAP)
+        low = next(low for low, high in area_bounds(size).values() if low <= area < high)
+        mask = None
+        while mask is None and area >= low:  # no room: smaller, within the same bucket
+            mask = _place_shape(rng, size, kind, math.sqrt(area / shape_fill(kind)), allowed)
+            area *= 0.75
+        if mask is not None:
+            drawn.append((REGIONS.index(region.kind) * len(SHAPES) + shape, shape, mask))
+            _paint(rng, image, mask, region.colour)
+            taken |= mask
+    any_region = np.zeros((size, size), dtype=bool)
+    for region in regions:
+        any_region |= region.mask
+    outside = ~_dilate(any_region, 4)
+    for _ in range(int(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1))):
+        shape = int(rng.integers(len(SHAPES)))
+        area = math.exp(rng.uniform(math.log(SMALLEST_AREA), math.log(64.0**2)))
+        side = math.sqrt(area / shape_fill(SHAPES[shape]))
+        mask = _place_shape(rng, size, SHAPES[shape], side, outside & ~_dilate(taken, GAP))
+        if mask is not None:
+            drawn.append((-1, shape, mask))
+            _paint(rng, image, mask, None)
+            taken |= mask
+    return image, _visible(drawn, size)
