@@ -79,6 +79,11 @@ def _add_synth(sub) -> None:
     p.add_argument("--variant", default="shapes",
                    help="shapes (the demo's) or context (small objects whose class their surroundings "
                         "tell; docs/benchmarks.md)")
+    p.add_argument("--geometry", default="scaled", choices=["scaled", "paper"],
+                   help="object sizes: scaled with the image (default) or paper: in pixels like COCO's "
+                        "objects at 800 px, 41/34/25%% small/medium/large (context variant only)")
+    p.add_argument("--calibration", type=int, default=0,
+                   help="images of a calibration split, to choose schedules on (default 0: none)")
 
 
 def _add_train(sub) -> None:
@@ -360,8 +365,9 @@ def _run_synth(args: argparse.Namespace, progress: bool) -> None:
     from fpn.data import synthetic
 
     stats = synthetic.generate(args.out_dir, num_train=args.train, num_val=args.val,
-                               num_pretrain=args.pretrain, image_size=args.image_size, seed=args.seed,
-                               variant=args.variant, progress=progress)
+                               num_pretrain=args.pretrain, num_calibration=args.calibration,
+                               image_size=args.image_size, seed=args.seed, variant=args.variant,
+                               geometry=args.geometry, progress=progress)
     print(f"wrote {args.out_dir}: {stats}")
 
 
