@@ -1,79 +1,56 @@
-"""How well each Table 1 row's anchors cover the validation objects of the reproduction's benchmark.
+"""Anchor coverage and Eq. 1's level shares of every row of Tables 1-3, before any training.
 
-For every validation box: the best IoU any anchor of the row reaches, and how many anchors reach
-the RPN's positive threshold (0.7, docs/paper.md §4.1), by COCO size. No training: anchors and
-boxes only. The miniature scales the paper's anchor sizes by 256/800 but not the strides (a
-ResNet's are fixed), so anchors are 3.1x smaller relative to their level's stride than in the
-paper. The last row shows the same objects in the paper's own geometry: images and boxes scaled
-to 800 px, the paper's FPN anchors. Used by reports/reproduction/discussion.md.
+For the validation boxes of the reproduction's benchmark, under each row's miniature config: the
+share of objects with an anchor at IoU >= 0.7 per COCO size bucket, and the share Eq. 1 sends to
+each level; beside them the paper's own geometry (each row's preset at 800 px) on the real COCO
+boxes of ../shared/data/coco-real-160 where it is at hand (``fpn.reproduction.geometry``). No
+training: anchors and boxes only. ``fpn reproduce`` writes the same tables into its report.
 
-    python benchmarks/anchor_coverage.py [--data runs/reproduction/full-data0/data]
+    python benchmarks/anchor_coverage.py                                  # a fresh draw of FULL's val split
+    python benchmarks/anchor_coverage.py --data runs/reproduction/full-data0/data   # a study's data
+    python benchmarks/anchor_coverage.py --geometry scaled --image-size 256         # the first studies'
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
-import torch
-from torchvision.ops import box_iou
-
-from fpn.config import load_config
-from fpn.model.detector import FasterRCNN
-from fpn.reproduction.plan import FULL, PAPER_IMAGE_SIZE, ROWS
-from fpn.reproduction.study import Reproduction
-
-POSITIVE_IOU = 0.7
-SIZES = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, float("inf"))}
-
-
-def anchors_for(model_cfg, image_size: int) -> torch.Tensor:
-    """Every anchor of the model's RPN on one square image, (N, 4) xyxy pixels."""
-    rpn = FasterRCNN(model_cfg).rpn
-    feature_hw = {level: (-(-image_size // s),) * 2 for level, s in rpn.anchor_generator.strides.items()}
-    return torch.cat(rpn.anchor_generator(feature_hw, (image_size, image_size), torch.device("cpu")))
-
-
-def coverage(anchors: torch.Tensor, boxes_xyxy: torch.Tensor, areas: torch.Tensor) -> dict[str, str]:
-    """Per COCO size: mean best IoU, share of boxes with an anchor >= 0.7, mean anchors >= 0.7."""
-    iou = box_iou(boxes_xyxy, anchors)
-    best, positives = iou.max(dim=1).values, (iou >= POSITIVE_IOU).sum(dim=1).float()
-    cells = {}
-    for name, (low, high) in SIZES.items():
-        inside = (areas >= low) & (areas < high)
-        share = 100 * (best[inside] >= POSITIVE_IOU).float().mean()
-        cells[name] = f"{best[inside].mean():.2f} / {share:.0f}% / {positives[inside].mean():.1f}"
-    return cells
+from fpn.data import synthetic
+from fpn.reproduction.geometry import annotated_boxes, geometry_tables, markdown, reference_boxes
+from fpn.reproduction.plan import FULL, ROWS
+from fpn.reproduction.study import Reproduction, machine
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("runs/reproduction/full-data0/data"),
-                        help="the study's data folder (fpn reproduce writes it)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a study's data folder (default: draw FULL's validation split anew)")
+    parser.add_argument("--geometry", default=FULL.geometry, choices=["paper", "scaled"])
+    parser.add_argument("--image-size", type=int, default=FULL.image_size)
+    parser.add_argument("--images", type=int, default=FULL.val_images, help="validation images to draw")
+    parser.add_argument("--seed", type=int, default=0, help="the data seed")
     args = parser.parse_args()
-    coco = json.loads((args.data / "val" / "annotations.json").read_text())
-    xywh = torch.tensor([a["bbox"] for a in coco["annotations"]], dtype=torch.float32)
-    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
-    areas = xywh[:, 2] * xywh[:, 3]
-    counts = {name: int(((areas >= lo) & (areas < hi)).sum()) for name, (lo, hi) in SIZES.items()}
-    print(f"{len(boxes)} validation boxes ({', '.join(f'{n} {c}' for n, c in counts.items())}); per size: "
-          f"mean best IoU / share with an anchor at IoU >= {POSITIVE_IOU} / "
-          f"anchors at IoU >= {POSITIVE_IOU} per box\n")
-    print("| row | anchors | small | medium | large |")
-    print("|---|---|---|---|---|")
-    reproduction = Reproduction(Path(tempfile.mkdtemp()), FULL)
-    for row in (r for r in ROWS if r.table == "1"):
-        anchors = anchors_for(reproduction.config(row, 0).model, FULL.image_size)
-        cells = coverage(anchors, boxes, areas)
-        print(f"| {row.label}, {FULL.image_size} px | {len(anchors)} | {cells['small']} | "
-              f"{cells['medium']} | {cells['large']} |")
-    scale = PAPER_IMAGE_SIZE / FULL.image_size
-    anchors = anchors_for(load_config("rpn_c_fpn").model, PAPER_IMAGE_SIZE)
-    cells = coverage(anchors, boxes * scale, areas)  # sizes binned at 256 px, as in the report
-    print(f"| (c) FPN, the paper's geometry: boxes x{scale:.3g} to {PAPER_IMAGE_SIZE} px | {len(anchors)} | "
-          f"{cells['small']} | {cells['medium']} | {cells['large']} |")
+    budget = replace(FULL, geometry=args.geometry, image_size=args.image_size, data_seed=args.seed)
+    work = Path(tempfile.mkdtemp())
+    data = args.data
+    if data is None:
+        data = work / "data"
+        start = time.perf_counter()
+        synthetic.generate(data, num_train=0, num_val=args.images, image_size=args.image_size, seed=args.seed,
+                           variant=budget.variant, geometry=args.geometry, progress=False)
+        print(f"drew {args.images} validation images of {args.image_size} px ({args.geometry} geometry, "
+              f"seed {args.seed}) in {time.perf_counter() - start:.0f} s")
+    study = Reproduction(work, budget)
+    rows = [row for row in ROWS if row.table in "123"]
+    tables = geometry_tables({row.name: study.config(row, 0).model for row in rows},
+                             annotated_boxes(data / "val" / "annotations.json"),
+                             presets={row.name: row.preset for row in rows}, reference=reference_boxes())
+    print(f"{tables['objects']['ours']} validation objects; {machine()}\n")
+    print("\n".join(markdown(tables, {row.name: f"Table {row.table} {row.label}" for row in rows})))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -31,14 +32,21 @@ def test_every_row_of_a_table_shares_one_schedule_and_one_transform(tmp_path):
         schedules = {json.dumps({k: v for k, v in vars(c.train).items()}, sort_keys=True) for c in configs}
         assert len(schedules) == 1, f"table {table}: rows train differently"
         assert {c.model.backbone.depth for c in configs} == {18}
-        assert {c.model.input.max_size for c in configs} == {256}
+        assert {c.model.input.max_size for c in configs} == {FULL.image_size}
         # every row starts from the one pre-trained backbone, with the paper's frozen-BN convention
         assert {tuple(c.train.init) for c in configs} == {(str(tmp_path / "pretrain"),)}
         assert {(c.model.backbone.norm, c.model.backbone.freeze_at) for c in configs} == {("frozen_bn", 2)}
+    # the paper's geometry in pixels (the default): anchors 32..512 px, Eq. 1's 224 px, k0 = 4
     c4 = reproduction.config(ROWS[0], 0).model
-    # the paper's 32..512 px anchors at 800 px, scaled to 256 px: x 0.32
-    assert c4.rpn.anchors.sizes == {"c4": pytest.approx([10.24, 20.48, 40.96, 81.92, 163.84])}
+    assert c4.rpn.anchors.sizes == {"c4": [32, 64, 128, 256, 512]}
     fpn = reproduction.config(ROWS[2], 0).model
+    assert fpn.rpn.anchors.sizes == {"p2": [32], "p3": [64], "p4": [128], "p5": [256], "p6": [512]}
+    assert (fpn.roi_heads.canonical_scale, fpn.roi_heads.canonical_level) == (224, 4)
+    # the first studies' transform, by name: the paper's 32..512 px at 800 px, scaled to 256 px: x 0.32
+    scaled = Reproduction(tmp_path, replace(FULL, geometry="scaled", image_size=256))
+    c4 = scaled.config(ROWS[0], 0).model
+    assert c4.rpn.anchors.sizes == {"c4": pytest.approx([10.24, 20.48, 40.96, 81.92, 163.84])}
+    fpn = scaled.config(ROWS[2], 0).model
     assert fpn.rpn.anchors.sizes["p2"] == pytest.approx([10.24])
     assert fpn.roi_heads.canonical_scale == pytest.approx(224 * 0.32)  # Eq. 1's 224 px, scaled alike
 
@@ -252,10 +260,15 @@ def test_quick_reproduction_continues_after_a_kill_and_reports_every_table(tmp_p
     for title in ("Table 1", "Table 2", "Table 3", "Table 6", "image pyramid", "claims, checked"):
         assert title in readme
     assert f"| {PAPER['1']['c'][1]:.1f} |" in readme  # the paper's FPN AR@1000 beside ours
-    assert "(data seed 0;" in readme and "held-out accuracy" in readme
-    assert "Validation objects per level under Eq. 1: P2 " in readme
-    assert set(results["level_shares"]) == {"p2", "p3", "p4", "p5"}
-    assert sum(results["level_shares"].values()) == pytest.approx(1.0)
+    assert "--geometry paper --seed 0`" in readme and "held-out accuracy" in readme
+    # the geometry, measured before training: every row's anchor coverage, Eq. 1's level shares
+    assert "## The geometry, measured before training" in readme
+    assert any(line.startswith("FPN anchors at IoU >= 0.7") for line in lines)
+    geometry = results["geometry"]["rows"]
+    assert set(geometry) == {row.name for row in ROWS if row.table in "123"}
+    shares = geometry["table3_c"]["ours"]["levels"]
+    assert set(shares) == {"p2", "p3", "p4", "p5"} and sum(shares.values()) == pytest.approx(1.0)
+    assert geometry["table1_f"]["ours"]["anchors"] == {"p2": [32.0, 64.0, 128.0, 256.0, 512.0]}
     for figure in ("ar_vs_proposals.png", "by_object_size.png", "time_vs_accuracy.png"):
         with Image.open(tmp_path / "report" / figure) as image:
             assert image.width > 300 and image.height > 200
@@ -305,7 +318,10 @@ def test_calibration_trains_each_rate_at_a_constant_rate_and_chooses_by_its_own_
     runs = sorted(sweep.glob("table1_*_lr*"))
     assert [run.name for run in runs] == [f"table1_{row}_lr{rate}" for row in "cd" for rate in RATES]
     for run in runs:  # what each run was trained with, from the config it recorded
-        train = json.loads((run / "reproduce_config.json").read_text())["train"]
+        recorded = json.loads((run / "reproduce_config.json").read_text())
+        train = recorded["train"]
+        # evaluated on the calibration split, never on the validation images the report scores
+        assert Path(recorded["data"]["val_annotations"]).parts[-2:] == ("calibration", "annotations.json")
         assert train["base_lr"] == float(run.name.rsplit("_lr", 1)[1])
         assert train["lr_steps"] == [] and train["max_iter"] == 2  # constant after warm-up
         assert [point["step"] for point in eval_curve(run)] == [1, 2]  # an evaluation every step

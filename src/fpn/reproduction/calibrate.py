@@ -3,7 +3,8 @@
 For a table, two rows (FPN and the baseline strongest in the previous study, ``CALIBRATED_ROWS``)
 are trained from the pre-trained backbone at each learning rate of ``RATES`` (the paper's rate
 scaled linearly to the batch, x2 and x4: docs/paper.md §6) for ``LENGTH`` steps at a constant
-rate after the warm-up, evaluated every ``EVERY`` steps on the validation set (seed 0). Two rules,
+rate after the warm-up, evaluated every ``EVERY`` steps (seed 0) on the benchmark's calibration
+split: a random stream of its own, so no schedule is chosen on the images the report scores. Two rules,
 applied by code, then turn the curves into the table's schedule:
 
 - **rate**: the smallest whose last two evaluations, averaged over both rows, are within
@@ -28,10 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fpn.config import Config
 from fpn.engine.run_folder import holds_a_run
 from fpn.errors import ConfigError
 from fpn.jobs.training import run_train
-from fpn.reproduction.plan import FULL, QUICK, row_named
+from fpn.reproduction.plan import FULL, QUICK, Row, row_named
 from fpn.reproduction.study import (
     PROPOSAL_SOURCE,
     ROW_CONFIG,
@@ -79,6 +81,19 @@ def _end_value(curve: list[dict[str, float]], metric: str) -> float:
     return sum(values) / len(values)
 
 
+def calibration_config(study: Reproduction, row: Row, rate: float, length: int, every: int) -> Config:
+    """One run of a sweep: the row's config at ``rate``, constant after the warm-up for ``length``
+    steps, evaluated every ``every`` steps on the **calibration split** (its own random stream), never
+    on the validation images the report scores."""
+    cfg = study.config(row, 0, base_lr=rate)
+    cfg.train.max_iter, cfg.train.lr_steps, cfg.train.eval_period = length, [], every
+    cfg.train.checkpoint_period = every
+    cfg.data.val_images, cfg.data.val_annotations = study.split_paths("calibration")
+    if cfg.data.val_proposals:  # Table 2: the FPN RPN's proposals of the calibration images
+        cfg.data.val_proposals = str(Path(cfg.data.val_proposals).with_name("calibration.proposals"))
+    return cfg
+
+
 def run_calibration(table: str, *, data_seed: int = 0, output: str | Path = "reports/reproduction",
                     work: str | Path = "runs/reproduction", device: str = "auto", quick: bool = False,
                     retrain_stale: bool = False, progress=print) -> Path:
@@ -99,9 +114,7 @@ def run_calibration(table: str, *, data_seed: int = 0, output: str | Path = "rep
         row = row_named(f"table{table}_{key}")
         for rate in RATES:
             run_dir = study.out_dir / "calibration" / f"{row.name}_lr{rate}"
-            cfg = study.config(row, 0, base_lr=rate)
-            cfg.train.max_iter, cfg.train.lr_steps, cfg.train.eval_period = length, [], every
-            cfg.train.checkpoint_period = every
+            cfg = calibration_config(study, row, rate, length, every)
             if run_dir.is_dir():
                 differences = recorded_differences(run_dir, cfg)
                 study.set_aside({run_dir: differences} if differences else {})

@@ -64,11 +64,27 @@ def _cell(stat: tuple[float, float] | None, percent: bool = True, digits: int = 
     return text + (f" ± {spread * factor:.{digits}f}" if spread > 0 else "")
 
 
+# The metric each table's gap to FPN (row c) is given in: AR@1000 for Table 1, AP for Tables 2 and 3.
+GAP_METRIC = {"1": "AR@1000", "2": "AP", "3": "AP"}
+
+
+def gap_to_fpn(table: str, key: str, summary: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """(ours, the paper's): row ``key`` minus FPN in the table's ``GAP_METRIC``, in points."""
+    metric = GAP_METRIC[table]
+    column = PAPER[table]["columns"].index(metric)
+    ours = summary.get(key, {}).get(metric), summary.get("c", {}).get(metric)
+    ours_text = f"{(ours[0][0] - ours[1][0]) * 100:+.1f}" if None not in ours else "-"
+    paper = PAPER[table].get(key), PAPER[table].get("c")
+    paper_text = f"{paper[0][column] - paper[1][column]:+.1f}" if None not in paper else "-"
+    return ours_text, paper_text
+
+
 def table_markdown(table: str, summary: dict[str, dict[str, Any]]) -> str:
     columns = PAPER[table]["columns"]
     short = [c.replace("@1000", "").replace("mask_", "mask ") for c in columns]
     extra = ["anchors/image", "s/image"] if table == "1" else ["s/image"]
-    header = ["row", "seeds", *[f"{c} ours" for c in short], *extra, *[f"{c} paper" for c in short]]
+    gap = ([f"{GAP_METRIC[table].replace('@1000', '')} - FPN ours", "paper"] if table in GAP_METRIC else [])
+    header = ["row", "seeds", *[f"{c} ours" for c in short], *extra, *[f"{c} paper" for c in short], *gap]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, stats in summary.items():
         ours = [_cell(stats.get(c)) for c in columns]
@@ -77,7 +93,8 @@ def table_markdown(table: str, summary: dict[str, dict[str, Any]]) -> str:
             cost.insert(0, _cell(stats.get("anchors_per_image"), percent=False, digits=0))
         paper = [f"{v:.1f}" for v in PAPER[table].get(key, [])] or ["-"] * len(columns)
         seeds = str(stats["seeds"]) + (f" ({stats['diverged']} diverged)" if stats.get("diverged") else "")
-        lines.append("| " + " | ".join([stats["label"], seeds, *ours, *cost, *paper]) + " |")
+        gaps = list(gap_to_fpn(table, key, summary)) if table in GAP_METRIC else []
+        lines.append("| " + " | ".join([stats["label"], seeds, *ours, *cost, *paper, *gaps]) + " |")
     return "\n".join(lines)
 
 
@@ -234,29 +251,15 @@ def _save(fig, path: Path) -> str:
 DISCUSSION = "discussion.md"
 
 
-def validation_level_shares(data_dir: Path, cfg) -> dict[str, float]:
-    """The share of the validation objects Eq. 1 sends to each of P2..P5 under the miniature's
-    geometry, after the detector's own resize (``fpn.model.level_assignment``)."""
-    import torch
-
-    from fpn.model.level_assignment import level_shares
-
-    coco = json.loads((data_dir / "val" / "annotations.json").read_text())
-    boxes_per_image: dict[int, list[list[float]]] = {image["id"]: [] for image in coco["images"]}
-    for a in coco["annotations"]:
-        if not a.get("iscrowd"):
-            x, y, w, h = a["bbox"]
-            boxes_per_image[a["image_id"]].append([x, y, x + w, y + h])
-    images = ((torch.tensor(boxes_per_image[image["id"]], dtype=torch.float32).reshape(-1, 4),
-               (image["height"], image["width"])) for image in coco["images"])
-    return level_shares(images, cfg.model)
-
-
-def _setup_lines(result: dict[str, Any], budget: dict[str, Any], shares: dict[str, float], cfg) -> str:
+def _setup_lines(result: dict[str, Any], budget: dict[str, Any], geometry: dict[str, Any]) -> str:
     held = result.get("pretraining", {}).get("held_out", {})
-    lines = [f"- **Benchmark**: `fpn synth --variant {budget['variant']} --seed {budget['data_seed']}` "
-             f"(data seed {budget['data_seed']}; docs/benchmarks.md), {budget['train_images']} training and "
-             f"{budget['val_images']} validation images of {budget['image_size']} px."]
+    geometry_name, calibration = budget.get("geometry", "scaled"), budget.get("calibration_images", 0)
+    chosen_on = (f"{calibration} calibration images (a random stream of their own)" if calibration
+                 else "the validation images")
+    lines = [f"- **Benchmark**: `fpn synth --variant {budget['variant']} --geometry {geometry_name} "
+             f"--seed {budget['data_seed']}` (docs/benchmarks.md), {budget['train_images']} training and "
+             f"{budget['val_images']} validation images of {budget['image_size']} px; schedules chosen on "
+             f"{chosen_on}."]
     if held:
         lines.append(f"- **Pre-trained backbone** (every row starts from it; frozen BatchNorm, stem and res2 "
                      f"fixed): held-out accuracy {held['accuracy'] * 100:.1f}% on {held['crops']} crops of "
@@ -265,23 +268,36 @@ def _setup_lines(result: dict[str, Any], budget: dict[str, Any], shares: dict[st
                      "class is "
                      f"{held['majority'] * 100:.1f}%); {budget['pretrain_iters']} steps, "
                      f"{result['pretraining']['seconds'] / 60:.1f} min.")
-    anchors = cfg.model.rpn.anchors.sizes
-    lines.append(f"- **Geometry**: the paper's scaled by {budget['image_size']}/800: anchors "
-                 + ", ".join(f"{level} {sizes[0]:.1f}" for level, sizes in anchors.items())
-                 + f" px; Eq. 1's canonical size {cfg.model.roi_heads.canonical_scale:.1f} px. Validation "
-                 "objects per level under Eq. 1: "
-                 + ", ".join(f"{level.upper()} {share * 100:.0f}%" for level, share in shares.items()) + ".")
+    fpn = geometry["rows"].get("table3_c", {}).get("ours", {})
+    anchors = ", ".join(f"{level} {sizes[0]:.0f}" for level, sizes in fpn.get("anchors", {}).items())
+    lines.append(f"- **Geometry** ({geometry_name}): FPN anchors {anchors} px, strides 4..64; "
+                 "anchor coverage and Eq. 1's level shares of every row, beside the paper's geometry on real "
+                 "COCO boxes, in the section below (measured before training).")
     return "\n".join(lines)
 
 
+def geometry_section(geometry: dict[str, Any], labels: dict[str, str]) -> str:
+    """The geometry, measured before any training (``fpn.reproduction.geometry``)."""
+    from fpn.reproduction.geometry import markdown
+
+    reference = ("the paper's geometry: each row's own preset at 800 px on the real COCO photographs of "
+                 "`coco-real-160`" if "paper" in geometry["sizes"] else
+                 "the paper's geometry: not measured (the COCO reference was not at hand)")
+    return ("## The geometry, measured before training\n\nFor the validation objects: the share with an "
+            "anchor at IoU >= 0.7 (the RPN's positive threshold) by COCO size, and the share Eq. 1 sends to "
+            f"each level (rows with a box head); beside them, {reference}.\n\n"
+            + "\n".join(markdown(geometry, labels)))
+
+
 def write_report(result: dict[str, Any], out_dir: Path, *, command: str, wall_seconds: float, machine: str,
-                 budget: dict[str, Any], data_dir: Path, level_config, notes: str = "") -> Path:
-    """README.md, results.json and the plots in ``out_dir``."""
+                 budget: dict[str, Any], geometry: dict[str, Any], labels: dict[str, str],
+                 notes: str = "") -> Path:
+    """README.md, results.json and the plots in ``out_dir``; ``geometry`` is
+    ``fpn.reproduction.geometry.geometry_tables`` of the rows (``labels``: row name -> label)."""
     summary = summarise(result["rows"])
-    shares = validation_level_shares(data_dir, level_config)
     (out_dir / "results.json").write_text(json.dumps(
         {"command": command, "wall_seconds": wall_seconds, "machine": machine, "budget": budget,
-         "level_shares": shares, "pretraining": {k: v for k, v in result.get("pretraining", {}).items()
+         "geometry": geometry, "pretraining": {k: v for k, v in result.get("pretraining", {}).items()
                                                  if k != "log"},
          "rows": result["rows"], "pyramid": result["pyramid"]}, indent=1))
     figures = plot(summary, result["pyramid"], out_dir)
@@ -293,7 +309,8 @@ def write_report(result: dict[str, Any], out_dir: Path, *, command: str, wall_se
         "`src/fpn/reproduction/plan.py`; ours are means over the seeds (± half the range), in percent; "
         "the paper's are ResNet-50 on COCO minival. s/image: the model's forward time per image on "
         "this CPU, measured during evaluation in the same run.",
-        _setup_lines(result, budget, shares, level_config),
+        _setup_lines(result, budget, geometry),
+        geometry_section(geometry, labels),
     ]
     if notes:
         parts.append(notes)

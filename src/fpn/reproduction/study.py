@@ -54,6 +54,7 @@ from fpn.jobs.pretraining import RESULT as PRETRAIN_RESULT
 from fpn.jobs.pretraining import run_pretrain
 from fpn.jobs.proposals import run_proposals
 from fpn.jobs.training import run_train
+from fpn.reproduction.geometry import annotated_boxes, geometry_tables, reference_boxes
 from fpn.reproduction.plan import FULL, QUICK, ROWS, Budget, Row, miniature, pretraining_config, row_named
 
 # The config a run was made with, beside it: a run made with another is trained again.
@@ -89,6 +90,24 @@ class Reproduction:
     def pretrain_dir(self) -> Path:
         return self.out_dir / "pretrain"
 
+    def split_paths(self, split: str) -> tuple[str, str]:
+        """(images folder, annotations file) of one split of the benchmark."""
+        return str(self.data_dir / split / "images"), str(self.data_dir / split / "annotations.json")
+
+    def geometry(self) -> dict[str, Any]:
+        """Anchor coverage and level shares of every row of Tables 1-3 on the validation boxes, beside
+        the paper's geometry on real COCO boxes (``fpn.reproduction.geometry``), written once to
+        ``geometry.json``: no training needed, so the study states it before its first run."""
+        path = self.out_dir / "geometry.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        rows = [row for row in ROWS if row.table in "123"]
+        tables = geometry_tables({row.name: self.config(row, 0).model for row in rows},
+                                 annotated_boxes(self.split_paths("val")[1]),
+                                 presets={row.name: row.preset for row in rows}, reference=reference_boxes())
+        path.write_text(json.dumps(tables, indent=1))
+        return tables
+
     def runs(self) -> Iterator[tuple[Row, int]]:
         """(row, seed) in the order they run: Table 1 first (Table 2 needs its FPN row's proposals)."""
         wanted = set(self.only)
@@ -107,10 +126,10 @@ class Reproduction:
 
     def config(self, row: Row, seed: int, *, base_lr: float | None = None) -> Config:
         """The row's config: its preset, the miniature transform, the table's schedule, the seed."""
-        cfg = miniature(load_config(row.preset), self.budget.image_size)
+        cfg = miniature(load_config(row.preset), self.budget.image_size, self.budget.geometry)
         data, train = cfg.data, cfg.train
-        data.train_images, data.train_annotations = _split(self.data_dir, "train")
-        data.val_images, data.val_annotations = _split(self.data_dir, "val")
+        data.train_images, data.train_annotations = self.split_paths("train")
+        data.val_images, data.val_annotations = self.split_paths("val")
         data.num_workers = self.budget.data_workers
         if row.table == "2":
             source = self.run_dir(row_named(PROPOSAL_SOURCE), 0)
@@ -130,6 +149,7 @@ class Reproduction:
         """The data, the pre-trained backbone, every row not yet finished, then the image pyramid."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prepare_data()
+        self.progress(_coverage_line(self.geometry()["rows"]["table1_c"]))
         todo = list(self.runs())
         self.set_aside(self.stale(todo))
         self.pretrain()
@@ -165,15 +185,17 @@ class Reproduction:
         """The benchmark's train, val and pre-training splits, unless already written."""
         if (self.data_dir / "pretrain" / "annotations.json").is_file():
             return
-        self.progress(f"generating the {self.budget.variant} benchmark (data seed {self.budget.data_seed}) "
-                      f"in {self.data_dir}")
+        self.progress(f"generating the {self.budget.variant} benchmark, {self.budget.geometry} geometry "
+                      f"(data seed {self.budget.data_seed}) in {self.data_dir}")
         synthetic.generate(self.data_dir, num_train=self.budget.train_images, num_val=self.budget.val_images,
-                           num_pretrain=self.budget.pretrain_images, image_size=self.budget.image_size,
-                           seed=self.budget.data_seed, variant=self.budget.variant, progress=False)
+                           num_pretrain=self.budget.pretrain_images,
+                           num_calibration=self.budget.calibration_images, image_size=self.budget.image_size,
+                           seed=self.budget.data_seed, variant=self.budget.variant,
+                           geometry=self.budget.geometry, progress=False)
 
     def pretraining_config(self) -> Config:
         cfg = pretraining_config(self.budget.image_size, self.budget)
-        cfg.data.train_images, cfg.data.train_annotations = _split(self.data_dir, "pretrain")
+        cfg.data.train_images, cfg.data.train_annotations = self.split_paths("pretrain")
         cfg.data.num_workers, cfg.train.device = self.budget.data_workers, self.device
         return cfg
 
@@ -308,6 +330,11 @@ class Reproduction:
         if row.name == PROPOSAL_SOURCE and seed == 0 and "diverged" not in outcome:
             for split in ("train", "val"):
                 run_proposals(run_dir, split, run_dir / f"{split}.proposals", [], progress=False)
+            if (self.data_dir / "calibration").is_dir():  # Table 2's sweep evaluates on this split
+                images, annotations = self.split_paths("calibration")
+                run_proposals(run_dir, "val", run_dir / "calibration.proposals",
+                              [f"data.val_images={images}", f"data.val_annotations={annotations}"],
+                              progress=False)
         record = {"table": row.table, "row": row.key, "label": row.label, "preset": row.preset, "seed": seed,
                   **outcome, "seconds": time.perf_counter() - start, "started": started, "ended": time.time(),
                   "curve": eval_curve(run_dir)}
@@ -471,12 +498,17 @@ def eval_curve(run_dir: Path) -> list[dict[str, float]]:
             for record in records if "eval" in record]
 
 
-def _split(data_dir: Path, split: str) -> tuple[str, str]:
-    return str(data_dir / split / "images"), str(data_dir / split / "annotations.json")
-
-
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def _coverage_line(measured: dict[str, Any]) -> str:
+    """One line on the FPN RPN's anchor coverage, here and in the paper's geometry on COCO."""
+    def shares(side: str) -> str:
+        return " / ".join(f"{100 * cell['covered']:.0f}%" for name, cell in measured[side]["coverage"].items()
+                          if name != "all")
+    paper = f", {shares('paper')} in the paper's geometry on COCO" if "paper" in measured else ""
+    return f"FPN anchors at IoU >= 0.7 (small / medium / large objects): {shares('ours')} here{paper}"
 
 
 def _headline(metrics: dict[str, float]) -> str:
@@ -557,8 +589,8 @@ def run_reproduction(*, quick: bool = False, seeds: int | None = None, data_seed
         last += (f". **{len(result['rows'])} of the study's {count} runs are finished**: rows and seeds "
                  "missing from the tables below have not been trained yet")
     path = write_report(result, output, command=command, wall_seconds=compute, machine=machine(),
-                        budget=budget.describe(), data_dir=reproduction.data_dir,
-                        level_config=reproduction.config(row_named("table3_c"), 0),
+                        budget=budget.describe(), geometry=reproduction.geometry(),
+                        labels={row.name: f"Table {row.table} {row.label}" for row in ROWS},
                         notes=f"The time is the machine's busy time: the {len(result['rows'])} training runs "
                               "(each with its evaluation; runs trained side by side counted once), the "
                               "pre-training and the image pyramid's evaluation, including work an "
