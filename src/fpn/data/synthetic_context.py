@@ -214,9 +214,9 @@ def annotated(objects: list[tuple[int, int, np.ndarray]], *, pretrain: bool) -> 
 
 
 # --- The paper's pixel geometry (docs/benchmarks.md, "geometry") ---------------------------------
-# Objects as many pixels across as COCO's objects are for the paper's detector, in a smaller field
-# of view: sizes drawn by COCOeval's area (the visible mask's), 41% small, 34% medium, 25% large by
-# count as on COCO, every shape in every bucket, large ones capped by the image. Regions are the
+# The paper's anchors and strides unscaled, and objects sized in pixels by COCO's own buckets, in a
+# smaller field of view: sizes drawn by COCOeval's area (the visible mask's), 41% small, 34% medium,
+# 25% large by count as on COCO, every shape in every bucket, large ones capped by the image. Regions are the
 # context only (not annotated), so class and size are independent. Shapes do not overlap, so an
 # object's annotated area is the area it was drawn with.
 COCO_SHARES = {"small": 0.41, "medium": 0.34, "large": 0.25}
@@ -285,7 +285,7 @@ def _largest_area(kind: str, region: Region) -> float:
 
 
 def _draw_object(rng: np.random.Generator, size: int, regions: list[Region]) -> tuple[float, int, int] | None:
-    """(area, shape, region index) of one object: a bucket by ``COCO_SHARES``, a shape and a region
+    """(area, shape, region index) of one object: a bucket by ``DRAW_WEIGHTS``, a shape and a region
     that can hold it at that size (another shape if this one cannot), the area log-uniform in the
     bucket up to what the region holds."""
     low, high = area_bounds(size)[_draw_bucket(rng)]
@@ -336,7 +336,7 @@ def make_context_image_paper(rng: np.random.Generator, size: int
     for area, shape, index in sorted(w for w in wanted if w is not None)[::-1]:  # the largest first
         kind, region = SHAPES[shape], regions[index]
         allowed = insides[index] & ~_dilate(taken, GAP)
-        low = next(low for low, high in area_bounds(size).values() if low <= area < high)
+        low = max(low for low, _ in area_bounds(size).values() if low <= area)  # its bucket's
         mask = None
         while mask is None and area >= low:  # no room: smaller, within the same bucket
             mask = _place_shape(rng, size, kind, math.sqrt(area / shape_fill(kind)), allowed)
