@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 
 from conftest import COCO_REAL
 from fpn.data import CocoDetection, DatasetError
+from fpn.engine.coco_eval import as_coco
 
 REAL = COCO_REAL
 
@@ -55,7 +56,9 @@ def test_edge_cases(tmp_path, caplog):
     assert ds.stats["dropped_degenerate"] == 4 and ds.stats["clipped"] == 1
     assert ds.stats["unknown_image"] == 1 and ds.stats["unknown_category"] == 1 and ds.stats["crowd"] == 1
     assert ds.stats["images_without_annotations"] == 2
-    assert "dropped degenerate" in caplog.text
+    assert "2 annotations skipped: bbox of zero or negative size (ids 3, 4)" in caplog.text
+    assert "1 annotation skipped: bbox not finite (id 5)" in caplog.text
+    assert "1 annotation skipped: bbox outside its image (id 9)" in caplog.text
     image, target = ds[0]
     assert image.shape == (3, 30, 40) and image.dtype == torch.float32
     torch.testing.assert_close(target["boxes"], torch.tensor([[1.0, 2.0, 11.0, 7.0]]))
@@ -189,7 +192,7 @@ def test_warn_drops_unknown_and_repeated_ids(tmp_path, caplog):
             [a["category_id"] for a in expected[image_id]]
     # pycocotools evaluates exactly what the dataset kept (the raw file would give image 2 as
     # other.png, and cannot be indexed at all with the unhashable image id)
-    gt = ds.coco_gt()
+    gt = as_coco(ds.to_coco_dict())
     assert isinstance(gt, COCO) and sorted(gt.getImgIds()) == [1, 2] and gt.imgs[2]["file_name"] == "b.png"
     assert sorted(gt.getAnnIds()) == [1, 2, 3, 4]
     proposals = [ds[i][1]["boxes"] for i in range(2)]
@@ -199,10 +202,18 @@ def test_warn_drops_unknown_and_repeated_ids(tmp_path, caplog):
     assert coco_box_ap(gt, results)["AP"] == pytest.approx(1.0)
 
 
-def test_clean_file_is_its_own_ground_truth(tmp_path):
-    ds = CocoDetection(tmp_path / "img", _dump(tmp_path, _valid(tmp_path)), on_bad_annotations="warn")
-    assert ds.coco_gt() == tmp_path / "annotations.json"
+def test_the_ground_truth_of_a_clean_file_is_the_file(tmp_path):
+    """pycocotools scores against the checked records; for a clean file they say what the file says."""
+    data = _valid(tmp_path)
+    ds = CocoDetection(tmp_path / "img", _dump(tmp_path, data), on_bad_annotations="warn")
     assert [ds.stats[k] for k in ("duplicate_image_id", "unknown_image", "unknown_category")] == [0, 0, 0]
+    gt = ds.to_coco_dict()
+    assert [(i["id"], i["file_name"], i["height"], i["width"]) for i in gt["images"]] == \
+        [(i["id"], i["file_name"], i["height"], i["width"]) for i in data["images"]]
+    fields = ("image_id", "category_id", "bbox", "area", "iscrowd")
+    assert [[a[k] for k in fields] for a in gt["annotations"]] == \
+        [[a[k] for k in fields] for a in data["annotations"]]
+    assert gt["categories"] == CATS
 
 
 def test_missing_and_corrupt_images_name_the_file(tmp_path):
@@ -344,7 +355,7 @@ def test_a_malformed_segmentation_is_our_error_naming_the_annotation(tmp_path, s
     assert "annotation 42" in message and problem in message and "\n" not in message
     ds = CocoDetection(tmp_path / "img", ann_file, on_bad_annotations="warn", load_masks=True)
     assert ds.stats["bad_segmentation"] == 1 and ds[0][1]["masks"].shape == (1, 30, 40)
-    assert ds.coco_gt().getAnnIds() == [1]  # the evaluation leaves it out too
+    assert as_coco(ds.to_coco_dict()).getAnnIds() == [1]  # the evaluation leaves it out too
 
 
 @pytest.mark.parametrize("segmentation", [None, [], [[1, 1, 6, 1, 6, 6, 1, 6]], [[1, 1, 6, 6]],

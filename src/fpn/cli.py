@@ -155,11 +155,15 @@ def _add_browse(sub) -> None:
         description="Draws the ground truth of a few images into DIR/gt/ and writes class_counts.png, "
         "object_sizes.png (COCO's small/medium/large buckets), levels.png (the pyramid level Eq. 1 gives "
         "each object under --config) and summary.json. DATA: a COCO annotation file, a folder with "
-        "annotations.json (and images/), an `fpn synth` folder, or a Pascal VOC root; none: the config's "
-        "data.")
+        "annotations.json (and images/), an `fpn synth` folder, a Pascal VOC root or a YOLO folder "
+        "(data.yaml or classes.txt beside labels/); none: the config's data. --check: list every problem "
+        "of the dataset instead (exit 1 if any).")
     p.add_argument("data", type=Path, nargs="?", default=None, metavar="DATA",
                    help="the dataset to look at (default: the config's data)")
-    p.add_argument("--output", type=Path, required=True, help="where the pictures and charts go")
+    p.add_argument("--output", type=Path, default=None, help="where the pictures and charts go")
+    p.add_argument("--check", action="store_true",
+                   help="only check: every record a command would refuse or skip, counted by kind with the "
+                        "first examples (exit 1 if any); writes nothing")
     p.add_argument("--images", type=Path, default=None,
                    help="the image folder of a COCO annotation file (default: images/ beside it, or its "
                         "folder)")
@@ -407,8 +411,16 @@ def _run_predict(args: argparse.Namespace, progress: bool) -> None:
 
 
 def _run_browse(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.jobs.browse import run_browse
+    from fpn.jobs.browse import check_dataset, run_browse
 
+    if args.check:
+        report = check_dataset(args.data, images=args.images, split=args.split, config=args.config)
+        print(report.text())
+        if not report.clean:
+            raise SystemExit(1)
+        return
+    if args.output is None:
+        raise ConfigError("fpn browse: --output DIR is needed for the pictures and charts (or --check)")
     summary = run_browse(args.data, args.output, images=args.images, split=args.split, config=args.config,
                          num_images=args.num_images, colour_by=args.colour_by)
     print(summary.text())
