@@ -360,7 +360,7 @@ def test_a_malformed_segmentation_is_our_error_naming_the_annotation(tmp_path, s
 
 @pytest.mark.parametrize("segmentation", [None, [], [[1, 1, 6, 1, 6, 6, 1, 6]], [[1, 1, 6, 6]],
                                           {"size": [30, 40], "counts": [0, 5, 1195]},
-                                          {"size": [30, 40], "counts": "0PQ0"}])
+                                          {"size": [30, 40], "counts": "m13k000000ko0"}])  # by pycocotools
 def test_well_formed_segmentations_pass(tmp_path, segmentation):
     images = [{"id": 1, **_image(tmp_path, "a.png")}]
     anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0,
@@ -381,3 +381,50 @@ def test_image_ids_that_are_not_integers_are_refused(tmp_path, image_id):
     images = [{"id": 1, **_image(tmp_path, "a.png")}, {"id": image_id, **_image(tmp_path, "b.png")}]
     with pytest.raises(DatasetError, match=r"images\[1\] has id .*: image ids must be integers"):
         CocoDetection(tmp_path / "img", _write(tmp_path, images, [], CATS))
+
+
+def _compressed(mask: np.ndarray) -> str:
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return rle["counts"].decode()
+
+
+# Found by the property tests (tests/test_data_fuzz.py): pycocotools trusts a segmentation, so a
+# polygon corner at 1e308 made it rasterise until the process was killed for its memory, and RLE
+# counts that do not cover height x width made it write past its buffer; huge integers in a bbox
+# raised OverflowError from float().
+@pytest.mark.parametrize(("segmentation", "problem"), [
+    ([[1e308, 1, 5, 5, 1, 5]], "a polygon reaches x = 1e+308, far outside the image"),
+    ([[1, 1, 5, -1e300, 1, 5]], "a polygon reaches y = -1e+300, far outside the image"),
+    ({"size": [30, 40], "counts": [5000]},
+     "an RLE's counts add up to 5000 pixels, not height x width = 1200"),
+    ({"size": [30, 40], "counts": [10**400]}, "an RLE's counts add up to"),
+    ({"size": [30, 40], "counts": "0PQ0"}, "an RLE's counts add up to 32 pixels"),
+    ({"size": [3, 4], "counts": [12]}, "an RLE of size [3, 4] on an image of [30, 40]"),
+])
+def test_segmentations_pycocotools_would_choke_on_are_refused(tmp_path, segmentation, problem):
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    anns = [{"id": 7, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0,
+             "segmentation": segmentation}]
+    pattern = "annotation 7: " + problem.replace("[", r"\[").replace("+", r"\+")
+    with pytest.raises(DatasetError, match=pattern):
+        CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS), load_masks=True)
+
+
+def test_compressed_rle_counts_are_read_as_pycocotools_writes_them(tmp_path):
+    """A compressed RLE that pycocotools wrote for this image passes, and decodes to its mask."""
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[3:17, 5:33] = 1
+    mask[20:, :4] = 1
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [5, 3, 28, 14], "iscrowd": 0,
+             "segmentation": {"size": [30, 40], "counts": _compressed(mask)}}]
+    ds = CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS), load_masks=True)
+    assert np.array_equal(ds[0][1]["masks"][0].numpy(), mask)
+
+
+@pytest.mark.parametrize("bbox", [[10**400, 1, 2, 2], [1, 1, 10**400, 2], [1e308, 1, 1e308, 2]])
+def test_huge_numbers_in_a_bbox_are_skipped_as_not_finite(tmp_path, bbox):
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": bbox, "iscrowd": 0}]
+    ds = CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS))
+    assert ds.stats["dropped_degenerate"] == 1 and len(ds.images[0].labels) == 0

@@ -137,26 +137,81 @@ def _is_size(value: Any) -> bool:
     return _is_number(value) and value > 0 and float(value).is_integer()
 
 
-def segmentation_problem(segmentation: Any) -> str | None:
+def segmentation_problem(segmentation: Any, image_hw: tuple[Any, Any] = (None, None)) -> str | None:
     """What is wrong with a COCO ``segmentation``, or None: absent, polygons (a list of lists of at
-    least 4 numbers, x y pairs) or RLE ({"counts": str or list of counts, "size": [height, width]})."""
+    least 4 numbers, x y pairs) or RLE ({"counts": str or list of counts, "size": [height, width]}).
+
+    pycocotools trusts what it is given: a polygon corner at 1e308 makes it rasterise until memory
+    runs out, RLE counts that do not add up to height x width make it write past its buffer. So
+    polygons must lie within ``POLYGON_MARGIN`` image sides of the image (of ``MAX_SIDE`` pixels
+    when its size is unknown) and an RLE's counts must cover its size exactly, which must be the
+    image's when known."""
     if segmentation is None:
         return None
     if isinstance(segmentation, list):
-        for polygon in segmentation:
-            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
-                return "a polygon must be a list of numbers (x1, y1, x2, y2, ...)"
-            if len(polygon) < 4 or len(polygon) % 2:
-                return f"a polygon has {len(polygon)} coordinates (an even number, at least 4, expected)"
-        return None
+        return _polygons_problem(segmentation, image_hw)
     if isinstance(segmentation, dict):
         size, counts = segmentation.get("size"), segmentation.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
+        if not (isinstance(size, list) and len(size) == 2
+                and all(_is_int(v) and 0 <= v <= MAX_SIDE for v in size)):
             return "an RLE needs 'size': [height, width]"
-        if isinstance(counts, str) or isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts):
-            return None
-        return "an RLE needs 'counts': a string or a list of non-negative integers"
+        if None not in image_hw and tuple(size) != tuple(image_hw):
+            return f"an RLE of size {size} on an image of {list(image_hw)} (height, width)"
+        if isinstance(counts, str):
+            counts = _rle_string_counts(counts)
+        elif not (isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts)):
+            counts = None
+        if counts is None:
+            return "an RLE needs 'counts': a string or a list of non-negative integers"
+        if sum(counts) != size[0] * size[1]:
+            return (f"an RLE's counts add up to {_short(sum(counts))} pixels, not height x width = "
+                    f"{size[0] * size[1]}")
+        return None
     return f"expected polygons (a list) or an RLE (an object), got {type(segmentation).__name__}"
+
+
+MAX_SIDE = 100_000  # pixels: a larger image side is not a photograph
+POLYGON_MARGIN = 1.0  # image sides a polygon may reach outside its image
+
+
+def _polygons_problem(polygons: list[Any], image_hw: tuple[Any, Any]) -> str | None:
+    height, width = (MAX_SIDE, MAX_SIDE) if None in image_hw else image_hw
+    for polygon in polygons:
+        if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+            return "a polygon must be a list of numbers (x1, y1, x2, y2, ...)"
+        if len(polygon) < 4 or len(polygon) % 2:
+            return f"a polygon has {len(polygon)} coordinates (an even number, at least 4, expected)"
+        for values, side, axis in ((polygon[0::2], width, "x"), (polygon[1::2], height, "y")):
+            if min(values) < -POLYGON_MARGIN * side or max(values) > (1 + POLYGON_MARGIN) * side:
+                return f"a polygon reaches {axis} = {max(values, key=abs):g}, far outside the image"
+    return None
+
+
+def _rle_string_counts(text: str) -> list[int] | None:
+    """The counts of a compressed RLE string (COCO's: 5-bit groups offset by 48, 0x20 continues,
+    0x10 signs the last group; from the third count on, a difference to the count two before),
+    or None if it is not one or a count is negative."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                return None
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                return None
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        if value < 0:
+            return None
+        counts.append(value)
+    return counts
 
 
 def _is_number(value: Any) -> bool:
@@ -316,6 +371,7 @@ def _drop_bad_ids(images: list[dict], category_ids: set[int], annotations: list[
         found.setdefault(kind, [0, first])[0] += 1
 
     kept_images, image_ids = [], set()
+    sizes = {img["id"]: (img.get("height"), img.get("width")) for img in images}
     for img in images:
         if img["id"] in image_ids:
             note("duplicate_image_id", f"image {_short(img['id'])}")
@@ -334,7 +390,7 @@ def _drop_bad_ids(images: list[dict], category_ids: set[int], annotations: list[
         elif (_hashable(ann.get("category_id")) not in category_ids
               or isinstance(ann.get("category_id"), bool)):
             note("unknown_category", f"{name}, category {_short(ann.get('category_id'))}")
-        elif problem := segmentation_problem(ann.get("segmentation")):
+        elif problem := segmentation_problem(ann.get("segmentation"), sizes[ann["image_id"]]):
             note("bad_segmentation", f"{name}: {problem}")
         else:
             kept.append(ann)

@@ -48,16 +48,24 @@ def read_class_names(path: Path) -> list[str]:
         raise DatasetError(f"{path}: cannot read the class names ({err})") from None
     if path.suffix not in (".yaml", ".yml"):
         return [line.strip() for line in text.splitlines() if line.strip()]
-    try:
-        names = (yaml.safe_load(text) or {}).get("names") if text.strip() else None
-    except (yaml.YAMLError, AttributeError) as err:
-        first = str(err).splitlines()[0][:120]
-        raise DatasetError(f"{path}: not a YAML mapping with 'names' ({first})") from None
+    names = _yaml_mapping(path, text).get("names")
     if isinstance(names, dict) and sorted(names) == list(range(len(names))):
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names or not all(isinstance(n, str | int) for n in names):
         raise DatasetError(f"{path}: 'names' must be a list of class names, or a mapping 0..K-1 -> name")
     return [str(n) for n in names]
+
+
+def _yaml_mapping(path: Path, text: str) -> dict[str, Any]:
+    """A ``data.yaml``'s mapping; a ``DatasetError`` naming the file if it is not one."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0][:120]
+        raise DatasetError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(loaded, dict):
+        raise DatasetError(f"{path}: not a YAML mapping with 'names'")
+    return loaded
 
 
 def label_file(image: Path) -> Path:
@@ -176,16 +184,17 @@ def from_path(path: Path, *, split: str, images: Path | None, data: DataConfig, 
 
 
 def _split_images(root: Path, names_file: Path, split: str) -> Path:
-    """The image folder of ``split``: data.yaml's entry (``val`` also for "val"/"valid"), else
-    ``images/<split>``, else ``images``."""
-    spec: dict[str, Any] = {}
-    if names_file.suffix != ".txt":
-        loaded = yaml.safe_load(names_file.read_text())
-        spec = loaded if isinstance(loaded, dict) else {}
+    """The image folder of ``split``: data.yaml's entry (relative to its ``path``, or to the
+    dataset's folder; ``val`` also for "valid"), else ``images/<split>``, ``<split>/images``,
+    ``images``."""
+    spec = _yaml_mapping(names_file, names_file.read_text()) if names_file.suffix != ".txt" else {}
     entry = spec.get(split) or spec.get({"valid": "val", "val": "valid"}.get(split, split))
     if isinstance(entry, str):
         base = root / str(spec.get("path") or ".")
-        candidates = [base / entry, root / entry, names_file.parent / entry]
+        inside = entry.replace("\\", "/").removeprefix("./")
+        while inside.startswith("../"):  # Roboflow writes ../train/images for train/images
+            inside = inside[3:]
+        candidates = [base / entry, root / entry, root / inside]
         found = next((c for c in candidates if c.is_dir()), None)
         if found is not None:
             return found
