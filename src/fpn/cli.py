@@ -410,15 +410,13 @@ def _run_predict(args: argparse.Namespace, progress: bool) -> None:
     print(f"wrote {summary.describe()}")
 
 
-def _run_browse(args: argparse.Namespace, progress: bool) -> None:
+def _run_browse(args: argparse.Namespace, progress: bool) -> int | None:
     from fpn.jobs.browse import check_dataset, run_browse
 
     if args.check:
         report = check_dataset(args.data, images=args.images, split=args.split, config=args.config)
         print(report.text())
-        if not report.clean:
-            raise SystemExit(1)
-        return
+        return 0 if report.clean else 1
     if args.output is None:
         raise ConfigError("fpn browse: --output DIR is needed for the pictures and charts (or --check)")
     summary = run_browse(args.data, args.output, images=args.images, split=args.split, config=args.config,
@@ -512,7 +510,7 @@ def _run_presets(args: argparse.Namespace, progress: bool) -> None:
     print("\n".join(f"{name:<{width}}  {text}" for name, text in descriptions.items()))
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
+HANDLERS: dict[str, Callable[[argparse.Namespace, bool], int | None]] = {
     "synth": _run_synth, "train": _run_train, "pretrain": _run_pretrain, "eval": _run_eval,
     "proposals": _run_proposals,
     "predict": _run_predict, "browse": _run_browse, "demo": _run_demo, "reproduce": _run_reproduce,
@@ -522,9 +520,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the parsed command; 0 when it succeeded (a failure raises)."""
-    HANDLERS[args.command](args, not args.quiet)
-    return 0
+    """Run the parsed command; 0 when it succeeded (a failure raises), or the exit code it returns
+    (``fpn browse --check``: 1 when the dataset has problems)."""
+    return HANDLERS[args.command](args, not args.quiet) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
