@@ -214,3 +214,31 @@ def test_a_string_bbox_is_skipped_with_one_warning_by_train_and_eval(tiny_synth,
     assert main(["--quiet", "eval", str(run), "--output", str(tmp_path / "eval")]) == 0
     assert (warning in caplog.text) == (split == "val") and "Traceback" not in capsys.readouterr().err
     assert "AP" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_an_annotation_of_an_unknown_category_stops_every_command_in_one_line(tiny_synth, tmp_path, capsys):
+    """The other side of the rule: what stops, stops train (before any step), eval and proposals
+    alike, with one line naming the file, the annotation and the category; exit 2, no traceback."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    overrides = [*TINY_MODEL, *data_overrides(data), "train.batch_size=2", "train.max_iter=1",
+                 "train.warmup_iters=1", "train.device=cpu"]
+    run = tmp_path / "run"
+    assert main(["--quiet", "train", "--config", "demo", "--output", str(run), "--no-eval", *overrides]) == 0
+    capsys.readouterr()
+    for split in ("train", "val"):
+        ann_file = data / split / "annotations.json"
+        annotations = json.loads(ann_file.read_text())
+        annotations["annotations"][0]["category_id"] = 999
+        ann_file.write_text(json.dumps(annotations))
+    line = "1 annotation names a category id not in 'categories' (first: annotation"
+    commands = {"train": ["train", "--config", "demo", "--output", str(tmp_path / "run2"), *overrides],
+                "eval": ["eval", str(run), "--output", str(tmp_path / "eval")],
+                "proposals": ["proposals", str(run), "--split", "val", "--output", str(tmp_path / "p.bin")]}
+    for name, argv in commands.items():
+        assert main(["--quiet", *argv]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"fpn {name}: error: ") and line in err and "category 999" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run2" / "checkpoints").exists() and not (tmp_path / "p.bin").exists()
