@@ -32,7 +32,7 @@ from fpn.engine.voc_eval import voc_map
 from fpn.errors import UserError
 from fpn.jobs.browse import check_dataset, summarise
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SIZE = (40, 30)  # width, height of every image
 

@@ -20,8 +20,6 @@ from fpn.data.errors import DatasetError
 from fpn.data.images import pil_to_tensor, read_image
 from fpn.data.transforms import hflip
 from fpn.data.voc import VOC_CLASSES, VOCDetection
-from fpn.data.yolo import YOLODetection
 
 __all__ = ["AnnotatedImage", "CocoDetection", "DetectionDataset", "VOCDetection", "VOC_CLASSES",
-           "YOLODetection",
            "DatasetError", "read_image", "pil_to_tensor", "hflip"]
