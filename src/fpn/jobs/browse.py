@@ -1,11 +1,11 @@
 """``fpn browse``: look at a dataset before training an FPN on it.
 
-Writes, for a COCO or Pascal VOC dataset: ``gt/`` (the ground truth of a few images drawn, one
+Writes, for a COCO, Pascal VOC or YOLO dataset: ``gt/`` (the ground truth of a few images drawn, one
 colour per class, or per pyramid level), ``class_counts.png``, ``object_sizes.png`` (the
 distribution of sqrt(box area) with COCO's small / medium / large buckets: areas below 32², below
 96², above), ``levels.png`` (the share of objects per pyramid level under Eq. 1 for a config,
 docs/paper.md §3) and ``summary.json`` with the numbers behind them. No image is decoded except
-those drawn.
+those drawn. ``check_dataset`` (``--check``) lists every record a command would refuse or skip.
 """
 
 from __future__ import annotations
