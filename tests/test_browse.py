@@ -164,3 +164,77 @@ def test_a_voc_format_set_of_its_own_classes(tmp_path, capsys):
         assert main(["browse", *data, "--config", str(config), "--output", str(tmp_path / "o")]) == 0
         summary = json.loads((tmp_path / "o" / "summary.json").read_text())
         assert summary["class_counts"] == {"gadget": 0, "widget": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# fpn browse DATA --check: every problem at once, exit 1 if a record would be refused or skipped
+
+
+def test_check_of_a_clean_dataset_says_so_and_exits_0(coco, tmp_path, capsys):
+    assert main(["browse", str(coco), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{coco}: 4 images, 5 objects kept; no problems")  # the crowd region is not one
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_lists_every_problem_of_a_broken_coco_file(coco, capsys):
+    data = json.loads((coco / "annotations.json").read_text())
+    bad = [{"id": 17, "image_id": 1, "category_id": 3, "bbox": "5,5,20,15"},
+           {"id": 40, "image_id": 2, "category_id": 3, "bbox": [5, 5, 20]},
+           {"id": 41, "image_id": 3, "category_id": 7, "bbox": [[5, 5, 20, 15]]},
+           {"id": 50, "image_id": 3, "category_id": 7, "bbox": [5, 5, 0, 15]},
+           {"id": 60, "image_id": 1, "category_id": 99, "bbox": [5, 5, 20, 15]},
+           {"id": 61, "image_id": 1, "category_id": 3, "bbox": [5, 5, 20, 15], "segmentation": [[1, 2, 3]]}]
+    data["annotations"] += bad
+    data["images"].append({"id": 9, "file_name": "gone.png", "width": 10, "height": 10})
+    (coco / "annotations.json").write_text(json.dumps(data))
+    assert main(["browse", str(coco), "--check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    # 5 images; 5 objects as before (the 6 bad annotations are all left out)
+    assert lines[0] == f"{coco}: 5 images, 5 objects kept; 5 kind(s) of problem"
+    assert "  stops training and evaluation: annotations name category ids not in 'categories': 1" in lines
+    assert "  stops training and evaluation: annotations have malformed segmentations: 1" in lines
+    assert "  skipped: bbox not 4 numbers: 3 annotation(s) (ids 17, 40, 41)" in lines
+    assert "  skipped: bbox of zero or negative size: 1 annotation(s) (id 50)" in lines
+    assert "  skipped: image file unreadable: 1 image(s)" in " ".join(lines)
+    assert any("gone.png: image file not found" in line for line in lines)
+    # without --check the first stop ends the command in one line, as training would
+    assert main(["browse", str(coco), "--output", str(coco / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "1 annotation names a category id not in 'categories' (first: annotation 60, category 99)" in err
+    assert err.count("\n") == 1
+
+
+def test_check_lists_every_problem_of_a_broken_voc_tree(tmp_path, capsys):
+    root = tmp_path / "voc"
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    box = "<bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox>"
+    xmls = {"a": f"<annotation><object><name>dog</name>{box}</object></annotation>",
+            "b": "<annotation><object><name>dog</name>",  # cut short
+            "c": f"<annotation><object><name>unicorn</name>{box}</object></annotation>",
+            "d": "<annotation><object><name>cat</name><bndbox><xmin>five</xmin></bndbox></object>"
+                 "</annotation>",
+            "e": f"<annotation><size><width>64</width><height>4O</height></size><object><name>cat</name>{box}"
+                 "</object></annotation>"}
+    for name, xml in xmls.items():
+        (root / "Annotations" / f"{name}.xml").write_text(xml)
+        Image.new("RGB", (64, 48), GREY).save(root / "JPEGImages" / f"{name}.jpg")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(xmls))
+    assert main(["browse", str(root), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "b.xml: not valid XML" in out and "c.xml: object 1: unknown class 'unicorn'" in out
+    assert "e.xml: size/height '4O' is not a whole number" in out
+    assert "skipped: bndbox not 4 numbers: 1 annotation(s) (d.xml object 1)" in out
+
+
+def test_check_of_a_file_that_is_not_a_dataset(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text("{not json")
+    assert main(["browse", str(tmp_path / "broken.json"), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "the dataset cannot be read: 1" in out and "broken.json: not valid JSON" in out
+
+
+def test_browse_without_output_or_check_is_one_line(coco, capsys):
+    assert main(["browse", str(coco)]) == 2
+    assert "--output DIR is needed" in capsys.readouterr().err

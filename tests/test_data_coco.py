@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 
 from conftest import COCO_REAL
 from fpn.data import CocoDetection, DatasetError
+from fpn.engine.coco_eval import as_coco
 
 REAL = COCO_REAL
 
@@ -55,7 +56,9 @@ def test_edge_cases(tmp_path, caplog):
     assert ds.stats["dropped_degenerate"] == 4 and ds.stats["clipped"] == 1
     assert ds.stats["unknown_image"] == 1 and ds.stats["unknown_category"] == 1 and ds.stats["crowd"] == 1
     assert ds.stats["images_without_annotations"] == 2
-    assert "dropped degenerate" in caplog.text
+    assert "2 annotations skipped: bbox of zero or negative size (ids 3, 4)" in caplog.text
+    assert "1 annotation skipped: bbox not finite (id 5)" in caplog.text
+    assert "1 annotation skipped: bbox outside its image (id 9)" in caplog.text
     image, target = ds[0]
     assert image.shape == (3, 30, 40) and image.dtype == torch.float32
     torch.testing.assert_close(target["boxes"], torch.tensor([[1.0, 2.0, 11.0, 7.0]]))
@@ -189,7 +192,7 @@ def test_warn_drops_unknown_and_repeated_ids(tmp_path, caplog):
             [a["category_id"] for a in expected[image_id]]
     # pycocotools evaluates exactly what the dataset kept (the raw file would give image 2 as
     # other.png, and cannot be indexed at all with the unhashable image id)
-    gt = ds.coco_gt()
+    gt = as_coco(ds.to_coco_dict())
     assert isinstance(gt, COCO) and sorted(gt.getImgIds()) == [1, 2] and gt.imgs[2]["file_name"] == "b.png"
     assert sorted(gt.getAnnIds()) == [1, 2, 3, 4]
     proposals = [ds[i][1]["boxes"] for i in range(2)]
@@ -199,10 +202,18 @@ def test_warn_drops_unknown_and_repeated_ids(tmp_path, caplog):
     assert coco_box_ap(gt, results)["AP"] == pytest.approx(1.0)
 
 
-def test_clean_file_is_its_own_ground_truth(tmp_path):
-    ds = CocoDetection(tmp_path / "img", _dump(tmp_path, _valid(tmp_path)), on_bad_annotations="warn")
-    assert ds.coco_gt() == tmp_path / "annotations.json"
+def test_the_ground_truth_of_a_clean_file_is_the_file(tmp_path):
+    """pycocotools scores against the checked records; for a clean file they say what the file says."""
+    data = _valid(tmp_path)
+    ds = CocoDetection(tmp_path / "img", _dump(tmp_path, data), on_bad_annotations="warn")
     assert [ds.stats[k] for k in ("duplicate_image_id", "unknown_image", "unknown_category")] == [0, 0, 0]
+    gt = ds.to_coco_dict()
+    assert [(i["id"], i["file_name"], i["height"], i["width"]) for i in gt["images"]] == \
+        [(i["id"], i["file_name"], i["height"], i["width"]) for i in data["images"]]
+    fields = ("image_id", "category_id", "bbox", "area", "iscrowd")
+    assert [[a[k] for k in fields] for a in gt["annotations"]] == \
+        [[a[k] for k in fields] for a in data["annotations"]]
+    assert gt["categories"] == CATS
 
 
 def test_missing_and_corrupt_images_name_the_file(tmp_path):
@@ -344,12 +355,12 @@ def test_a_malformed_segmentation_is_our_error_naming_the_annotation(tmp_path, s
     assert "annotation 42" in message and problem in message and "\n" not in message
     ds = CocoDetection(tmp_path / "img", ann_file, on_bad_annotations="warn", load_masks=True)
     assert ds.stats["bad_segmentation"] == 1 and ds[0][1]["masks"].shape == (1, 30, 40)
-    assert ds.coco_gt().getAnnIds() == [1]  # the evaluation leaves it out too
+    assert as_coco(ds.to_coco_dict()).getAnnIds() == [1]  # the evaluation leaves it out too
 
 
 @pytest.mark.parametrize("segmentation", [None, [], [[1, 1, 6, 1, 6, 6, 1, 6]], [[1, 1, 6, 6]],
                                           {"size": [30, 40], "counts": [0, 5, 1195]},
-                                          {"size": [30, 40], "counts": "0PQ0"}])
+                                          {"size": [30, 40], "counts": "m13k000000ko0"}])  # by pycocotools
 def test_well_formed_segmentations_pass(tmp_path, segmentation):
     images = [{"id": 1, **_image(tmp_path, "a.png")}]
     anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0,
@@ -370,3 +381,74 @@ def test_image_ids_that_are_not_integers_are_refused(tmp_path, image_id):
     images = [{"id": 1, **_image(tmp_path, "a.png")}, {"id": image_id, **_image(tmp_path, "b.png")}]
     with pytest.raises(DatasetError, match=r"images\[1\] has id .*: image ids must be integers"):
         CocoDetection(tmp_path / "img", _write(tmp_path, images, [], CATS))
+
+
+def _compressed(mask: np.ndarray) -> str:
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return rle["counts"].decode()
+
+
+# Found by the property tests (tests/test_data_fuzz.py): pycocotools trusts a segmentation, so a
+# polygon corner at 1e308 made it rasterise until the process was killed for its memory, and RLE
+# counts that do not cover height x width made it write past its buffer; huge integers in a bbox
+# raised OverflowError from float().
+@pytest.mark.parametrize(("segmentation", "problem"), [
+    ([[1e308, 1, 5, 5, 1, 5]], "a polygon reaches x = 1e+308, far outside the image"),
+    ([[1, 1, 5, -1e300, 1, 5]], "a polygon reaches y = -1e+300, far outside the image"),
+    ({"size": [30, 40], "counts": [5000]},
+     "an RLE's counts add up to 5000 pixels, not height x width = 1200"),
+    ({"size": [30, 40], "counts": [10**400]}, "an RLE's counts add up to"),
+    ({"size": [30, 40], "counts": "0PQ0"}, "an RLE's counts add up to 32 pixels"),
+    ({"size": [3, 4], "counts": [12]}, "an RLE of size [3, 4] on an image of [30, 40]"),
+])
+def test_segmentations_pycocotools_would_choke_on_are_refused(tmp_path, segmentation, problem):
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    anns = [{"id": 7, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0,
+             "segmentation": segmentation}]
+    pattern = "annotation 7: " + problem.replace("[", r"\[").replace("+", r"\+")
+    with pytest.raises(DatasetError, match=pattern):
+        CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS), load_masks=True)
+
+
+def test_compressed_rle_counts_are_read_as_pycocotools_writes_them(tmp_path):
+    """A compressed RLE that pycocotools wrote for this image passes, and decodes to its mask."""
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[3:17, 5:33] = 1
+    mask[20:, :4] = 1
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [5, 3, 28, 14], "iscrowd": 0,
+             "segmentation": {"size": [30, 40], "counts": _compressed(mask)}}]
+    ds = CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS), load_masks=True)
+    assert np.array_equal(ds[0][1]["masks"][0].numpy(), mask)
+
+
+@pytest.mark.parametrize("bbox", [[10**400, 1, 2, 2], [1, 1, 10**400, 2], [1e308, 1, 1e308, 2]])
+def test_huge_numbers_in_a_bbox_are_skipped_as_not_finite(tmp_path, bbox):
+    images = [{"id": 1, **_image(tmp_path, "a.png")}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": bbox, "iscrowd": 0}]
+    ds = CocoDetection(tmp_path / "img", _write(tmp_path, images, anns, CATS))
+    assert ds.stats["dropped_degenerate"] == 1 and len(ds.images[0].labels) == 0
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="coco-real-160 not present beside the repository")
+def test_the_checked_records_score_as_the_real_file_does():
+    """On 160 real COCO photographs (nothing to skip or clip), pycocotools gives the same AP against
+    ``to_coco_dict()`` as against the annotation file itself, for detections jittered off the truth."""
+    import random
+
+    from fpn.engine.coco_eval import coco_box_ap
+
+    raw = json.loads((REAL / "annotations.json").read_text())
+    rng = random.Random(0)
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": rng.random(),
+                "bbox": [a["bbox"][0] + rng.uniform(-3, 3), a["bbox"][1] + rng.uniform(-3, 3),
+                         *a["bbox"][2:]]}
+               for a in raw["annotations"] if not a["iscrowd"]]
+    ds = CocoDetection(REAL / "images", REAL / "annotations.json")
+    assert ds.stats["clipped"] == ds.stats["dropped_degenerate"] == 0
+    assert len(ds.to_coco_dict()["annotations"]) == len(raw["annotations"])
+    from_file = coco_box_ap(str(REAL / "annotations.json"), results)
+    from_records = coco_box_ap(ds.to_coco_dict(), results)
+    assert 0.5 < from_file["AP"] < 0.9  # the jitter costs some AP: the comparison is not between two ones
+    for key, value in from_file.items():
+        assert from_records[key] == pytest.approx(value, abs=1e-12), key

@@ -181,3 +181,64 @@ def test_fpn_eval_on_pascal_voc_prints_the_voc_table(tmp_path, capsys):
     assert "Pascal VOC AP at IoU 0.5" in out and "mAP" in out and "horse" in out
     metrics = json.loads(next((run / "eval").glob("step_*/metrics.json")).read_text())
     assert {"mAP_voc07", "mAP_voc12", "voc_per_class", "AP"} <= set(metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# An annotation with a string bbox (issue 36): skipped and counted by every command, never a traceback
+
+
+def _with_string_bbox(root, tmp_path, split):
+    """The tiny synthetic set with one ``split`` annotation's bbox written as the text "5,5,20,15"."""
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    ann_file = data / split / "annotations.json"
+    annotations = json.loads(ann_file.read_text())
+    annotations["annotations"][0]["bbox"] = "5,5,20,15"
+    ann_file.write_text(json.dumps(annotations))
+    return data, annotations["annotations"][0]["id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_string_bbox_is_skipped_with_one_warning_by_train_and_eval(tiny_synth, tmp_path, capsys, caplog,
+                                                                    split):
+    data, bad_id = _with_string_bbox(tiny_synth, tmp_path, split)
+    run = tmp_path / "run"
+    overrides = [*TINY_MODEL, *data_overrides(data), "train.batch_size=2", "train.max_iter=1",
+                 "train.warmup_iters=1", "train.device=cpu"]
+    warning = f"1 annotation skipped: bbox not 4 numbers (id {bad_id})"
+    assert main(["--quiet", "train", "--config", "demo", "--output", str(run), *overrides]) == 0
+    assert warning in caplog.text and "Traceback" not in capsys.readouterr().err
+    assert "AP" in json.loads(next((run / "eval").glob("step_*/metrics.json")).read_text())
+    caplog.clear()
+    assert main(["--quiet", "eval", str(run), "--output", str(tmp_path / "eval")]) == 0
+    assert (warning in caplog.text) == (split == "val") and "Traceback" not in capsys.readouterr().err
+    assert "AP" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_an_annotation_of_an_unknown_category_stops_every_command_in_one_line(tiny_synth, tmp_path, capsys):
+    """The other side of the rule: what stops, stops train (before any step), eval and proposals
+    alike, with one line naming the file, the annotation and the category; exit 2, no traceback."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    overrides = [*TINY_MODEL, *data_overrides(data), "train.batch_size=2", "train.max_iter=1",
+                 "train.warmup_iters=1", "train.device=cpu"]
+    run = tmp_path / "run"
+    assert main(["--quiet", "train", "--config", "demo", "--output", str(run), "--no-eval", *overrides]) == 0
+    capsys.readouterr()
+    for split in ("train", "val"):
+        ann_file = data / split / "annotations.json"
+        annotations = json.loads(ann_file.read_text())
+        annotations["annotations"][0]["category_id"] = 999
+        ann_file.write_text(json.dumps(annotations))
+    line = "1 annotation names a category id not in 'categories' (first: annotation"
+    commands = {"train": ["train", "--config", "demo", "--output", str(tmp_path / "run2"), *overrides],
+                "eval": ["eval", str(run), "--output", str(tmp_path / "eval")],
+                "proposals": ["proposals", str(run), "--split", "val", "--output", str(tmp_path / "p.bin")]}
+    for name, argv in commands.items():
+        assert main(["--quiet", *argv]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"fpn {name}: error: ") and line in err and "category 999" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run2" / "checkpoints").exists() and not (tmp_path / "p.bin").exists()

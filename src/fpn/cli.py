@@ -160,11 +160,15 @@ def _add_browse(sub) -> None:
         description="Draws the ground truth of a few images into DIR/gt/ and writes class_counts.png, "
         "object_sizes.png (COCO's small/medium/large buckets), levels.png (the pyramid level Eq. 1 gives "
         "each object under --config) and summary.json. DATA: a COCO annotation file, a folder with "
-        "annotations.json (and images/), an `fpn synth` folder, or a Pascal VOC root; none: the config's "
-        "data.")
+        "annotations.json (and images/), an `fpn synth` folder, a Pascal VOC root or a YOLO folder "
+        "(data.yaml or classes.txt beside labels/); none: the config's data. --check: list every problem "
+        "of the dataset instead (exit 1 if any).")
     p.add_argument("data", type=Path, nargs="?", default=None, metavar="DATA",
                    help="the dataset to look at (default: the config's data)")
-    p.add_argument("--output", type=Path, required=True, help="where the pictures and charts go")
+    p.add_argument("--output", type=Path, default=None, help="where the pictures and charts go")
+    p.add_argument("--check", action="store_true",
+                   help="only check: every record a command would refuse or skip, counted by kind with the "
+                        "first examples (exit 1 if any); writes nothing")
     p.add_argument("--images", type=Path, default=None,
                    help="the image folder of a COCO annotation file (default: images/ beside it, or its "
                         "folder)")
@@ -412,9 +416,15 @@ def _run_predict(args: argparse.Namespace, progress: bool) -> None:
     print(f"wrote {summary.describe()}")
 
 
-def _run_browse(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.jobs.browse import run_browse
+def _run_browse(args: argparse.Namespace, progress: bool) -> int | None:
+    from fpn.jobs.browse import check_dataset, run_browse
 
+    if args.check:
+        report = check_dataset(args.data, images=args.images, split=args.split, config=args.config)
+        print(report.text())
+        return 0 if report.clean else 1
+    if args.output is None:
+        raise ConfigError("fpn browse: --output DIR is needed for the pictures and charts (or --check)")
     summary = run_browse(args.data, args.output, images=args.images, split=args.split, config=args.config,
                          num_images=args.num_images, colour_by=args.colour_by)
     print(summary.text())
@@ -506,7 +516,7 @@ def _run_presets(args: argparse.Namespace, progress: bool) -> None:
     print("\n".join(f"{name:<{width}}  {text}" for name, text in descriptions.items()))
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
+HANDLERS: dict[str, Callable[[argparse.Namespace, bool], int | None]] = {
     "synth": _run_synth, "train": _run_train, "pretrain": _run_pretrain, "eval": _run_eval,
     "proposals": _run_proposals,
     "predict": _run_predict, "browse": _run_browse, "demo": _run_demo, "reproduce": _run_reproduce,
@@ -516,9 +526,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, bool], None]] = {
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the parsed command; 0 when it succeeded (a failure raises)."""
-    HANDLERS[args.command](args, not args.quiet)
-    return 0
+    """Run the parsed command; 0 when it succeeded (a failure raises), or the exit code it returns
+    (``fpn browse --check``: 1 when the dataset has problems)."""
+    return HANDLERS[args.command](args, not args.quiet) or 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -205,9 +205,13 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the images and annotations are; COCO format, or Pascal VOC."""
+    """Where the images and annotations are, and in which format (``fpn.data.formats``)."""
 
-    format: Literal["coco", "voc"] = "coco"
+    # A name in fpn.data.formats.FORMATS (coco, voc, yolo): a table, so that a new format is one
+    # module and one entry there; an unknown name is refused when the data is opened.
+    format: str = "coco"
+    # COCO: the image folders and the annotation JSONs; YOLO: the image folders (labels found by
+    # Ultralytics' images/ -> labels/ rule) and the data.yaml or classes.txt naming the classes.
     train_images: str = "data/synth/train/images"
     train_annotations: str = "data/synth/train/annotations.json"
     val_images: str = "data/synth/val/images"
@@ -221,8 +225,8 @@ class DataConfig:
     val_proposals: str = ""
     horizontal_flip: float = 0.5
     num_workers: int = 2
-    # COCO annotations naming unknown image or category ids, and repeated image ids: "error"
-    # refuses the file; "warn" drops them (keeping the first of repeated images) with a warning.
+    # Annotations naming unknown image or category ids (YOLO: class indices), repeated image ids,
+    # malformed segmentations: "error" refuses the file; "warn" skips them, counted in one warning.
     on_bad_annotations: Literal["error", "warn"] = "error"
     # A COCO file_name that is absolute or leaves the image folder ("../../x.jpg") is refused naming
     # the image; true reads it anyway (an annotation file from elsewhere could name any file).

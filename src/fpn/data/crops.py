@@ -22,15 +22,12 @@ from fpn.data.unreadable import Unreadable, load_or_unreadable
 
 
 def boxes_and_labels(dataset: Dataset, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (N, 4) xyxy boxes and (N,) labels 1..K of image ``index``'s objects (crowd regions left
-    out), read from the annotations where the dataset keeps them, so no image is decoded."""
-    records = getattr(dataset, "records", None)
-    if records is not None:
-        record = records[index]
-        if isinstance(record, dict):  # VOC
-            return (np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4),
-                    np.asarray(record["labels"], dtype=np.int64))
-        keep = ~record.is_crowd
+    """The (N, 4) xyxy boxes and (N,) labels 1..K of image ``index``'s objects (crowd regions and
+    difficult objects left out), read from the dataset's records, so no image is decoded."""
+    images = getattr(dataset, "images", None)
+    if images is not None:
+        record = images[index]
+        keep = record.objects(with_difficult=False)
         return record.boxes_xyxy[keep], record.labels[keep]
     _, target = dataset[index]
     return target["boxes"].numpy(), target["labels"].numpy()
@@ -51,7 +48,7 @@ class ObjectCrops(Dataset):
     that cannot be decoded (the loader skips it).
 
     Args:
-        dataset: images and boxes (``fpn.data.CocoDetection`` or ``VOCDetection``).
+        dataset: images and boxes (a ``fpn.data.DetectionDataset``).
         indices: the images to cut from (a held-out split takes the others).
         crop_size: side of every crop, in pixels.
         context: (min, max) window side / box's longer side, drawn log-uniformly per crop.

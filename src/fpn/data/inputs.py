@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from fpn.data.coco import pil_to_tensor
+from fpn.data.images import pil_to_tensor
 from fpn.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

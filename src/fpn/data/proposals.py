@@ -170,7 +170,7 @@ class WithProposals(Dataset):
         boxes, _ = self.proposals[target["image_id"]]
         return image, {**target, "proposals": boxes[: self.max_per_image]}
 
-    def __getattr__(self, name: str):  # class names, coco_gt(), ... of the wrapped dataset
+    def __getattr__(self, name: str):  # class names, images, to_coco_dict(), ... of the wrapped dataset
         if name in {"dataset", "proposals", "max_per_image"}:
             raise AttributeError(name)
         return getattr(self.dataset, name)

@@ -1,7 +1,12 @@
 """Pascal VOC detection datasets (``Annotations/*.xml``, ``JPEGImages``, ``ImageSets/Main``).
 
-Same item contract as ``CocoDetection``. VOC boxes are 1-based inclusive pixel indices; they
-become 0-based xyxy edges by subtracting 1 from xmin and ymin (as torchvision and detectron2 do).
+Same contract as every format (``fpn.data.dataset``). VOC boxes are 1-based inclusive pixel
+indices; they become 0-based xyxy edges by subtracting 1 from xmin and ymin (as torchvision and
+detectron2 do). Read and checked once, under ``fpn.data.dataset``'s rule: an XML that does not
+parse, an object of a class not in ``class_names`` or a ``size`` that is not whole numbers stops
+the command naming the file; an object whose ``bndbox`` is missing, not numbers, empty or outside
+the image is skipped and counted. Difficult objects are kept, flagged: the training targets
+leave them out unless ``keep_difficult``, VOC's metric ignores the detections that hit them.
 """
 
 from __future__ import annotations
@@ -10,124 +15,146 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import Dataset
-
-from fpn.data.coco import read_image
-from fpn.data.errors import DatasetError
+from fpn.config import DataConfig
+from fpn.data.dataset import AnnotatedDataset, AnnotatedImage, Problems, box_in_image, record_of
+from fpn.errors import ConfigError, DatasetError
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor"]
+BNDBOX_NOT_NUMBERS = "bndbox not 4 numbers"
 
 
-def parse_voc_xml(path: Path, class_to_label: dict[str, int], keep_difficult: bool) -> dict[str, Any]:
+def parse_voc_xml(path: Path, class_to_label: dict[str, int], problems: Problems) -> dict[str, Any] | None:
+    """One XML's objects as rows ``(box_xyxy, label, is_crowd, difficult, area)`` and its recorded
+    size; None when the file is refused and ``problems`` collects."""
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
-        raise DatasetError(f"{path}: annotation file not found") from None
-    except ET.ParseError as err:
-        raise DatasetError(f"{path}: not valid XML ({err})") from None
-    boxes, labels, difficult = [], [], []
-    for obj in root.iter("object"):
+        return problems.stop("annotation file not found", "annotation file not found", file=path)
+    except (ET.ParseError, UnicodeDecodeError, OSError) as err:
+        return problems.stop("not valid XML", f"not valid XML ({str(err)[:160]})", file=path)
+    size = _recorded_hw(root, path, problems)
+    rows = []
+    for number, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         if name not in class_to_label:
-            raise DatasetError(f"{path}: unknown class {name!r} (name a set's classes in data.voc_classes)")
-        is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
-        if is_difficult and not keep_difficult:
+            problems.stop("unknown class", f"object {number}: unknown class {name!r} (name a set's classes "
+                          "in data.voc_classes)", file=path)
             continue
-        bb = obj.find("bndbox")
-        try:
-            x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (AttributeError, TypeError, ValueError):
-            raise DatasetError(f"{path}: object {name!r} has no valid bndbox") from None
-        if x2 < x1 or y2 < y1:
+        corners = _numbers(obj.find("bndbox"))
+        if corners is None:
+            problems.skip(BNDBOX_NOT_NUMBERS, f"{path.name} object {number}")
             continue
-        boxes.append([x1 - 1, y1 - 1, x2, y2])
-        labels.append(class_to_label[name])
-        difficult.append(is_difficult)
+        x1, y1, x2, y2 = corners
+        box, problem = box_in_image((x1 - 1, y1 - 1, x2, y2), size)
+        if problem:
+            problems.skip(problem, f"{path.name} object {number}")
+            continue
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        rows.append((box, class_to_label[name], False, difficult, (box[2] - box[0]) * (box[3] - box[1])))
+    return {"rows": rows, "hw": size}
+
+
+def _numbers(bndbox: ET.Element | None) -> tuple[float, ...] | None:
+    if bndbox is None:
+        return None
+    try:
+        return tuple(float(bndbox.findtext(k) or "") for k in ("xmin", "ymin", "xmax", "ymax"))
+    except ValueError:
+        return None
+
+
+def _recorded_hw(root: ET.Element, path: Path, problems: Problems) -> tuple[int, int] | None:
+    """``size``'s (height, width); None when absent or 0 (the image's header tells), and a stop when
+    it is not whole numbers."""
     size = root.find("size")
-    height = int(size.findtext("height")) if size is not None and size.findtext("height") else None
-    width = int(size.findtext("width")) if size is not None and size.findtext("width") else None
-    return {"boxes": boxes, "labels": labels, "difficult": difficult, "height": height, "width": width,
-            "file_name": root.findtext("filename")}
+    if size is None:
+        return None
+    sides = []
+    for key in ("height", "width"):
+        text = (size.findtext(key) or "").strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not (value >= 0 and value.is_integer() and value < 2**31):
+            problems.stop("size not whole numbers", f"size/{key} {text[:40]!r} is not a whole number",
+                          file=path)
+            return None
+        sides.append(int(value))
+    return (sides[0], sides[1]) if all(sides) else None
 
 
-class VOCDetection(Dataset):
+class VOCDetection(AnnotatedDataset):
     """Images and boxes of a Pascal VOC split (``root/ImageSets/Main/{split}.txt``).
 
-    Item ``i`` is ``(image, target)`` as ``CocoDetection`` gives it; difficult objects are left out
+    Item ``i`` is ``(image, target)`` as every dataset gives it; difficult objects are left out
     of the targets unless ``keep_difficult`` (``ground_truth`` keeps them, flagged, for the VOC
-    metric). Labels are 1..K in the order of ``class_names`` (default: the 20 VOC classes).
+    metric). Labels are 1..K in the order of ``class_names`` (default: the 20 VOC classes); image
+    ids are 1..N in split order.
     """
 
+    voc_metric = True
+
     def __init__(self, root: str | Path, split: str = "train", *, class_names: list[str] | None = None,
-                 keep_difficult: bool = False):
+                 keep_difficult: bool = False, collect: bool = False):
         self.root = Path(root)
+        self.image_root = self.root / "JPEGImages"
         self.class_names = list(class_names or VOC_CLASSES)
         self.label_to_category_id = {i + 1: i + 1 for i in range(len(self.class_names))}
         self.keep_difficult = keep_difficult
-        class_to_label = {name: i + 1 for i, name in enumerate(self.class_names)}
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
-        if not split_file.is_file():
-            raise DatasetError(f"{split_file}: split file not found")
-        self.ids = []
-        for number, line in enumerate(split_file.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            image_id = line.split()[0]  # a file name in Annotations/ and JPEGImages/: never a path
-            if image_id in (".", "..") or "/" in image_id or "\\" in image_id:
-                raise DatasetError(f"{split_file}: line {number}: {image_id!r} is not an image id (a file "
-                                   "name without folders, as 2008_000123)")
-            self.ids.append(image_id)
-        self.records = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml", class_to_label, keep_difficult)
-                        for i in self.ids]
+        self.problems = Problems(split_file, collect=collect)
+        self.ids = _split_ids(split_file)
+        class_to_label = {name: i + 1 for i, name in enumerate(self.class_names)}
+        self.images: list[AnnotatedImage] = []
+        for image_id in self.ids:
+            xml = self.root / "Annotations" / f"{image_id}.xml"
+            parsed = parse_voc_xml(xml, class_to_label, self.problems)
+            if parsed is not None:
+                self.images.append(record_of(len(self.images) + 1, self.image_root / f"{image_id}.jpg",
+                                             parsed["hw"], parsed["rows"]))
+        if not collect:
+            self.problems.report()
 
-    def image_ids(self) -> list[int]:
-        """The image ids (1..N in split order, as ``to_coco_dict`` numbers them)."""
-        return list(range(1, len(self) + 1))
 
-    def __len__(self) -> int:
-        return len(self.ids)
+def _split_ids(split_file: Path) -> list[str]:
+    if not split_file.is_file():
+        raise DatasetError(f"{split_file}: split file not found")
+    try:
+        lines = split_file.read_text().splitlines()
+    except (UnicodeDecodeError, OSError) as err:
+        raise DatasetError(f"{split_file}: not a readable list of image ids ({err})") from None
+    ids = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]  # a file name in Annotations/ and JPEGImages/: never a path
+        if image_id in (".", "..") or "/" in image_id or "\\" in image_id:
+            raise DatasetError(f"{split_file}: line {number}: {image_id!r} is not an image id (a file "
+                               "name without folders, as 2008_000123)")
+        ids.append(image_id)
+    return ids
 
-    def __getitem__(self, index: int):
-        record = self.records[index]
-        image = read_image(self.root / "JPEGImages" / f"{self.ids[index]}.jpg")
-        target = {"boxes": torch.tensor(record["boxes"], dtype=torch.float32).reshape(-1, 4),
-                  "labels": torch.tensor(record["labels"], dtype=torch.int64),
-                  "crowd_boxes": torch.zeros(0, 4), "image_id": index + 1,
-                  "orig_size": tuple(int(s) for s in image.shape[-2:])}
-        return image, target
 
-    def ground_truth(self) -> list[dict[str, Any]]:
-        """Every image's objects with their difficult flags, for ``fpn.engine.voc_eval.voc_map``.
+def _no_masks(masks: bool) -> None:
+    if masks:
+        raise ConfigError("model.proposals=segments needs instance masks and VOC has none here: "
+                          "use COCO-format data (data.format=coco)")
 
-        Difficult objects are included whatever ``keep_difficult`` says (VOC's metric needs them to
-        ignore the detections that hit them); the XMLs are parsed again if the dataset dropped them.
-        No image is read. ``image_id`` is the dataset's own (index + 1, as in ``__getitem__``);
-        boxes are 0-based xyxy edges (float32, (G, 4)), labels int64 1..K, difficult bool.
-        """
-        if self.keep_difficult:
-            records = self.records
-        else:
-            class_to_label = {name: i + 1 for i, name in enumerate(self.class_names)}
-            records = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml", class_to_label, True)
-                       for i in self.ids]
-        return [{"image_id": index + 1,
-                 "boxes": torch.tensor(record["boxes"], dtype=torch.float32).reshape(-1, 4),
-                 "labels": torch.tensor(record["labels"], dtype=torch.int64),
-                 "difficult": torch.tensor(record["difficult"], dtype=torch.bool)}
-                for index, record in enumerate(records)]
 
-    def to_coco_dict(self) -> dict[str, Any]:
-        """The annotations in COCO form, so pycocotools can evaluate on VOC too."""
-        images, annotations = [], []
-        for index, record in enumerate(self.records):
-            images.append({"id": index + 1, "file_name": f"{self.ids[index]}.jpg",
-                           "height": record["height"], "width": record["width"]})
-            for box, label in zip(record["boxes"], record["labels"], strict=True):
-                w, h = box[2] - box[0], box[3] - box[1]
-                annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": label,
-                                    "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
-        categories = [{"id": i + 1, "name": n} for i, n in enumerate(self.class_names)]
-        return {"images": images, "annotations": annotations, "categories": categories}
+def from_config(data: DataConfig, split: str, *, masks: bool = False, collect: bool = False) -> VOCDetection:
+    """``data.voc_root``'s ``split`` list, classes ``data.voc_classes`` (empty: Pascal's 20)."""
+    _no_masks(masks)
+    return VOCDetection(data.voc_root, split=split, class_names=data.voc_classes or None, collect=collect)
+
+
+def from_path(path: Path, *, split: str, images: Path | None, data: DataConfig, collect: bool = False
+              ) -> VOCDetection | None:
+    """The VOC root at ``path`` (``Annotations/``, ``ImageSets/Main/``), or None."""
+    if not ((path / "Annotations").is_dir() and (path / "ImageSets" / "Main").is_dir()):
+        return None
+    return VOCDetection(path, split=split, class_names=data.voc_classes or None, collect=collect)

@@ -1,11 +1,11 @@
 """``fpn browse``: look at a dataset before training an FPN on it.
 
-Writes, for a COCO or Pascal VOC dataset: ``gt/`` (the ground truth of a few images drawn, one
+Writes, for a COCO, Pascal VOC or YOLO dataset: ``gt/`` (the ground truth of a few images drawn, one
 colour per class, or per pyramid level), ``class_counts.png``, ``object_sizes.png`` (the
 distribution of sqrt(box area) with COCO's small / medium / large buckets: areas below 32², below
 96², above), ``levels.png`` (the share of objects per pyramid level under Eq. 1 for a config,
 docs/paper.md §3) and ``summary.json`` with the numbers behind them. No image is decoded except
-those drawn.
+those drawn. ``check_dataset`` (``--check``) lists every record a command would refuse or skip.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from fpn.config import Config, load_config
-from fpn.data import CocoDetection, DatasetError, VOCDetection, read_image
-from fpn.data.inventory import AnnotatedImage, annotated_images
-from fpn.errors import PathNotFoundError
-from fpn.jobs.datasets import build_dataset
+from fpn.data.dataset import AnnotatedImage, DetectionDataset, Problem
+from fpn.data.formats import open_path, open_split
+from fpn.data.images import header_hw, read_image
+from fpn.errors import DatasetError
 from fpn.model.level_assignment import gt_levels, level_shares
 from fpn.visualize import ColourBy, draw_detections, save_picture, to_pil
 
@@ -63,38 +63,24 @@ class BrowseSummary:
 
 
 def open_dataset(data: str | Path | None, *, images: str | Path | None = None, split: str = "train",
-                 cfg: Config | None = None) -> CocoDetection | VOCDetection:
-    """A COCO or VOC dataset from a path: an annotation JSON (images in ``images``, else the folder
-    ``images`` beside it, else the JSON's folder), a VOC root (``Annotations``, ``ImageSets/Main``,
-    ``JPEGImages``; ``split`` names the list; the classes are ``data.voc_classes``, else Pascal's
-    20), a folder holding ``annotations.json`` (and ``images/``),
-    or the root of ``fpn synth`` (``<split>/annotations.json``). ``data=None``: the config's data."""
+                 cfg: Config | None = None, collect: bool = False) -> DetectionDataset:
+    """The dataset at a path, in whichever format it is (``fpn.data.formats.open_path``): a COCO
+    annotation JSON (images in ``images``, else the folder ``images`` beside it, else the JSON's
+    folder), a folder holding ``annotations.json`` (or ``<split>/annotations.json``, as ``fpn
+    synth`` writes), a VOC root (``split`` names the list; the classes are ``data.voc_classes``,
+    else Pascal's 20) or a YOLO folder (``data.yaml`` or ``classes.txt`` beside ``labels/``).
+    ``data=None``: the config's data. ``collect``: note every problem instead of stopping."""
+    data_cfg = (cfg or load_config("demo")).data
     if data is None:
-        return build_dataset((cfg or load_config("demo")).data, split)
-    path = Path(data)
-    if path.is_file():
-        return _coco(path, images)
-    if (path / "Annotations").is_dir() and (path / "ImageSets" / "Main").is_dir():
-        return VOCDetection(path, split=split, class_names=cfg.data.voc_classes if cfg else None)
-    for candidate in (path / "annotations.json", path / split / "annotations.json"):
-        if candidate.is_file():
-            return _coco(candidate, images)
-    if not path.exists():
-        raise PathNotFoundError(f"{path}: no such file or folder")
-    raise DatasetError(f"{path}: not a dataset (looked for a COCO annotation file, annotations.json, "
-                       f"{split}/annotations.json, or VOC's Annotations/ and ImageSets/Main/)")
+        return open_split(data_cfg, split, collect=collect)
+    return open_path(data, split=split, images=images, data=data_cfg, collect=collect)
 
 
-def _coco(annotations: Path, images: str | Path | None) -> CocoDetection:
-    if images is None:
-        beside = annotations.parent / "images"
-        images = beside if beside.is_dir() else annotations.parent
-    dataset = CocoDetection(images, annotations)
-    first = next((r.file_name for r in dataset.records), None)
-    if first is not None and not (Path(images) / first).is_file():
-        raise DatasetError(f"{annotations}: its images are not in {images} (no {first} there): "
-                           "pass --images DIR")
-    return dataset
+def objects_of(record: AnnotatedImage) -> tuple[np.ndarray, np.ndarray]:
+    """(G, 4) boxes and (G,) labels of an image's objects (crowd regions and VOC's difficult
+    objects left out, as training leaves them out)."""
+    keep = record.objects(with_difficult=False)
+    return record.boxes_xyxy[keep], record.labels[keep]
 
 
 def run_browse(data: str | Path | None, out_dir: str | Path, *, images: str | Path | None = None,
@@ -105,30 +91,83 @@ def run_browse(data: str | Path | None, out_dir: str | Path, *, images: str | Pa
     dataset = open_dataset(data, images=images, split=split, cfg=cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    inventory = list(annotated_images(dataset))
+    inventory = list(dataset.images)
     names = list(dataset.class_names)
     summary = summarise(inventory, names, cfg, dataset=str(data or f"{config} data.{split}"),
                         config=str(config))
     summary.drawn = draw_ground_truth(inventory, names, cfg, out_dir / "gt", num_images=num_images,
-                                      root=_image_root(dataset), colour_by=colour_by)
+                                      root=dataset.image_root, colour_by=colour_by)
     summary.charts = plot_charts(inventory, summary, out_dir)
     (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=1))
     return summary
 
 
+@dataclass
+class CheckReport:
+    """Every problem of a dataset at once (``fpn browse DATA --check``), by kind."""
+
+    dataset: str
+    images: int
+    objects: int
+    problems: list[Problem]
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        """A heading line, then per kind: whether it stops a command or is skipped, the count, and
+        the first records it hit (one a line for the stops, whose messages are long)."""
+        lines = [f"{self.dataset}: {self.images} images, {self.objects} objects kept; "
+                 + (f"{len(self.problems)} kind(s) of problem" if self.problems else "no problems")]
+        for problem in sorted(self.problems, key=lambda p: not p.stops):
+            if problem.stops:
+                lines.append(f"  stops training and evaluation: {problem.kind}: {problem.count}")
+                lines += [f"    {example}" for example in problem.examples]
+            else:
+                lines.append(f"  skipped: {problem.kind}: {problem.count} {problem.what}(s) "
+                             f"({problem.where()})")
+        return "\n".join(lines)
+
+
+def check_dataset(data: str | Path | None, *, images: str | Path | None = None, split: str = "train",
+                  config: str | Path = "demo", overrides: list[str] | None = None) -> CheckReport:
+    """Every problem the commands would stop on or skip (``fpn.data.dataset``'s rule), counted by
+    kind with the first examples; the images' headers are read, none is decoded."""
+    cfg = load_config(config, overrides)
+    name = str(data or f"{config} data.{split}")
+    try:
+        dataset = open_dataset(data, images=images, split=split, cfg=cfg, collect=True)
+    except DatasetError as err:  # the file itself cannot be read: nothing further to check
+        return CheckReport(name, 0, 0, [Problem("the dataset cannot be read", True, "file", 1, [str(err)])])
+    problems = dataset.problems.problems()
+    unreadable = Problem("image file unreadable", False, "image")
+    for record in dataset.images:
+        try:
+            header_hw(record.file)
+        except DatasetError as err:
+            unreadable.add(str(err))
+    if unreadable.count:
+        problems.append(unreadable)
+    objects = sum(len(objects_of(record)[1]) for record in dataset.images)
+    return CheckReport(name, len(dataset.images), objects, problems)
+
+
 def summarise(inventory: list[AnnotatedImage], class_names: list[str], cfg: Config, *, dataset: str,
               config: str) -> BrowseSummary:
     """Counts per class, per COCO size bucket and per pyramid level (``level_shares``)."""
-    labels = Counter(int(label) for item in inventory for label in item.labels)
-    areas = np.concatenate([_areas(item.boxes_xyxy) for item in inventory] or [np.zeros(0)])
+    objects = [objects_of(item) for item in inventory]
+    labels = Counter(int(label) for _, item_labels in objects for label in item_labels)
+    areas = np.concatenate([_areas(boxes) for boxes, _ in objects] or [np.zeros(0)])
     buckets = {"small": int((areas < SMALL_AREA).sum()),
                "medium": int(((areas >= SMALL_AREA) & (areas < MEDIUM_AREA)).sum()),
                "large": int((areas >= MEDIUM_AREA).sum())}
-    boxes_and_sizes = ((torch.from_numpy(item.boxes_xyxy), item.image_hw) for item in inventory)
+    boxes_and_sizes = ((torch.from_numpy(boxes), item.image_hw())
+                       for item, (boxes, _) in zip(inventory, objects, strict=True))
     shares = level_shares(boxes_and_sizes, cfg.model)
     return BrowseSummary(
         dataset=dataset, images=len(inventory), objects=int(areas.size),
-        images_without_objects=sum(1 for item in inventory if len(item.labels) == 0),
+        images_without_objects=sum(1 for _, item_labels in objects if len(item_labels) == 0),
         class_counts={name: labels.get(i + 1, 0) for i, name in enumerate(class_names)},
         size_buckets=buckets, level_shares=shares, config=config, resize=_resize_text(cfg))
 
@@ -145,10 +184,6 @@ def _resize_text(cfg: Config) -> str:
     return f"shorter side {cfg.model.input.min_size_test}, longer at most {cfg.model.input.max_size}"
 
 
-def _image_root(dataset: CocoDetection | VOCDetection) -> Path:
-    return dataset.image_dir if isinstance(dataset, CocoDetection) else dataset.root / "JPEGImages"
-
-
 def draw_ground_truth(inventory: list[AnnotatedImage], class_names: list[str], cfg: Config, out_dir: Path, *,
                       num_images: int, root: Path, colour_by: ColourBy = "class") -> list[str]:
     """The ground truth of ``num_images`` images spread evenly over the dataset, drawn into
@@ -161,12 +196,13 @@ def draw_ground_truth(inventory: list[AnnotatedImage], class_names: list[str], c
     for index in picks:
         item = inventory[index]
         try:
-            image = to_pil(read_image(item.file, item.image_hw))
+            image = to_pil(read_image(item.file, item.recorded_hw))
         except DatasetError as err:
             log.warning("not drawn: %s", err)
             continue
-        truth = {"boxes": torch.from_numpy(item.boxes_xyxy), "labels": torch.from_numpy(item.labels),
-                 "levels": gt_levels(torch.from_numpy(item.boxes_xyxy), item.image_hw, cfg.model)}
+        boxes, labels = objects_of(item)
+        truth = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                 "levels": gt_levels(torch.from_numpy(boxes), (image.height, image.width), cfg.model)}
         relative = item.file.relative_to(root) if item.file.is_relative_to(root) else Path(item.file.name)
         path = out_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +240,7 @@ def _class_chart(plt, summary: BrowseSummary, path: Path) -> Path:
 
 
 def _size_chart(plt, inventory: list[AnnotatedImage], summary: BrowseSummary, path: Path) -> Path:
-    sides = np.sqrt(np.concatenate([_areas(item.boxes_xyxy) for item in inventory] or [np.zeros(0)]))
+    sides = np.sqrt(np.concatenate([_areas(objects_of(item)[0]) for item in inventory] or [np.zeros(0)]))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if sides.size:
         top = max(float(sides.max()), 2 * math.sqrt(MEDIUM_AREA))

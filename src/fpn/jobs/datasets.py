@@ -2,45 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fpn.config import Config, DataConfig
-from fpn.data import CocoDetection, VOCDetection
+from fpn.data.dataset import DetectionDataset
+from fpn.data.formats import open_split
 from fpn.data.proposals import WithProposals
 from fpn.data.unreadable import SkippingUnreadable, collate_readable
 from fpn.engine import distributed
-from fpn.errors import ConfigError, PathNotFoundError
+from fpn.errors import ConfigError
 
 
-def build_dataset(data: DataConfig, split: str, *, load_masks: bool = False) -> Dataset:
-    """The train or val dataset the config names (COCO format or Pascal VOC); ``load_masks`` adds
-    the COCO instance masks (polygons or RLE) to the targets."""
-    match data.format:
-        case "coco":
-            images = data.train_images if split == "train" else data.val_images
-            annotations = data.train_annotations if split == "train" else data.val_annotations
-            for path, key in ((images, "images"), (annotations, "annotations")):
-                if not Path(path).exists():
-                    raise PathNotFoundError(f"{path}: not found (data.{split}_{key} in the config; "
-                                            "`fpn synth DIR` makes the built-in benchmark)")
-            return CocoDetection(images, annotations, load_masks=load_masks,
-                                 on_bad_annotations=data.on_bad_annotations,
-                                 allow_outside_image_paths=data.allow_outside_image_paths)
-        case "voc":
-            return VOCDetection(data.voc_root, split=split, class_names=data.voc_classes or None)
-    raise ValueError(f"unknown data format {data.format!r}")
+def build_dataset(data: DataConfig, split: str, *, masks: bool = False) -> DetectionDataset:
+    """The train or val dataset the config names, in its ``data.format`` (``fpn.data.formats``);
+    ``masks``: instance masks are needed (decoded for training, kept for mask AR)."""
+    return open_split(data, split, masks=masks)
 
 
 def dataset_for(cfg: Config, split: str) -> Dataset:
     """The dataset ``cfg`` trains or evaluates on: with its fixed proposals for Fast R-CNN."""
     segments = cfg.model.proposals == "segments"  # docs/paper.md §5: trained on instance masks
-    if segments and cfg.data.format == "voc":
-        raise ConfigError("model.proposals=segments needs instance masks and VOC has none here: "
-                          "use COCO-format data (data.format=coco)")
-    # evaluation scores against the annotation file itself: only training decodes the masks
-    dataset = build_dataset(cfg.data, split, load_masks=segments and split == "train")
+    dataset = build_dataset(cfg.data, split, masks=segments)
     if cfg.model.proposals != "given":
         return dataset
     field = f"data.{split}_proposals"
@@ -81,8 +63,7 @@ def val_loader(dataset: Dataset, batch_size: int = 2, workers: int = 0) -> DataL
                       collate_fn=collate_readable)
 
 
-def coco_ground_truth(dataset):
-    """What pycocotools evaluates against: the COCO file, or VOC converted to COCO."""
-    if hasattr(dataset, "coco_gt"):
-        return dataset.coco_gt()
+def coco_ground_truth(dataset: DetectionDataset) -> dict:
+    """What pycocotools evaluates against: the dataset's validated records in COCO form (never the
+    annotation file read again)."""
     return dataset.to_coco_dict()

@@ -17,10 +17,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from fpn.box_format import xywh_to_xyxy
-from fpn.data import CocoDetection, DatasetError, VOCDetection, read_image
-from fpn.data.inventory import AnnotatedImage, annotated_images
+from fpn.data.dataset import AnnotatedImage, DetectionDataset
+from fpn.data.images import read_image
 from fpn.engine.plots import plot_confusion_matrix, plot_pr_curves
 from fpn.engine.results import EvalResult
+from fpn.errors import DatasetError
 from fpn.visualize import draw_detections, label_font, to_pil
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ GAP = 8  # pixels between the two halves of a picture
 MIN_SIDE = 320  # smaller images are enlarged by a whole factor (nearest pixel) before drawing
 
 
-def write_eval_pictures(result: EvalResult, dataset: CocoDetection | VOCDetection, out_dir: Path, *,
+def write_eval_pictures(result: EvalResult, dataset: DetectionDataset, out_dir: Path, *,
                         label_to_category_id: dict[int, int], num_worst: int = NUM_WORST) -> list[str]:
     """The PR curves, the confusion matrix and the ``num_worst`` worst images in ``out_dir``; the
     files written, relative to it (no charts without matplotlib; nothing for a model without boxes)."""
@@ -45,7 +46,7 @@ def write_eval_pictures(result: EvalResult, dataset: CocoDetection | VOCDetectio
     return written
 
 
-def draw_worst_images(result: EvalResult, dataset: CocoDetection | VOCDetection, out_dir: Path, *,
+def draw_worst_images(result: EvalResult, dataset: DetectionDataset, out_dir: Path, *,
                       label_to_category_id: dict[int, int], num_images: int) -> list[str]:
     """The images with the most errors (false positives + misses, ties by image order), drawn as
     ``worst/NN_<image>.png``: the detections scored at least the confusion matrix's threshold on the
@@ -53,8 +54,7 @@ def draw_worst_images(result: EvalResult, dataset: CocoDetection | VOCDetection,
     ranked = sorted((e for e in result.image_errors if e.total), key=lambda e: -e.total)[:num_images]
     if not ranked:
         return []
-    annotated = getattr(dataset, "dataset", dataset)  # under fixed proposals (WithProposals): its images
-    by_id = dict(zip(dataset.image_ids(), annotated_images(annotated), strict=True))
+    by_id = {record.image_id: record for record in dataset.images}
     category_to_label = {cat: label for label, cat in label_to_category_id.items()}
     names = result.confusion.class_names
     thresh = result.confusion.score_thresh
@@ -64,7 +64,7 @@ def draw_worst_images(result: EvalResult, dataset: CocoDetection | VOCDetection,
         if item is None:
             continue
         try:
-            image = to_pil(read_image(item.file, item.image_hw))
+            image = to_pil(read_image(item.file, item.recorded_hw))
         except DatasetError as err:
             log.warning("not drawn: %s", err)
             continue
@@ -91,7 +91,9 @@ def _detections_of(result: EvalResult, image_id: int, category_to_label: dict[in
 
 
 def _truth(item: AnnotatedImage) -> dict:
-    return {"boxes": torch.from_numpy(item.boxes_xyxy), "labels": torch.from_numpy(item.labels)}
+    """The objects (crowd regions and difficult objects left out, as the confusion matrix counts)."""
+    keep = item.objects(with_difficult=False)
+    return {"boxes": torch.from_numpy(item.boxes_xyxy[keep]), "labels": torch.from_numpy(item.labels[keep])}
 
 
 def side_by_side(left: Image.Image, right: Image.Image, captions: tuple[str, str]) -> Image.Image:

@@ -27,7 +27,7 @@ def evaluators_for(model: nn.Module, dataset: Dataset, cfg: Config, coco: COCO) 
     """The model's evaluators (box AP and proposal AR, or mask AR), and Pascal VOC's own metric
     when the dataset is VOC and the model has a box head."""
     evaluators = detector_evaluators(model, coco, label_to_category_id(cfg), with_proposals=True)
-    if hasattr(dataset, "ground_truth") and model.roi_heads is not None:
+    if dataset.voc_metric and model.roi_heads is not None:
         evaluators.append(VOCEvaluator(dataset.ground_truth(), list(cfg.model.class_names)))
     return evaluators
 
@@ -55,8 +55,9 @@ def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, *, progress:
 
 
 def mean_anchors_per_image(model: nn.Module, coco) -> float:
-    """The RPN's anchors per image at test time, averaged over the images of a COCO ground truth."""
-    sizes = [(int(img["height"]), int(img["width"])) for img in coco.dataset["images"]]
+    """The RPN's anchors per image at test time, averaged over the images of a COCO ground truth
+    (those whose size is known: an unreadable image has none)."""
+    sizes = [(int(img["height"]), int(img["width"])) for img in coco.dataset["images"] if "height" in img]
     return sum(model.num_anchors(hw) for hw in sizes) / max(1, len(sizes))
 
 
