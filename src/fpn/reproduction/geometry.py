@@ -13,7 +13,6 @@ comparison before any training (issue 34; reports/reproduction/discussion.md).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fpn.config import ModelConfig, load_config
+from fpn.data.formats import open_path
 from fpn.model.anchor_coverage import SIZE_BUCKETS, coverage
 from fpn.model.level_assignment import level_shares
 
@@ -34,21 +34,15 @@ Boxes = list[tuple[Tensor, Tensor, tuple[int, int]]]
 
 
 def annotated_boxes(annotations: str | Path) -> Boxes:
-    """``(boxes_xyxy (G, 4), areas (G,), (height, width))`` per image of a COCO file: the non-crowd
-    boxes with a positive size, and the ``area`` COCOeval buckets them by. For the study's own files
-    and the COCO reference, both well formed."""
-    coco = json.loads(Path(annotations).read_text())
-    per_image: dict[Any, list[dict]] = {image["id"]: [] for image in coco["images"]}
-    for a in coco["annotations"]:
-        if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0 and a["image_id"] in per_image:
-            per_image[a["image_id"]].append(a)
+    """``(boxes_xyxy (G, 4), areas (G,), (height, width))`` per image of a COCO file (images beside it
+    in ``images/``), read through the data layer's checked records (``fpn.data.formats``): the
+    objects (not crowd regions), and the ``area`` COCOeval buckets them by."""
+    dataset = open_path(annotations)
     result = []
-    for image in coco["images"]:
-        found = per_image[image["id"]]
-        xywh = torch.tensor([a["bbox"] for a in found], dtype=torch.float32).reshape(-1, 4)
-        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
-        areas = torch.tensor([float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in found])
-        result.append((boxes, areas, (int(image["height"]), int(image["width"]))))
+    for record in dataset.images:
+        keep = record.objects()
+        result.append((torch.from_numpy(record.boxes_xyxy[keep]).float(),
+                       torch.from_numpy(record.areas[keep]).float(), record.image_hw()))
     return result
 
 
