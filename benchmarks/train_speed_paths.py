@@ -12,7 +12,8 @@ import argparse
 
 from fpn.bench.common import markdown_table
 from fpn.bench.training import interleaved, optimizer_for, setting, train_step
-from fpn.model.detector import FasterRCNN, TrainingSpeedPaths
+from fpn.model.detector import FasterRCNN
+from fpn.model.speed_paths import TrainingSpeedPaths
 
 VARIANTS = {
     "plain": TrainingSpeedPaths.of(False),

@@ -15,13 +15,14 @@ PACKAGE_ROOT = Path(fpn.__file__).parent
 
 # Which top-level parts of fpn each part may import (besides itself). Neutral helpers at the bottom.
 NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize",
-           "fpn.safe_reading", "fpn.results"}
+           "fpn.safe_reading", "fpn.results", "fpn.progress"}
 ALLOWED = {
     "fpn.errors": set(),
     "fpn.config": {"fpn.errors"},
     "fpn.device": {"fpn.errors"},
     "fpn.safe_reading": {"fpn.errors"},
     "fpn.box_format": set(),
+    "fpn.progress": set(),
     "fpn.detections": set(),
     "fpn.visualize": set(),
     "fpn.results": {"fpn.box_format", "fpn.visualize"},  # Detections: drawn and written

@@ -16,7 +16,6 @@ from PIL import Image
 from conftest import COCO_REAL, coco_real_subset
 from fpn.config import load_config
 from fpn.model.detector import FasterRCNN
-from fpn.model.layout import channels_last_is_safe
 
 SMALL = ["model.backbone.depth=18", "model.backbone.norm=bn", "model.backbone.freeze_at=0",
          "model.roi_heads.fc_dim=32", "model.input.min_size_train=[64]", "model.input.min_size_test=64",
@@ -53,9 +52,8 @@ def _conv_input_formats(model: FasterRCNN, training: bool) -> list[torch.memory_
 ])
 def test_the_first_convolution_receives_the_layout_the_config_allows(width, channels, expected):
     overrides = [*SMALL, f"model.backbone.width={width}", f"model.neck.channels={channels}"]
-    cfg = load_config(None, overrides).model
-    assert channels_last_is_safe(cfg) == (expected == torch.channels_last)
-    model = FasterRCNN(cfg)
+    model = FasterRCNN(load_config(None, overrides).model)
+    assert model.memory_format == expected
     for training in (True, False):  # the training fast path and the folded inference copy
         formats = _conv_input_formats(model, training)
         assert formats, "no convolution ran"
@@ -66,11 +64,11 @@ def test_the_first_convolution_receives_the_layout_the_config_allows(width, chan
 def test_the_layout_follows_the_config_not_the_host():
     """The same config gives the same choice whatever oneDNN may use: it reads no CPU flags."""
     cfg = load_config("demo").model
-    assert channels_last_is_safe(cfg)  # the demo preset: width 16, d = 64
+    assert FasterRCNN(cfg).memory_format == torch.channels_last  # the demo preset: width 16, d = 64
     cfg.backbone.width = 8
-    assert not channels_last_is_safe(cfg)
+    assert FasterRCNN(cfg).memory_format == torch.contiguous_format
     cfg.backbone.width, cfg.rpn.conv_channels = 16, 40
-    assert not channels_last_is_safe(cfg)
+    assert FasterRCNN(cfg).memory_format == torch.contiguous_format
 
 
 def _has_avx512f() -> bool:

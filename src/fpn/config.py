@@ -48,7 +48,7 @@ class NeckConfig:
     top_down: bool = True  # ablation (d) turns it off
     lateral: bool = True  # ablation (e) turns it off
     p6: bool = True  # P6 = stride-2 subsampling of P5, for the RPN
-    # With kind == "single_scale" the heads read this bottom-up map directly (ablations a, b).
+    # With kind: single_scale the heads read this bottom-up map directly (ablations a, b).
     single_level: Literal["c4", "c5"] = "c4"
     # Fix the pyramid's weights (with backbone.freeze_at: 5, the shared features of Table 5's
     # steps 3 and 4, in which only the RPN or the box head is fine-tuned).

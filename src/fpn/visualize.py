@@ -142,15 +142,6 @@ def label_position(box_xyxy: Sequence[float], tag_wh: tuple[int, int], image_siz
     return x, y
 
 
-def save_drawn(image: Image.Image, detections: Mapping[str, Any], path: str | Path,
-               class_names: Sequence[str] | None = None, score_thresh: float = DRAW_SCORE_THRESH, *,
-               colour_by: ColourBy = "class") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_picture(draw_detections(image, detections, class_names, score_thresh, colour_by=colour_by), path)
-    return path
-
-
 def save_picture(image: Image.Image, path: Path) -> None:
     """Save in the format the suffix names (JPEG at quality 95: box outlines stay sharp)."""
     if path.suffix.lower() in (".jpg", ".jpeg"):

@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 
 class PeakRSS:
     """Peak resident memory growth (MiB) of this process while the block runs (sampled)."""
@@ -83,8 +81,3 @@ def publish_report(report: str, output: Path | None) -> None:
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(report + "\n")
-
-
-def versions_line(repeats: int) -> str:
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats} "
-            "after a warm-up")

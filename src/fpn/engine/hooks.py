@@ -8,8 +8,6 @@ appends more (a plot redrawn at each evaluation, plain log lines, ...). A new ho
 
 from __future__ import annotations
 
-import datetime
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +19,7 @@ from tqdm import tqdm
 from fpn.engine.checkpoint import save_training_checkpoint
 from fpn.engine.loop import HookBase
 from fpn.engine.metrics import MetricsLog
+from fpn.progress import PlainProgress, stderr_is_terminal
 
 
 class ProgressBar(HookBase):
@@ -47,32 +46,22 @@ class ProgressBar(HookBase):
 class ProgressLines(HookBase):
     """Where stderr is not a terminal (a log file, a job scheduler): one plain line every ``period``
     steps and at the last, with the step, the loss terms, the learning rate, the speed since this
-    process started training and the time left at that speed; no carriage returns."""
+    process started training and the time left at that speed; no carriage returns
+    (``fpn.progress.PlainProgress``)."""
 
     def __init__(self, *, enabled: bool, period: int):
         self.enabled, self.period = enabled, max(1, period)
-        self.start, self.start_step = time.perf_counter(), 0
+        self.lines: PlainProgress | None = None
 
     def before_train(self) -> None:
-        self.start, self.start_step = time.perf_counter(), self.trainer.state.step
+        self.lines = PlainProgress(total=self.trainer.max_iter, initial=self.trainer.state.step,
+                                   desc="train step", period=self.period, enabled=self.enabled)
 
     def after_step(self) -> None:
-        step, max_iter = self.trainer.state.step, self.trainer.max_iter
-        if self.enabled and (step % self.period == 0 or self.trainer.done):
-            print(self.line(step, max_iter, time.perf_counter() - self.start), file=sys.stderr, flush=True)
-
-    def line(self, step: int, max_iter: int, seconds: float) -> str:
         losses = self.trainer.losses
-        terms = "  ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "lr")
-        rate = (step - self.start_step) / seconds if seconds > 0 else 0.0
-        eta = datetime.timedelta(seconds=round((max_iter - step) / rate)) if rate > 0 else "?"
-        return (f"train step {step}/{max_iter}  {terms}  lr {losses.get('lr', 0.0):.4g}  "
-                f"{rate:.2f} it/s  ETA {eta}")
-
-
-def stderr_is_terminal() -> bool:
-    """Whether progress can be a bar that redraws itself (stderr is an interactive terminal)."""
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.lines.set_postfix(**{k: f"{v:.4f}" for k, v in losses.items() if k != "lr"},
+                               lr=f"{losses.get('lr', 0.0):.4g}")
+        self.lines.update(1)
 
 
 def progress_hook(*, enabled: bool, period: int) -> HookBase:

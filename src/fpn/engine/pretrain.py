@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from fpn.config import PretrainConfig
 from fpn.data.crops import ObjectCrops
 from fpn.data.unreadable import Unreadable
+from fpn.progress import progress as progress_bar
 
 
 class EpochCrops(Dataset):
@@ -87,7 +87,7 @@ def train_classifier(model: nn.Module, crops: ObjectCrops, cfg: PretrainConfig, 
                         collate_fn=collate_crops, persistent_workers=workers > 0)
     model.to(device).train()
     log, window = [], []
-    bar = tqdm(total=cfg.iters, desc="pretrain", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=cfg.iters, desc="pretrain", enabled=progress, period=50)
     for step, (images, labels, _) in enumerate(loader):
         if not len(labels):
             continue
@@ -103,13 +103,13 @@ def train_classifier(model: nn.Module, crops: ObjectCrops, cfg: PretrainConfig, 
         loss.backward()
         optimizer.step()
         window.append((loss.item(), (logits.argmax(1) == labels).float().mean().item()))
-        bar.update(1)
         if (step + 1) % 50 == 0 or step + 1 == cfg.iters:
             losses, accuracies = zip(*window, strict=True)
             log.append({"step": step + 1, "loss": sum(losses) / len(losses),
                         "accuracy": sum(accuracies) / len(accuracies), "lr": lr_at(step, cfg)})
             bar.set_postfix(loss=f"{log[-1]['loss']:.3f}", acc=f"{log[-1]['accuracy']:.2f}")
             window = []
+        bar.update(1)  # after the postfix: a plain line at step 50 shows step 50's numbers
     bar.close()
     return log
 

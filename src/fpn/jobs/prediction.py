@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from fpn.api import Detector, load_image
 from fpn.data import DatasetError
@@ -29,6 +28,7 @@ from fpn.engine.checkpoint import find_checkpoint
 from fpn.engine.evaluate import encode_mask_proposals
 from fpn.errors import PathNotFoundError, output_dir
 from fpn.model.segment_proposals import paste_masks
+from fpn.progress import progress as progress_bar
 from fpn.results import Detections, write_csv
 from fpn.visualize import DRAW_SCORE_THRESH, ColourBy, save_masks_drawn, save_picture, to_pil
 
@@ -129,7 +129,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     csv_tmp = out_dir / ".predictions.csv.tmp"
     try:
         with csv_tmp.open("w", newline="") as csv_file:
-            for source in tqdm(sources, desc="predict", disable=not progress):
+            for source in progress_bar(sources, desc="predict", enabled=progress):
                 try:
                     found = list(_predict_source(detector, source, out_dir / "drawn", summary,
                                                  colour_by=colour_by, progress=progress))
@@ -181,8 +181,8 @@ def _predict_video(detector: Detector, source: Source, drawn_path: Path, *, prog
     total, fps = video_info(source.path)
     found = []
     with VideoWriter(drawn_path, fps) as writer:
-        frames = tqdm(read_frames(source.path), total=total or None, desc=source.path.name, leave=False,
-                      disable=not progress)
+        frames = progress_bar(read_frames(source.path), total=total or None, desc=source.path.name,
+                              leave=False, enabled=progress)
         for index, frame in enumerate(frames):
             det = detector(frame)
             det.source, det.frame = str(source.path), index

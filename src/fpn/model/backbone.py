@@ -44,20 +44,18 @@ def _gn_groups(channels: int, preferred: int) -> int:
 
 
 def _conv_norm(block: nn.Module, suffix: str, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
-               norm: NormFactory, fold_frozen_norm: bool) -> None:
+               norm: NormFactory) -> None:
     """``block.conv{suffix}``, a ConvNorm, and ``block.norm{suffix}``, its norm (registered in that order)."""
     layer = norm(out_ch)
-    setattr(block, f"conv{suffix}", ConvNorm(in_ch, out_ch, kernel, stride=stride, norm=layer,
-                                             fold_frozen_norm=fold_frozen_norm))
+    setattr(block, f"conv{suffix}", ConvNorm(in_ch, out_ch, kernel, stride=stride, norm=layer))
     setattr(block, f"norm{suffix}", layer)
 
 
-def _projection(in_ch: int, out_ch: int, stride: int, norm: NormFactory, fold_frozen_norm: bool
-                ) -> Projection | None:
+def _projection(in_ch: int, out_ch: int, stride: int, norm: NormFactory) -> Projection | None:
     """The shortcut: the identity (None) when the shape is kept, else a 1x1 projection."""
     if stride == 1 and in_ch == out_ch:
         return None
-    return Projection(in_ch, out_ch, stride, norm(out_ch), fold_frozen_norm=fold_frozen_norm)
+    return Projection(in_ch, out_ch, stride, norm(out_ch))
 
 
 class BasicBlock(nn.Module):
@@ -65,13 +63,12 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool, *,
-                 fold_frozen_norm: bool = True):
+    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool):
         super().__init__()
-        out_ch, fold = width * self.expansion, fold_frozen_norm
-        _conv_norm(self, "1", in_ch, width, 3, stride=stride, norm=norm, fold_frozen_norm=fold)
-        _conv_norm(self, "2", width, out_ch, 3, norm=norm, fold_frozen_norm=fold)
-        self.shortcut = _projection(in_ch, out_ch, stride, norm, fold)
+        out_ch = width * self.expansion
+        _conv_norm(self, "1", in_ch, width, 3, stride=stride, norm=norm)
+        _conv_norm(self, "2", width, out_ch, 3, norm=norm)
+        self.shortcut = _projection(in_ch, out_ch, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -90,15 +87,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool, *,
-                 fold_frozen_norm: bool = True):
+    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool):
         super().__init__()
-        out_ch, fold = width * self.expansion, fold_frozen_norm
+        out_ch = width * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        _conv_norm(self, "1", in_ch, width, 1, stride=stride_1x1, norm=norm, fold_frozen_norm=fold)
-        _conv_norm(self, "2", width, width, 3, stride=stride_3x3, norm=norm, fold_frozen_norm=fold)
-        _conv_norm(self, "3", width, out_ch, 1, norm=norm, fold_frozen_norm=fold)
-        self.shortcut = _projection(in_ch, out_ch, stride, norm, fold)
+        _conv_norm(self, "1", in_ch, width, 1, stride=stride_1x1, norm=norm)
+        _conv_norm(self, "2", width, width, 3, stride=stride_3x3, norm=norm)
+        _conv_norm(self, "3", width, out_ch, 1, norm=norm)
+        self.shortcut = _projection(in_ch, out_ch, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -112,24 +108,23 @@ class Bottleneck(nn.Module):
 class Stem(nn.Module):
     """conv1: 7x7 stride 2, norm, ReLU, 3x3 max-pool stride 2 (stride 4 in all)."""
 
-    def __init__(self, out_ch: int, norm: NormFactory, *, fold_frozen_norm: bool = True):
+    def __init__(self, out_ch: int, norm: NormFactory):
         super().__init__()
-        _conv_norm(self, "", 3, out_ch, 7, stride=2, norm=norm, fold_frozen_norm=fold_frozen_norm)
+        _conv_norm(self, "", 3, out_ch, 7, stride=2, norm=norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.max_pool2d(F.relu(self.conv(x), inplace=True), kernel_size=3, stride=2, padding=1)
 
 
 def make_stage(cfg: BackboneConfig, stage: int, in_ch: int, norm: NormFactory,
-               first_stride: int | None = None, *, fold_frozen_norm: bool = True) -> nn.Sequential:
+               first_stride: int | None = None) -> nn.Sequential:
     """The blocks of res{stage} (2..5); also used by the conv5 RoI head (ablation a)."""
     block = Bottleneck if cfg.depth >= 50 else BasicBlock
     width = cfg.width * 2 ** (stage - 2)
     stride = (1 if stage == 2 else 2) if first_stride is None else first_stride
     blocks = []
     for i in range(BLOCKS_PER_STAGE[cfg.depth][stage - 2]):
-        blocks.append(block(in_ch, width, stride if i == 0 else 1, norm, cfg.stride_in_1x1,
-                            fold_frozen_norm=fold_frozen_norm))
+        blocks.append(block(in_ch, width, stride if i == 0 else 1, norm, cfg.stride_in_1x1))
         in_ch = width * block.expansion
     return nn.Sequential(*blocks)
 
@@ -147,18 +142,17 @@ class ResNet(nn.Module):
         cfg: depth, normalisation, frozen stages, stride placement, width.
         last_stage: the deepest stage to build (4 for the C4 baseline, whose res5 becomes
             the RoI head).
-        fold_frozen_norm: the training speed path of every ConvNorm (``fpn.model.conv_norm``).
     """
 
-    def __init__(self, cfg: BackboneConfig, last_stage: int = 5, *, fold_frozen_norm: bool = True):
+    def __init__(self, cfg: BackboneConfig, last_stage: int = 5):
         super().__init__()
         norm = make_norm_factory(cfg)
-        self.stem = Stem(cfg.width, norm, fold_frozen_norm=fold_frozen_norm)
+        self.stem = Stem(cfg.width, norm)
         channels = stage_channels(cfg)
         in_ch = cfg.width
         self.stage_names = [f"res{s}" for s in range(2, last_stage + 1)]
         for stage in range(2, last_stage + 1):
-            blocks = make_stage(cfg, stage, in_ch, norm, fold_frozen_norm=fold_frozen_norm)
+            blocks = make_stage(cfg, stage, in_ch, norm)
             self.add_module(f"res{stage}", blocks)
             in_ch = channels[f"c{stage}"]
         self.out_channels = {f"c{s}": channels[f"c{s}"] for s in range(2, last_stage + 1)}

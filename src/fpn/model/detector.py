@@ -12,45 +12,24 @@ Shape shorthand: N images, P proposals per image, D detections per image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from fpn.config import ModelConfig, frozen, merge, thawed
 from fpn.errors import CheckpointError, ConfigError
-from fpn.model.backbone import ResNet
+from fpn.model.backbone import ResNet, stage_channels
 from fpn.model.fuse import InferenceCopy
 from fpn.model.image_pyramid import check_test_scales, detect_on_image_pyramid
-from fpn.model.layout import speed_path_memory_format
-from fpn.model.neck import build_neck
+from fpn.model.layout import convolution_input_channels, speed_path_memory_format
+from fpn.model.neck import NECK_FACTS, build_neck
 from fpn.model.preprocess import ImageBatch, Preprocessor, padded_size, rescale_boxes, resize_scale
-from fpn.model.roi_align import roi_align_for_training
 from fpn.model.roi_heads import RoIHeads
 from fpn.model.rpn import RegionProposalNetwork
 from fpn.model.segment_proposals import SegmentProposalHead
-
-
-@dataclass(frozen=True)
-class TrainingSpeedPaths:
-    """The training speed paths, each the same function to float rounding (``fpn bench --train`` and
-    ``benchmarks/train_speed_paths.py`` measure them): FrozenBN folded into its convolution at every
-    step (``fpn.model.conv_norm``), images in channels-last memory, which the CPU's convolutions,
-    forward and backward, run faster on, and RoIAlign as a sparse matrix product whose backward pass
-    is multithreaded (``fpn.model.roi_align``)."""
-
-    fold_frozen_norm: bool = True
-    channels_last: bool = True
-    sparse_roi_align: bool = True
-
-    @classmethod
-    def of(cls, value: bool | TrainingSpeedPaths) -> TrainingSpeedPaths:
-        """True: all of them; False: none (the plain modules)."""
-        if isinstance(value, TrainingSpeedPaths):
-            return value
-        return cls() if value else cls(fold_frozen_norm=False, channels_last=False, sparse_roi_align=False)
+from fpn.model.speed_paths import TrainingSpeedPaths, set_training_speed_paths
 
 
 class FasterRCNN(nn.Module):
@@ -65,17 +44,25 @@ class FasterRCNN(nn.Module):
 
     In training mode the speed paths chosen when the model is built run (``fast_training``: True for
     all of them, False for none, or a ``TrainingSpeedPaths``): the same function to float rounding.
+    They are set by one pass over the built model (``fpn.model.speed_paths``), parts passed in included.
 
     Channels-last memory is used (in training and in the inference copy) only when every
-    convolution of the bottom-up pathway and the pyramid has a multiple of 16 channels
-    (``model.backbone.width``, ``model.neck.channels``; ``fpn.model.layout.channels_last_is_safe``):
-    at width 8, oneDNN's AVX-512 channels-last kernels crashed the training process (issue 25).
-    Other configs keep the plain layout, decided from the config alone, so a config computes the
-    same numbers on every host whatever its instruction set. ``memory_format`` holds the choice.
+    convolution of the bottom-up pathway, the pyramid and the RPN head reads a multiple of 16
+    channels (``model.backbone.width``, ``model.neck.channels``; ``fpn.model.layout``): at width 8,
+    oneDNN's AVX-512 channels-last kernels crashed the training process (issue 25). Other models keep
+    the plain layout, decided from the model's structure alone, so a config computes the same
+    numbers on every host whatever its instruction set. ``memory_format`` holds the choice.
+
+    Parts can be passed in, built by hand (detectron2's ``GeneralizedRCNN(backbone=..., ...)``):
+    ``neck`` any module stating ``fpn.model.neck.Neck``'s facts (the bottom-up pathway is built up
+    to the deepest map it reads), ``rpn`` called as ``RegionProposalNetwork``, ``roi_heads`` as
+    ``RoIHeads``. The config builds the parts not given; it still says which parts the model has
+    (``model.proposals``, ``model.box_head``).
     """
 
     def __init__(self, cfg: ModelConfig, fast_inference: bool = True, compile_inference: bool = False,
-                 fast_training: bool | TrainingSpeedPaths = True):
+                 fast_training: bool | TrainingSpeedPaths = True, *, neck: nn.Module | None = None,
+                 rpn: nn.Module | None = None, roi_heads: nn.Module | None = None):
         super().__init__()
         if not cfg.box_head and cfg.proposals == "given":
             raise ConfigError("model.box_head=false with model.proposals=given leaves nothing to train")
@@ -86,6 +73,12 @@ class FasterRCNN(nn.Module):
         if segments and cfg.input.test_scales:
             raise ConfigError("model.input.test_scales (the image pyramid) is not supported with "
                               "model.proposals=segments")
+        if rpn is not None and cfg.proposals != "rpn":
+            raise ConfigError(f"an rpn was passed in, but model.proposals={cfg.proposals} (set it to rpn)")
+        if roi_heads is not None and not cfg.box_head:
+            raise ConfigError("roi_heads were passed in, but model.box_head=false")
+        if neck is not None:
+            _check_neck(neck)
         self.test_scales = tuple(check_test_scales(cfg.input.test_scales))
         # What the model was built from, read-only: every part below keeps its own read-only part of it
         # (``fpn.config.frozen``), so nothing can change a built model's behaviour but rebuilding it
@@ -95,37 +88,35 @@ class FasterRCNN(nn.Module):
         self.compile_inference = compile_inference
         self.training_paths = paths = TrainingSpeedPaths.of(fast_training)
         self.inference_backbone = InferenceCopy()  # not a submodule: nothing in the state dict
-        self.memory_format = speed_path_memory_format(cfg)  # of the speed paths' images and copy
-        # On C4 the bottom-up pathway stops at res4 (the C4 baseline's res5 lives in its RoI head).
-        on_c4 = cfg.neck.kind == "single_scale" and cfg.neck.single_level == "c4"
+        given = {"neck": neck, "rpn": rpn, "roi_heads": roi_heads}
+        self.given_parts = tuple(name for name, part in given.items() if part is not None)
         self.preprocess = Preprocessor(cfg.input)
-        self.backbone = ResNet(cfg.backbone, last_stage=4 if on_c4 else 5,
-                               fold_frozen_norm=paths.fold_frozen_norm)
-        self.neck = build_neck(cfg.neck, self.backbone.out_channels)
+        # The bottom-up pathway stops at the deepest map the neck reads: res4 for the C4 baseline,
+        # whose res5 lives in its RoI head.
+        neck_reads = neck.in_levels if neck is not None else _levels_read_by_neck(cfg)
+        self.backbone = ResNet(cfg.backbone, last_stage=max(int(level[1:]) for level in neck_reads))
+        self.neck = neck if neck is not None else build_neck(cfg.neck, self.backbone.out_channels)
         if cfg.neck.frozen:  # shared features fixed (steps 3 and 4 of the paper's Table 5 schedule)
             self.neck.requires_grad_(False)
-        levels_read = {name: levels for name, levels, present in (  # by the heads this model has
-            ("rpn.levels", cfg.rpn.levels, cfg.proposals == "rpn"),
-            ("roi_heads.levels", cfg.roi_heads.levels, cfg.box_head),
-            ("segment_proposals.levels", cfg.segment_proposals.levels, segments)) if present}
-        for name, levels in levels_read.items():
-            _check_levels(name, levels, self.neck.levels)
-        channels = {self.neck.out_channels[level] for levels in levels_read.values() for level in levels}
-        if len(channels) != 1:
-            raise ConfigError("the shared heads need the same channel count on every level")
-        in_channels = channels.pop()
-        self.rpn = (RegionProposalNetwork(cfg.rpn, in_channels, self.neck.strides)
-                    if cfg.proposals == "rpn" else None)
-        self.roi_heads = None
-        if cfg.box_head:
-            align = roi_align_for_training if paths.sparse_roi_align else roi_align
-            self.roi_heads = RoIHeads(cfg.roi_heads, in_channels, self.neck.strides, cfg.backbone,
-                                      fold_frozen_norm=paths.fold_frozen_norm, training_roi_align=align)
+        levels_read = {name: levels for name, levels, built_here in (  # by the heads built from cfg
+            ("rpn.levels", cfg.rpn.levels, cfg.proposals == "rpn" and rpn is None),
+            ("roi_heads.levels", cfg.roi_heads.levels, cfg.box_head and roi_heads is None),
+            ("segment_proposals.levels", cfg.segment_proposals.levels, segments)) if built_here}
+        in_channels = _shared_channels(levels_read, self.neck) if levels_read else 0
+        if rpn is None and cfg.proposals == "rpn":
+            rpn = RegionProposalNetwork(cfg.rpn, in_channels, self.neck.strides)
+        self.rpn = rpn
+        if roi_heads is None and cfg.box_head:
+            roi_heads = RoIHeads(cfg.roi_heads, in_channels, self.neck.strides, cfg.backbone)
+        self.roi_heads = roi_heads
         if segments:  # registered only here, so the other compositions keep their state-dict keys
             self.segment_proposals = SegmentProposalHead(cfg.segment_proposals, in_channels,
                                                          self.neck.strides)
         else:
             self.segment_proposals = None
+        set_training_speed_paths(self, paths)
+        self.memory_format = speed_path_memory_format(convolution_input_channels(  # of the speed paths
+            {"backbone": self.backbone, "neck": self.neck, "rpn": self.rpn}, skip=[self.backbone.stem.conv]))
 
     @property
     def fast_training(self) -> bool:
@@ -144,10 +135,12 @@ class FasterRCNN(nn.Module):
     def with_changes(self, changes: dict[str, Any]) -> FasterRCNN:
         """A new detector with this one's weights (on its device, in its mode), built from its config
         changed by ``changes``, a nested mapping as ``fpn.config.merge`` takes (e.g.
-        ``{"input": {"min_size_test": 600}}``). A change that reshapes a weight is a ``ConfigError``."""
+        ``{"input": {"min_size_test": 600}}``), with copies of the parts passed in. A change that
+        reshapes a weight is a ``ConfigError``."""
         cfg = merge(thawed(self.cfg), changes, "changes")
+        given = {name: copy.deepcopy(getattr(self, name)) for name in self.given_parts}
         model = FasterRCNN(cfg, fast_inference=self.fast_inference, compile_inference=self.compile_inference,
-                           fast_training=self.training_paths)
+                           fast_training=self.training_paths, **given)
         try:
             model.load_state_dict(self.state_dict())
         except RuntimeError as err:
@@ -296,3 +289,27 @@ def _check_levels(name: str, wanted: list[str], available: list[str]) -> None:
     missing = [level for level in wanted if level not in available]
     if missing:
         raise ConfigError(f"{name}: level(s) {missing} are not produced by the neck (it gives {available})")
+
+
+def _check_neck(neck: nn.Module) -> None:
+    missing = [fact for fact in NECK_FACTS if not hasattr(neck, fact)]
+    if missing:
+        raise TypeError(f"neck {type(neck).__name__} does not state {missing} (fpn.model.neck.Neck)")
+
+
+def _levels_read_by_neck(cfg: ModelConfig) -> list[str]:
+    """The bottom-up maps the config's neck reads, asked of a copy built on the meta device (no
+    memory, no random draws): the real one is built after the bottom-up pathway, so a seed gives
+    the weights it always gave."""
+    with torch.device("meta"):
+        return build_neck(cfg.neck, stage_channels(cfg.backbone)).in_levels
+
+
+def _shared_channels(levels_read: dict[str, list[str]], neck: nn.Module) -> int:
+    """The one channel count of the neck's levels the heads built from the config read."""
+    for name, levels in levels_read.items():
+        _check_levels(name, levels, neck.levels)
+    channels = {neck.out_channels[level] for levels in levels_read.values() for level in levels}
+    if len(channels) != 1:
+        raise ConfigError("the shared heads need the same channel count on every level")
+    return channels.pop()

@@ -10,16 +10,44 @@ docs/paper.md §1. Every ablation row of the paper's Tables 1-3 is a switch on `
   heads, not here);
 - (a), (b) single-scale baselines: ``SingleLevel`` hands C4 or C5 to the heads unchanged.
 
+A neck states its own facts (``Neck``): the bottom-up maps it reads, the levels it gives, their
+channels and strides. The detector asks the neck and never its kind, so a neck written by a user
+and passed in (``FasterRCNN(cfg, neck=...)``) needs no edit anywhere else.
+
 Shape shorthand: N images, d pyramid channels, Hk x Wk the size of level k (stride 2^k).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.config import NeckConfig
 from fpn.errors import ConfigError
+
+
+class Neck(Protocol):
+    """What the detector reads from a neck (an ``nn.Module`` with these attributes).
+
+    Attributes:
+        in_levels: the bottom-up maps it reads, fine to coarse (``["c2", ..., "c5"]``); the
+            bottom-up pathway is built up to the coarsest of them.
+        levels: the maps it returns, fine to coarse (``["p2", ..., "p6"]``).
+        out_channels: channels of each returned map.
+        strides: the stride of each returned map in input pixels.
+    """
+
+    in_levels: list[str]
+    levels: list[str]
+    out_channels: dict[str, int]
+    strides: dict[str, int]
+
+    def __call__(self, bottom_up: dict[str, Tensor]) -> dict[str, Tensor]: ...
+
+
+NECK_FACTS = ("in_levels", "levels", "out_channels", "strides")
 
 
 class FeaturePyramid(nn.Module):
@@ -84,6 +112,7 @@ class SingleLevel(nn.Module):
 
     def __init__(self, in_channels: dict[str, int], level: str):
         super().__init__()
+        self.in_levels = [level]
         self.levels = [level]
         self.out_channels = {level: in_channels[level]}
         self.strides = {level: 2 ** int(level[1:])}
@@ -101,6 +130,7 @@ def _next(level: str) -> str:
 
 
 def build_neck(cfg: NeckConfig, in_channels: dict[str, int]) -> FeaturePyramid | SingleLevel:
+    """The neck ``cfg`` describes, on bottom-up maps of ``in_channels`` (``{"c2": 256, ...}``)."""
     match cfg.kind:
         case "fpn":
             return FeaturePyramid(

@@ -123,10 +123,9 @@ class TwoFCHead(nn.Module):
 class Res5Head(nn.Module):
     """The conv5 head of He et al. on C4 RoIs (ablation a): res5 (stride 2), then average pool."""
 
-    def __init__(self, backbone_cfg: BackboneConfig, in_channels: int, *, fold_frozen_norm: bool = True):
+    def __init__(self, backbone_cfg: BackboneConfig, in_channels: int):
         super().__init__()
-        self.res5 = make_stage(backbone_cfg, 5, in_channels, make_norm_factory(backbone_cfg), first_stride=2,
-                               fold_frozen_norm=fold_frozen_norm)
+        self.res5 = make_stage(backbone_cfg, 5, in_channels, make_norm_factory(backbone_cfg), first_stride=2)
         self.out_features = stage_channels(backbone_cfg)["c5"]
 
     def forward(self, pooled: Tensor) -> Tensor:
@@ -159,27 +158,25 @@ class RoIHeads(nn.Module):
         in_channels: channels of the levels it pools from.
         strides: the levels it pools from and their declared strides.
         backbone_cfg: needed only by the ``res5`` head, which is built like the backbone's res5.
-        fold_frozen_norm, training_roi_align: the training speed paths of the res5 head's
-            ConvNorms and of the pooler (``FasterRCNN(fast_training=...)``).
+
+    The training speed paths of the res5 head's ConvNorms and of the pooler are set after building,
+    on the whole detector (``fpn.model.speed_paths``).
     """
 
     def __init__(self, settings: RoIHeadConfig, in_channels: int, strides: dict[str, int],
-                 backbone_cfg: BackboneConfig | None = None, *, fold_frozen_norm: bool = True,
-                 training_roi_align: RoIAlignFn = roi_align_for_training):
+                 backbone_cfg: BackboneConfig | None = None):
         super().__init__()
         self.settings = cfg = frozen(settings)
         self.pooler = MultiLevelRoIPooler(
             {level: strides[level] for level in cfg.levels}, output_size=cfg.pooler_resolution,
             sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned, kind=cfg.pooler,
             canonical_scale=cfg.canonical_scale, canonical_level=cfg.canonical_level,
-            training_roi_align=training_roi_align,
         )
         match cfg.head:
             case "2fc":
                 self.box_head = TwoFCHead(in_channels, cfg.pooler_resolution, cfg.fc_dim)
             case "res5":
-                self.box_head = Res5Head(backbone_cfg or BackboneConfig(), in_channels,
-                                         fold_frozen_norm=fold_frozen_norm)
+                self.box_head = Res5Head(backbone_cfg or BackboneConfig(), in_channels)
             case _:
                 raise ValueError(f"unknown RoI head {cfg.head!r}")
         self.box_predictor = BoxPredictor(self.box_head.out_features, cfg.num_classes)
