@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from fpn.data import synthetic_context
 from fpn.data.drawing import (
@@ -36,6 +35,7 @@ from fpn.data.drawing import (
     object_mask,
 )
 from fpn.errors import ConfigError
+from fpn.progress import progress as progress_bar
 
 CLASSES = SHAPES  # the shapes benchmark's classes
 
@@ -153,7 +153,7 @@ def generate_split(out_dir: str | Path, num_images: int, image_size: int, seed: 
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for index in tqdm(range(num_images), desc=desc, disable=not progress, dynamic_ncols=True):
+    for index in progress_bar(range(num_images), desc=desc, enabled=progress):
         rng = np.random.default_rng([seed, index])
         pixels, objects = maker.make(rng, image_size, pretrain)
         file_name = f"{index:06d}.png"
