@@ -104,7 +104,7 @@ def _source(path: Path, relative: Path) -> Source:
 def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path, *,
                 score_thresh: float = DRAW_SCORE_THRESH, device: str = "auto", progress: bool = True,
                 overrides: list[str] | None = None, colour_by: ColourBy = "class", precision: str = "auto",
-                calibration: list[str | Path] | None = None) -> PredictSummary:
+                calibration: list[str | Path] | None = None, backend: str = "pytorch") -> PredictSummary:
     """Detections for images, folders and videos -> ``predictions.json`` (COCO-style records: ``bbox``
     x, y, width, height, with ``file_name``, ``category_name``, ``level``; ``frame`` for videos),
     ``predictions.csv`` (``fpn.results.CSV_COLUMNS``: x1, y1, x2, y2) and drawn copies.
@@ -113,14 +113,15 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     reported and skipped; if none could be read, ``NothingPredictedError`` and nothing is written.
     ``overrides`` (``model.*=value``) change the loaded model's config. ``precision`` as for
     ``Detector``; int8 calibrates on ``calibration`` (images or folders), else on the run's
-    training images, else on the input images.
+    training images, else on the input images. ``backend``: pytorch or openvino, as for ``Detector``.
     """
     find_checkpoint(checkpoint)  # a wrong run folder is the first thing to say, before the inputs
     sources = expand_inputs(inputs)
     detector = Detector(checkpoint, device, score_thresh=score_thresh, overrides=overrides,
                         precision=precision, calibration=calibration or None,
-                        fallback_calibration=[source.path for source in sources if not source.is_video])
-    log.info("predicting at precision %s", detector.precision)
+                        fallback_calibration=[source.path for source in sources if not source.is_video],
+                        backend=backend)
+    log.info("predicting at precision %s (%s)", detector.precision, backend)
     if any(source.is_video for source in sources):
         require_av()  # before any work: a one-line error naming the extra
     out_dir = output_dir(out_dir)
