@@ -237,6 +237,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "all"], default="all",
                    help="rows at this precision besides fp32 (default all: bf16 and int8, with --train "
                         "bf16; auto: the one this CPU would choose)")
+    p.add_argument("--backend", choices=["all", "pytorch", "onnxruntime", "openvino"], default="all",
+                   help="runtimes with rows besides PyTorch (default all: ONNX Runtime and OpenVINO, fp32 "
+                        "and int8; not with --quick or --train)")
 
 
 def _add_export(sub) -> None:
@@ -470,8 +473,9 @@ def _run_bench(args: argparse.Namespace, progress: bool) -> None:
     from fpn.bench.common import publish_report
 
     run = training.run if args.train else inference.run
+    options = {} if args.train else {"backend": args.backend}
     report = run(repeats=args.repeats or (5 if args.train else 3), quick=args.quick, threads=args.threads,
-                 precision=args.precision)
+                 precision=args.precision, **options)
     publish_report(report, args.output)
 
 
