@@ -155,10 +155,11 @@ def test_fpn_export_openvino_writes_ir_that_matches_eager(tmp_path):
         code = main(["export", str(run), "--format", "openvino", "--output", str(tmp_path / "m.xml"),
                      "--verify-image", str(photo)])
     assert code == 0
-    assert (tmp_path / "m.bin").is_file() and "OpenVINO fp32 vs PyTorch fp32" in out.getvalue()
+    assert (tmp_path / "m.bin").is_file() and "OpenVINO fp32 vs PyTorch on" in out.getvalue()
     model, image = load_model(run).eval(), load_image(photo)
     with torch.inference_mode():
         want = model([image])[0]
     got = OpenVinoDetector(tmp_path / "m.xml")([image])[0]
-    assert_same_detections(want, got, box_tol=1.0, score_tol=1e-3, cut_tol=1e-2)
+    # untrained: 100 scores close together; the two runtimes differ by ~1e-7, so a 1e-4 margin at the cut
+    assert_same_detections(want, got, box_tol=1.0, score_tol=1e-3, cut_tol=1e-4)
     assert main(["export", str(run), "--format", "openvino", "--output", str(tmp_path / "m.onnx")]) == 2

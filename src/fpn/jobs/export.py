@@ -32,7 +32,8 @@ class ExportReport:
                  "outputs 'boxes' (D, 4) xyxy in image pixels, 'scores' (D,), 'labels' (D,)"]
         if self.check is not None:
             check = self.check
-            lines.append(f"{RUNTIME[self.format]} {self.precision} vs PyTorch fp32 on {self.checked_on}: "
+            runtime = RUNTIME[self.format] + ("" if self.format == "onnx" else f" {self.precision}")
+            lines.append(f"{runtime} vs PyTorch on {self.checked_on}: "
                          f"{check['matched']}/{check['detections']} detections matched, max box diff "
                          f"{check['max_box_diff_px']:.4f} px, max score diff {check['max_score_diff']:.1e}")
             if check["detections"] == 0:
