@@ -131,6 +131,11 @@ def test_the_backend_refuses_what_it_cannot_run(tmp_path):
         code = main(["predict", str(run), str(photo), "--output", str(tmp_path / "out"),
                      "--backend", "openvino", "--precision", "bf16"])
     assert code == 2 and "runs fp32 or int8" in err.getvalue() and "Traceback" not in err.getvalue()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["predict", str(run), str(photo), "--output", str(tmp_path / "out"),
+                     "--backend", "openvino", "--colour-by", "level"])
+    assert code == 2 and "pyramid level" in err.getvalue()
     from fpn.api import Detector
     from fpn.errors import ConfigError, PrecisionError
 

@@ -27,7 +27,7 @@ from fpn.data.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images
 from fpn.data.video import VideoWriter, read_frames, require_av, video_info
 from fpn.engine.checkpoint import find_checkpoint
 from fpn.engine.evaluate import encode_mask_proposals
-from fpn.errors import PathNotFoundError, output_dir
+from fpn.errors import ConfigError, PathNotFoundError, output_dir
 from fpn.model.segment_proposals import paste_masks
 from fpn.results import Detections, write_csv
 from fpn.visualize import DRAW_SCORE_THRESH, ColourBy, save_masks_drawn, save_picture, to_pil
@@ -116,6 +116,9 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     training images, else on the input images. ``backend``: pytorch or openvino, as for ``Detector``.
     """
     find_checkpoint(checkpoint)  # a wrong run folder is the first thing to say, before the inputs
+    if backend == "openvino" and colour_by == "level":
+        raise ConfigError("--colour-by level needs each detection's pyramid level, which the OpenVINO graph "
+                          "does not return: use --backend pytorch or --colour-by class")
     sources = expand_inputs(inputs)
     detector = Detector(checkpoint, device, score_thresh=score_thresh, overrides=overrides,
                         precision=precision, calibration=calibration or None,
