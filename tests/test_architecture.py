@@ -31,12 +31,15 @@ ALLOWED = {
     "fpn.interop": NEUTRAL | {"fpn.model"},
     "fpn.engine": NEUTRAL | {"fpn.model", "fpn.data", "fpn.interop"},  # interop: train.init's sources
     "fpn.export": NEUTRAL | {"fpn.model"},
+    "fpn.export_openvino": NEUTRAL | {"fpn.model", "fpn.export"},
     # benchmarks (an experiment beside the library): speed and accuracy against torchvision; they
     # build models, batches, the trainer's optimizer, and evaluate runs as the jobs do
     "fpn.bench": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.interop", "fpn.export", "fpn.api",
+                            "fpn.export_openvino",
                             "fpn.jobs"},
-    "fpn.api": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine"},
-    "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api", "fpn.interop", "fpn.export"},
+    "fpn.api": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.export_openvino"},
+    "fpn.jobs": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.api", "fpn.interop", "fpn.export",
+                           "fpn.export_openvino"},
     "fpn.serve": NEUTRAL | {"fpn", "fpn.data", "fpn.api"},
     # the reproduction study: an experiment on top of the library, which never imports it
     "fpn.reproduction": NEUTRAL | {"fpn.model", "fpn.data", "fpn.engine", "fpn.jobs"},

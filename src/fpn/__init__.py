@@ -10,7 +10,8 @@ Public entry points (imported lazily, so ``import fpn`` and ``fpn --version`` do
 - ``fpn.read_checkpoint(path)`` / ``fpn.convert_detector(checkpoint)``: torchvision's,
   detectron2's or mmdetection's Faster R-CNN as our config and weights (no pickled code runs);
 - ``fpn.load_config(path_or_preset, overrides)``: typed configs;
-- ``fpn.export_onnx(model, path)`` / ``fpn.OnnxDetector(path)``: one ONNX graph, any image size.
+- ``fpn.export_onnx(model, path)`` / ``fpn.OnnxDetector(path)``: one ONNX graph, any image size;
+  ``fpn.OpenVinoDetector(path)`` runs its OpenVINO IR (``fpn export --format openvino``).
 """
 
 from typing import Any
@@ -30,6 +31,7 @@ _LAZY = {
     "Config": "fpn.config",
     "export_onnx": "fpn.export",
     "OnnxDetector": "fpn.export",
+    "OpenVinoDetector": "fpn.export_openvino",
 }
 
 __all__ = ["__version__", *_LAZY]

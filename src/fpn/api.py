@@ -64,12 +64,16 @@ class Detector:
         calibration: the images int8 calibrates on (paths, folders, images; the first
             ``CALIBRATION_IMAGES``). Default: a run's training images when they are on disk, else
             ``fallback_calibration`` (``fpn predict`` offers its inputs).
+        backend: ``pytorch`` (default) or ``openvino``: the model exported and compiled by OpenVINO
+            on the CPU (``fpn.export_openvino``; about half a minute to convert), at ``fp32`` or
+            ``int8`` (NNCF, calibrated as above); ``auto`` is fp32 unless OpenVINO's int8 gate passed
+            for this kind of model. It gives boxes, scores and labels (no proposals, levels or masks).
     """
 
     def __init__(self, model: FasterRCNN | str | Path, device: str | torch.device = "auto", *,
                  score_thresh: float | None = None, overrides: list[str] | None = None,
                  precision: str = "auto", calibration: Sequence[ImageLike] | None = None,
-                 fallback_calibration: Sequence[ImageLike] = ()):
+                 fallback_calibration: Sequence[ImageLike] = (), backend: str = "pytorch"):
         train_images = None
         if not isinstance(model, FasterRCNN):
             model, train_images = _load(model, overrides)
@@ -83,7 +87,10 @@ class Detector:
         if calibration is None and precision in ("auto", "int8"):  # only int8 calibrates
             calibration = ((calibration_images(train_images) if train_images else None)
                            or list(fallback_calibration))
-        self.precision, self.network = _at_precision(self.model, precision, calibration)
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
+        self.backend = backend
+        self.precision, self.network = _at_precision(self.model, precision, calibration, backend)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto",
@@ -179,6 +186,7 @@ def _load(path: str | Path, overrides: list[str] | None) -> tuple[FasterRCNN, st
     return model, cfg.data.train_images
 
 
+BACKENDS = ("pytorch", "openvino")  # what runs the model: PyTorch itself, or OpenVINO (fpn.export_openvino)
 # Images int8 calibrates its activation ranges on, at most (fpn.model.quantize).
 CALIBRATION_IMAGES = 16
 
@@ -191,21 +199,33 @@ def calibration_images(folder: str | Path) -> list[Path] | None:
     return find_images(folder)[:CALIBRATION_IMAGES] or None
 
 
-def _at_precision(model: FasterRCNN, requested: str, calibration: Sequence[ImageLike] | None
-                  ) -> tuple[str, torch.nn.Module]:
-    """(the precision chosen, the module that runs ``model`` at it); ``fpn.model.precision``."""
+def _at_precision(model: FasterRCNN, requested: str, calibration: Sequence[ImageLike] | None,
+                  backend: str = "pytorch") -> tuple[str, Any]:
+    """(the precision chosen, what runs ``model`` at it on ``backend``); ``fpn.model.precision``,
+    ``fpn.export_openvino``."""
     from fpn.model.precision import resolve_precision, with_precision
 
+    if backend == "openvino":
+        from fpn.export_openvino import openvino_network
+
+        if requested == "int8" and not calibration:
+            raise PrecisionError("precision int8 calibrates on images: pass calibration=[images or paths] "
+                                 "(--calibration DIR on the command line)")
+        return openvino_network(model, requested, lambda: _calibration_tensors(calibration),
+                                can_calibrate=bool(calibration))
     choice = resolve_precision(requested, model.cfg, model.device, can_calibrate=bool(calibration))
     if choice.precision == "int8" and not calibration:
         raise PrecisionError("precision int8 calibrates on images: pass calibration=[images or paths] "
                              "(--calibration DIR on the command line)")
 
-    def images() -> list[torch.Tensor]:
-        items = list(_expand(calibration or []))[:CALIBRATION_IMAGES]
-        return [_as_input(item)[0] for item in items]
+    network = with_precision(model, choice.precision, lambda: _calibration_tensors(calibration))
+    return choice.precision, network
 
-    return choice.precision, with_precision(model, choice.precision, images)
+
+def _calibration_tensors(calibration: Sequence[ImageLike] | None) -> list[torch.Tensor]:
+    """The first ``CALIBRATION_IMAGES`` of ``calibration`` (folders expanded) as image tensors."""
+    items = list(_expand(calibration or []))[:CALIBRATION_IMAGES]
+    return [_as_input(item)[0] for item in items]
 
 
 def _ordinary_cpu(tensor: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,8 @@ HELP = {
                  "where this CPU computes them natively and their accuracy gate passed, else fp32)",
     "calibration": "images or folders int8 calibrates on (repeatable; default: the run's training images"
                    "{})",
+    "backend": "what runs the model: pytorch (default) or openvino (fp32 or int8 on the CPU, converted at "
+               "start; needs pip install 'fpn[openvino]')",
 }
 
 
@@ -58,6 +60,7 @@ def _add_precision(p: argparse.ArgumentParser, *, default: str = "auto", fallbac
                    help=HELP["precision"])
     p.add_argument("--calibration", action="append", type=Path, default=None, metavar="PATH",
                    help=HELP["calibration"].format(fallback))
+    p.add_argument("--backend", choices=["pytorch", "openvino"], default="pytorch", help=HELP["backend"])
 
 
 def _positive_int(text: str) -> int:
@@ -243,17 +246,26 @@ def _add_bench(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "all"], default="all",
                    help="rows at this precision besides fp32 (default all: bf16 and int8, with --train "
                         "bf16; auto: the one this CPU would choose)")
+    p.add_argument("--backend", choices=["all", "pytorch", "onnxruntime", "openvino"], default="all",
+                   help="runtimes with rows besides PyTorch (default all: ONNX Runtime and OpenVINO, fp32 "
+                        "and int8; not with --quick or --train)")
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="a checkpoint -> one ONNX graph (any image size) for ONNX Runtime")
+    p = sub.add_parser("export", help="a checkpoint -> one ONNX graph (any image size) for ONNX Runtime, "
+                       "or OpenVINO IR")
     _add_checkpoint(p)
     _add_overrides(p, "model.roi_heads.score_thresh=0.3")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (only onnx)")
-    p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+                   help="onnx (default), or openvino: OpenVINO IR (NAME.xml, NAME.bin) from the same graph")
+    p.add_argument("--output", type=Path, required=True, help="the .onnx (or OpenVINO .xml) file to write")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="openvino only: int8 is NNCF post-training quantization (default fp32)")
+    p.add_argument("--calibration", action="append", type=Path, default=None, metavar="PATH",
+                   help=HELP["calibration"].format(""))
     p.add_argument("--verify-image", type=Path, default=None,
-                   help="an image for the ONNX Runtime vs PyTorch check (default: a random one)")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+                   help="an image for the exported vs PyTorch check (default: a random one)")
+    p.add_argument("--no-verify", action="store_true", help="skip the exported vs PyTorch check")
 
 
 def _add_serve(sub) -> None:
@@ -391,7 +403,7 @@ def _run_eval(args: argparse.Namespace, progress: bool) -> None:
     from fpn.jobs.evaluation import run_eval
 
     result, out = run_eval(args.checkpoint, args.overrides, output=args.output, progress=progress,
-                           precision=args.precision, calibration=args.calibration)
+                           precision=args.precision, calibration=args.calibration, backend=args.backend)
     print(result.summary())
     charts = [p for p in result.pictures if "/" not in p]
     worst = len(result.pictures) - len(charts)
@@ -412,7 +424,8 @@ def _run_predict(args: argparse.Namespace, progress: bool) -> None:
 
     summary = run_predict(args.checkpoint, args.inputs, args.output, score_thresh=args.score_thresh,
                           device=args.device, progress=progress, overrides=args.overrides,
-                          colour_by=args.colour_by, precision=args.precision, calibration=args.calibration)
+                          colour_by=args.colour_by, precision=args.precision, calibration=args.calibration,
+                          backend=args.backend)
     print(f"wrote {summary.describe()}")
 
 
@@ -476,8 +489,9 @@ def _run_bench(args: argparse.Namespace, progress: bool) -> None:
     from fpn.bench.common import publish_report
 
     run = training.run if args.train else inference.run
+    options = {} if args.train else {"backend": args.backend}
     report = run(repeats=args.repeats or (5 if args.train else 3), quick=args.quick, threads=args.threads,
-                 precision=args.precision)
+                 precision=args.precision, **options)
     publish_report(report, args.output)
 
 
@@ -486,7 +500,8 @@ def _run_export(args: argparse.Namespace, progress: bool) -> None:
 
     print(f"exporting to {args.output} (tracing the eval path; about half a minute)", flush=True)
     report = run_export(args.checkpoint, args.output, overrides=args.overrides,
-                        verify_outputs=not args.no_verify, verify_image=args.verify_image)
+                        verify_outputs=not args.no_verify, verify_image=args.verify_image,
+                        format=args.format, precision=args.precision, calibration=args.calibration)
     print("\n".join(report.lines()))
 
 
@@ -506,7 +521,8 @@ def _run_serve(args: argparse.Namespace, progress: bool) -> None:
                            hang_timeout=args.hang_timeout)
     serve(ServeOptions(str(args.checkpoint), host=args.host, port=args.port, workers=args.workers,
                        device=args.device, threads=args.threads, overrides=args.overrides, limits=limits,
-                       precision=args.precision, calibration=[str(path) for path in args.calibration or []]))
+                       precision=args.precision, calibration=[str(path) for path in args.calibration or []],
+                       backend=args.backend))
 
 
 def _run_presets(args: argparse.Namespace, progress: bool) -> None:

@@ -21,7 +21,9 @@ through ONNX Runtime).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,14 +116,20 @@ def verify(model: FasterRCNN, onnx_path: str | Path, image: Tensor | None = None
     Returns the detection counts, how many of PyTorch's detections ONNX Runtime reproduces (same
     label, box within 1 px) and the largest box (px) and score differences among those.
     """
+    return compare_exported(model, OnnxDetector(onnx_path), image)
+
+
+def compare_exported(model: FasterRCNN, exported: Callable[[list[Tensor]], list[dict[str, Tensor]]],
+                     image: Tensor | None = None) -> dict[str, float]:
+    """``verify`` for any runtime's detector (``OnnxDetector``, ``OpenVinoDetector``)."""
     if image is None:
         image = torch.rand(3, 427, 640, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = model.eval()([image])
-    exported = OnnxDetector(onnx_path)([image])
-    box_diff, score_diff, unmatched = output_difference(reference, exported)
+    outputs = exported([image])
+    box_diff, score_diff, unmatched = output_difference(reference, outputs)
     total = len(reference[0]["boxes"])
-    return {"detections": total, "onnx_detections": len(exported[0]["boxes"]),
+    return {"detections": total, "onnx_detections": len(outputs[0]["boxes"]),
             "matched": total - unmatched, "max_box_diff_px": box_diff, "max_score_diff": score_diff}
 
 
@@ -139,10 +147,15 @@ class OnnxDetector:
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        results = []
-        for image in images:
-            array = image.detach().to("cpu", torch.float32).contiguous().numpy()
-            boxes, scores, labels = self.session.run(None, {"image": array})
-            results.append({"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores),
-                            "labels": torch.from_numpy(labels)})
-        return results
+        return run_graph(lambda array: self.session.run(None, {"image": array}), images)
+
+
+def run_graph(run: Callable[[Any], Any], images: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Each image through an exported graph (``run``: a float32 (3, H, W) array -> boxes, scores,
+    labels, by any runtime) as the PyTorch detector's output dicts."""
+    results = []
+    for image in images:
+        outputs = run(image.detach().to("cpu", torch.float32).contiguous().numpy())
+        boxes, scores, labels = (torch.from_numpy(outputs[i].copy()) for i in range(3))
+        results.append({"boxes": boxes, "scores": scores, "labels": labels})
+    return results

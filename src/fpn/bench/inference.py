@@ -93,6 +93,29 @@ def _onnx_rows(reference, ours, chosen: dict[str, list[torch.Tensor]], repeats: 
     return ""
 
 
+def _openvino_rows(reference, ours, chosen: dict[str, list[torch.Tensor]], precisions: list[str],
+                   repeats: int, reference_seconds: dict[str, float], rows: list[list[str]]) -> str:
+    """Rows for the same graph compiled by OpenVINO (``fpn.export_openvino``), fp32 on every input
+    and int8 (NNCF, calibrated as the PyTorch int8 rows) on the largest; a note if it cannot run."""
+    from fpn.errors import MissingExtraError
+    from fpn.export_openvino import OpenVinoDetector, to_openvino
+
+    wanted = ["fp32", *(["int8"] if "int8" in precisions else [])]
+    for precision in wanted:
+        try:
+            model = OpenVinoDetector(to_openvino(ours, precision, calibration_inputs()),
+                                     threads=torch.get_num_threads(), precision=precision)
+        except MissingExtraError as error:
+            return f"OpenVINO rows skipped: {error}"
+        for name, images in chosen.items():
+            if precision == "int8" and name != next(iter(chosen)):
+                continue
+            rows.append(compare(reference, model, images, f"{name}, OpenVINO {precision}", repeats,
+                                with_flops=False, reference_seconds=reference_seconds[name]).cells())
+            print(markdown_table(HEADER, rows[-1:]), flush=True)
+    return ""
+
+
 def inputs() -> dict[str, list[torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     return {
@@ -183,8 +206,9 @@ def machine_lines(ours, precisions: list[str]) -> tuple[list[str], dict[str, Pea
 
 
 def run(repeats: int = 3, quick: bool = False, threads: int | None = None, precision: str = "all",
-        demo_run: Path | None = Path("runs/demo")) -> str:
-    """The whole benchmark; returns the report as Markdown."""
+        demo_run: Path | None = Path("runs/demo"), backend: str = "all") -> str:
+    """The whole benchmark; returns the report as Markdown. ``backend``: which runtimes besides
+    PyTorch get rows (all: ONNX Runtime and OpenVINO; none with ``quick``)."""
     if threads:
         torch.set_num_threads(threads)
     reference = torchvision_detector(detectable_class=DETECTABLE_CLASS)
@@ -204,11 +228,15 @@ def run(repeats: int = 3, quick: bool = False, threads: int | None = None, preci
     if not quick:
         rows.append(compile_row(reference, ours, name, chosen[name], repeats, reference_seconds[name]))
         print(markdown_table(HEADER, rows[-1:]), flush=True)
-    onnx_note = ("ONNX Runtime rows: without --quick" if quick
-                 else _onnx_rows(reference, ours, chosen, repeats, reference_seconds, rows))
+    notes = []
+    if quick:
+        notes.append("ONNX Runtime and OpenVINO rows: without --quick")
+    if not quick and backend in ("all", "onnxruntime"):
+        notes.append(_onnx_rows(reference, ours, chosen, repeats, reference_seconds, rows))
+    if not quick and backend in ("all", "openvino"):
+        notes.append(_openvino_rows(reference, ours, chosen, precisions, repeats, reference_seconds, rows))
     report.append(markdown_table(HEADER, rows))
-    if onnx_note:
-        report.append(f"\n{onnx_note}")
+    report += [f"\n{note}" for note in notes if note]
     report += scaling_tables(reference, repeats, quick)
     if demo_run is not None:
         from fpn.bench.gates import demo_ap_table

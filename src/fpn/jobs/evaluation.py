@@ -62,33 +62,36 @@ def mean_anchors_per_image(model: nn.Module, coco) -> float:
 
 
 def open_run(checkpoint: str | Path, overrides: list[str] | None = None, *, precision: str = "fp32",
-             calibration: list[str | Path] | None = None) -> tuple[Config, Detector, Path]:
+             calibration: list[str | Path] | None = None, backend: str = "pytorch"
+             ) -> tuple[Config, Detector, Path]:
     """A run's saved config with ``overrides`` applied, its detector, and the config file's path.
 
     The ``model.*`` overrides (e.g. ``model.input.test_scales``) apply to the loaded model too.
-    ``precision`` and ``calibration`` as for ``Detector``.
+    ``precision``, ``calibration`` and ``backend`` as for ``Detector``.
     """
     _, config_file = find_checkpoint(checkpoint)
     cfg = merge(load_config(config_file), parse_overrides(overrides or []), "overrides")
     model_overrides = [o for o in overrides or [] if o.strip().startswith("model.")]
     detector = Detector(checkpoint, cfg.train.device, overrides=model_overrides, precision=precision,
-                        calibration=calibration)
+                        calibration=calibration, backend=backend)
     return cfg, detector, config_file
 
 
 def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, output: str | Path | None = None,
-             progress: bool = True, precision: str = "fp32", calibration: list[str | Path] | None = None
-             ) -> tuple[EvalResult, Path]:
+             progress: bool = True, precision: str = "fp32", calibration: list[str | Path] | None = None,
+             backend: str = "pytorch") -> tuple[EvalResult, Path]:
     """Evaluate a run, checkpoint directory or weights file; metrics saved beside it (or in ``output``),
     with the PR curves, the confusion matrix and the worst images (``fpn.jobs.eval_pictures``).
 
     ``precision`` defaults to fp32, so that a run's AP is the same number on every host; the
-    log says which precision ran (``auto`` measures what ``fpn predict`` would run).
+    log says which precision ran (``auto`` measures what ``fpn predict`` would run). ``backend``
+    openvino evaluates the OpenVINO model (``fpn.export_openvino``: boxes only, no proposal AR).
     """
-    cfg, detector, config_file = open_run(checkpoint, overrides, precision=precision, calibration=calibration)
+    cfg, detector, config_file = open_run(checkpoint, overrides, precision=precision, calibration=calibration,
+                                          backend=backend)
     dataset = dataset_for(cfg, "val")
     result = evaluate_model(detector.model, dataset, cfg, progress=progress, network=detector.network)
-    log.info("evaluated at precision %s", detector.precision)
+    log.info("evaluated at precision %s (%s)", detector.precision, backend)
     out = Path(output) if output else config_file.parent / "eval"
     save_metrics(result, out)
     result.pictures = write_eval_pictures(result, dataset, out,

@@ -26,7 +26,7 @@ from fpn.data.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images
 from fpn.data.video import VideoWriter, read_frames, require_av, video_info
 from fpn.engine.checkpoint import find_checkpoint
 from fpn.engine.evaluate import encode_mask_proposals
-from fpn.errors import PathNotFoundError, output_dir
+from fpn.errors import ConfigError, PathNotFoundError, output_dir
 from fpn.model.segment_proposals import paste_masks
 from fpn.progress import progress as progress_bar
 from fpn.results import Detections, write_csv
@@ -104,7 +104,7 @@ def _source(path: Path, relative: Path) -> Source:
 def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str | Path, *,
                 score_thresh: float = DRAW_SCORE_THRESH, device: str = "auto", progress: bool = True,
                 overrides: list[str] | None = None, colour_by: ColourBy = "class", precision: str = "auto",
-                calibration: list[str | Path] | None = None) -> PredictSummary:
+                calibration: list[str | Path] | None = None, backend: str = "pytorch") -> PredictSummary:
     """Detections for images, folders and videos -> ``predictions.json`` (COCO-style records: ``bbox``
     x, y, width, height, with ``file_name``, ``category_name``, ``level``; ``frame`` for videos),
     ``predictions.csv`` (``fpn.results.CSV_COLUMNS``: x1, y1, x2, y2) and drawn copies.
@@ -113,14 +113,18 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
     reported and skipped; if none could be read, ``NothingPredictedError`` and nothing is written.
     ``overrides`` (``model.*=value``) change the loaded model's config. ``precision`` as for
     ``Detector``; int8 calibrates on ``calibration`` (images or folders), else on the run's
-    training images, else on the input images.
+    training images, else on the input images. ``backend``: pytorch or openvino, as for ``Detector``.
     """
     find_checkpoint(checkpoint)  # a wrong run folder is the first thing to say, before the inputs
+    if backend == "openvino" and colour_by == "level":
+        raise ConfigError("--colour-by level needs each detection's pyramid level, which the OpenVINO graph "
+                          "does not return: use --backend pytorch or --colour-by class")
     sources = expand_inputs(inputs)
     detector = Detector(checkpoint, device, score_thresh=score_thresh, overrides=overrides,
                         precision=precision, calibration=calibration or None,
-                        fallback_calibration=[source.path for source in sources if not source.is_video])
-    log.info("predicting at precision %s", detector.precision)
+                        fallback_calibration=[source.path for source in sources if not source.is_video],
+                        backend=backend)
+    log.info("predicting at precision %s (%s)", detector.precision, backend)
     if any(source.is_video for source in sources):
         require_av()  # before any work: a one-line error naming the extra
     out_dir = output_dir(out_dir)

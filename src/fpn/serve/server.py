@@ -33,6 +33,7 @@ class ServeOptions:
     limits: ServeSettings = field(default_factory=ServeSettings)
     precision: str = "auto"  # fpn.model.precision
     calibration: list[str] = field(default_factory=list)  # int8: images to calibrate on
+    backend: str = "pytorch"  # or openvino (fpn.export_openvino)
 
 
 def load_detector(options: ServeOptions):
@@ -44,7 +45,8 @@ def load_detector(options: ServeOptions):
     if options.threads:
         torch.set_num_threads(options.threads)
     detector = Detector.from_checkpoint(options.checkpoint, options.device, options.overrides,
-                                        precision=options.precision, calibration=options.calibration or None)
+                                        precision=options.precision, calibration=options.calibration or None,
+                                        backend=options.backend)
     model = detector.model
     if model.roi_heads is None:
         raise ConfigError(f"{options.checkpoint}: fpn serve needs a detector with a box head; this run is "
