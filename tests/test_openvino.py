@@ -105,9 +105,13 @@ def test_openvino_int8_passes_the_int8_gate_or_auto_refuses_it(trained_run):
     matched, total = confident_matches(fp32_out, int8_out, min_score=0.5, min_iou=0.9)
     assert total >= 20
     passed = fp32_ap - int8_ap <= AP_DROP_HERE["int8"] and matched >= KEPT_HERE["int8"] * total
-    assert passed == ("int8" in GATES_PASSED["fpn"]), (
+    # The verdict is borderline and moves with the fitted model (failed: AP 79.1 against 82.4 fp32,
+    # 26/27 kept; passed: 86.0 against 86.7, 27/28 kept, two runs on one host): the table may list
+    # int8 only if every run passes, and never while a run fails.
+    listed = "int8" in GATES_PASSED["fpn"]
+    assert passed or not listed, (
         f"OpenVINO int8: AP {int8_ap:.1f} (fp32 {fp32_ap:.1f}), {matched}/{total} confident detections "
-        f"kept: the gate {'passed' if passed else 'failed'}; update fpn.export_openvino.GATES_PASSED")
+        "kept: the gate failed, but fpn.export_openvino.GATES_PASSED lists int8")
     from fpn.api import load_model
 
     model = load_model(trained_run)
@@ -115,7 +119,7 @@ def test_openvino_int8_passes_the_int8_gate_or_auto_refuses_it(trained_run):
         vnni = CpuInfo("a VNNI CPU", frozenset({"avx2", "avx512f", "avx512_vnni"}), "AVX512")
         patch.setattr("fpn.export_openvino.read_cpu_info", lambda: vnni)
         auto = choose_precision("auto", model, can_calibrate=True).precision
-    assert auto == ("int8" if passed else "fp32")
+    assert auto == ("int8" if listed else "fp32")  # auto follows the table of passed gates
 
 
 def test_the_backend_refuses_what_it_cannot_run(tmp_path):

@@ -69,6 +69,16 @@ def emulated_bf16_kernels(precision: str):
     return _Bf16KernelsInFp32()
 
 
+def real_photos(folder: Path, count: int, *, skip: int = 0) -> list[Tensor]:
+    """``count`` photographs of ``folder`` (sorted by name, after the first ``skip``), as tensors."""
+    from fpn.api import load_image
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if len(paths) < skip + count:
+        raise FileNotFoundError(f"{folder}: {len(paths)} images, {skip + count} wanted")
+    return [load_image(p) for p in paths[skip:skip + count]]
+
+
 def torchvision_agreement(photos: list[Tensor], targets: list[Target], precisions: list[str], *,
                           size: tuple[int, int] = (800, 1333), weights: dict | None = None
                           ) -> dict[str, tuple[int, int]]:
