@@ -78,13 +78,20 @@ class Region:
 
 def _place_regions(rng: np.random.Generator, size: int) -> list[Region]:
     """One or two regions at least 6 px apart."""
+    return _regions_apart(rng, size, [REGION_SIDE] * int(rng.integers(1, 3)), ELLIPSE_ASPECT)
+
+
+def _regions_apart(rng: np.random.Generator, size: int, sides: list[tuple[float, float]],
+                   ellipse_aspect: tuple[float, float]) -> list[Region]:
+    """A region per ``sides`` range (its larger axis, of the image side), each at least 6 px from
+    the others; one that finds no room in 12 tries is left out."""
     regions: list[Region] = []
     occupied = np.zeros((size, size), dtype=bool)
-    for _ in range(int(rng.integers(1, 3))):
+    for low, high in sides:
         for _attempt in range(12):
             kind = REGIONS[int(rng.integers(len(REGIONS)))]
-            major = size * math.exp(rng.uniform(math.log(REGION_SIDE[0]), math.log(REGION_SIDE[1])))
-            aspect = float(rng.uniform(*ELLIPSE_ASPECT)) if kind == "ellipse" else 1.0
+            major = size * math.exp(rng.uniform(math.log(low), math.log(high)))
+            aspect = float(rng.uniform(*ellipse_aspect)) if kind == "ellipse" else 1.0
             cx, cy = (float(v) for v in rng.uniform(major * 0.45, size - major * 0.45, 2))
             mask = _region_mask(kind, size, cx, cy, major, aspect, float(rng.uniform(0, math.pi)))
             if not (mask & occupied).any():
@@ -256,22 +263,8 @@ def _circumradius(kind: str, side: float) -> float:
 
 def _place_paper_regions(rng: np.random.Generator, size: int) -> list[Region]:
     """A large region (large shapes need room), and half the time a second, smaller one."""
-    regions: list[Region] = []
-    occupied = np.zeros((size, size), dtype=bool)
-    ranges = [PAPER_REGION_SIDE] + ([PAPER_SECOND_REGION_SIDE] if rng.random() < 0.5 else [])
-    for low, high in ranges:
-        for _attempt in range(12):
-            kind = REGIONS[int(rng.integers(len(REGIONS)))]
-            major = size * math.exp(rng.uniform(math.log(low), math.log(high)))
-            aspect = float(rng.uniform(*PAPER_ELLIPSE_ASPECT)) if kind == "ellipse" else 1.0
-            cx, cy = (float(v) for v in rng.uniform(major * 0.45, size - major * 0.45, 2))
-            mask = _region_mask(kind, size, cx, cy, major, aspect, float(rng.uniform(0, math.pi)))
-            if not (mask & occupied).any():
-                minor = major / aspect if kind == "ellipse" else major * math.sqrt(3) / 2
-                regions.append(Region(kind, mask, minor, rng.integers(0, 256, 3).astype(np.int16)))
-                occupied |= _dilate(mask, 6)
-                break
-    return regions
+    sides = [PAPER_REGION_SIDE] + ([PAPER_SECOND_REGION_SIDE] if rng.random() < 0.5 else [])
+    return _regions_apart(rng, size, sides, PAPER_ELLIPSE_ASPECT)
 
 
 def _draw_bucket(rng: np.random.Generator) -> str:
