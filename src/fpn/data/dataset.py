@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from fpn.box_format import clip_boxes
 from fpn.data.images import header_hw, read_image
-from fpn.errors import DatasetError
+from fpn.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +281,10 @@ class Problems:
         parts = [p.text() for p in self.found.values() if not p.stops] + self.notes
         if parts:
             log.warning("%s: %s", self.file, "; ".join(parts))
+
+
+def refuse_masks(masks: bool, why: str) -> None:
+    """A ``ConfigError`` when instance masks are asked of a format that has none (``why``)."""
+    if masks:
+        raise ConfigError(f"model.proposals=segments needs instance masks and {why}: "
+                          "use COCO-format data (data.format=coco)")

@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from fpn.config import DataConfig
-from fpn.data.dataset import AnnotatedDataset, AnnotatedImage, Problems, box_in_image, record_of
-from fpn.errors import ConfigError, DatasetError
+from fpn.data.dataset import (
+    AnnotatedDataset,
+    AnnotatedImage,
+    Problems,
+    box_in_image,
+    record_of,
+    refuse_masks,
+)
+from fpn.errors import DatasetError
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -140,15 +147,9 @@ def _split_ids(split_file: Path) -> list[str]:
     return ids
 
 
-def _no_masks(masks: bool) -> None:
-    if masks:
-        raise ConfigError("model.proposals=segments needs instance masks and VOC has none here: "
-                          "use COCO-format data (data.format=coco)")
-
-
 def from_config(data: DataConfig, split: str, *, masks: bool = False, collect: bool = False) -> VOCDetection:
     """``data.voc_root``'s ``split`` list, classes ``data.voc_classes`` (empty: Pascal's 20)."""
-    _no_masks(masks)
+    refuse_masks(masks, "VOC has none here")
     return VOCDetection(data.voc_root, split=split, class_names=data.voc_classes or None, collect=collect)
 
 

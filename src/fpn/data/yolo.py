@@ -29,9 +29,16 @@ from typing import Any
 import yaml
 
 from fpn.config import DataConfig
-from fpn.data.dataset import AnnotatedDataset, AnnotatedImage, Problems, box_in_image, record_of
+from fpn.data.dataset import (
+    AnnotatedDataset,
+    AnnotatedImage,
+    Problems,
+    box_in_image,
+    record_of,
+    refuse_masks,
+)
 from fpn.data.images import header_hw
-from fpn.errors import ConfigError, DatasetError, PathNotFoundError
+from fpn.errors import DatasetError, PathNotFoundError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 LINE_NOT_NUMBERS = "line not 'class cx cy w h' numbers"
@@ -153,15 +160,9 @@ class YOLODetection(AnnotatedDataset):
         return box, cls + 1, False, False, (box[2] - box[0]) * (box[3] - box[1])
 
 
-def _no_masks(masks: bool) -> None:
-    if masks:
-        raise ConfigError("model.proposals=segments needs instance masks and YOLO box labels have none: "
-                          "use COCO-format data (data.format=coco)")
-
-
 def from_config(data: DataConfig, split: str, *, masks: bool = False, collect: bool = False) -> YOLODetection:
     """``data.{split}_images`` with its labels; class names from ``data.{split}_annotations``."""
-    _no_masks(masks)
+    refuse_masks(masks, "YOLO box labels have none")
     images = data.train_images if split == "train" else data.val_images
     names = data.train_annotations if split == "train" else data.val_annotations
     return YOLODetection(images, read_class_names(Path(names)), on_bad_annotations=data.on_bad_annotations,
