@@ -29,7 +29,6 @@ PAPER = {
     "6": {"columns": ["mask_AR@1000", "mask_AR_s@1000", "mask_AR_m@1000", "mask_AR_l@1000"],
           "5x5": [43.4, 32.5, 49.2, 53.7], "7x7": [43.5, 30.0, 49.6, 57.8], "dual": [45.7, 31.9, 51.5, 60.8]},
 }
-PAPER_SECONDS = {"6": {"5x5": 0.15, "7x7": 0.19, "dual": 0.24}}  # per image on one GPU
 TITLES = {"1": "Table 1: the RPN alone (proposals)",
           "2": "Table 2: Fast R-CNN on the FPN RPN's fixed proposals",
           "3": "Table 3: Faster R-CNN, end to end",

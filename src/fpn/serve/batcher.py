@@ -20,9 +20,8 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,7 +45,6 @@ class Hung(RuntimeError):
 class Job:
     image: torch.Tensor  # 3 x H x W in [0, 1]
     future: asyncio.Future
-    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
