@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fpn.data import VOCDetection
-from fpn.engine.evaluate import as_coco
+from fpn.evaluation.coco import as_coco
 
 XML = """<annotation><filename>x.jpg</filename><size><width>50</width><height>40</height></size>
 <object><name>dog</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object>

@@ -106,7 +106,7 @@ def test_mixed_precision_on_the_cpu():
 def test_evaluation_shards_are_whole_batches_of_one_process(monkeypatch):
     """Rank r evaluates batches r, r + N, ... of the batches one process makes, so every image is
     padded with the same neighbours (its detections do not depend on the process count)."""
-    from fpn.engine import distributed
+    from fpn import distributed
     from fpn.jobs.datasets import val_loader
 
     def batches(world_size: int, rank: int) -> list[list[int]]:

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from fpn.data.order import DataPosition
-from fpn.engine.distributed import info as distributed_info
-from fpn.engine.distributed import mean_over_ranks
+from fpn.distributed import info as distributed_info
+from fpn.distributed import mean_over_ranks
 from fpn.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)

@@ -99,7 +99,7 @@ class CsvSink:
 
 
 class CurvesSink:
-    """``curves.png`` (``fpn.engine.plots.plot_training_curves``), redrawn after every evaluation
+    """``curves.png`` (``fpn.engine.training_curves.plot_training_curves``), redrawn after every evaluation
     and when the log closes (the end of training, or its failure). A picture that cannot be drawn
     is a warning, never the end of a run."""
 
@@ -113,7 +113,7 @@ class CurvesSink:
             self.draw()
 
     def draw(self) -> None:
-        from fpn.engine.plots import plot_training_curves
+        from fpn.engine.training_curves import plot_training_curves
 
         try:
             plot_training_curves(self.records, self.path)

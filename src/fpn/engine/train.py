@@ -21,10 +21,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from fpn import distributed
 from fpn.config import Config, save_config, to_dict
 from fpn.data.order import EpochView, training_batches
 from fpn.device import resolve_device
-from fpn.engine import distributed
 from fpn.engine.checkpoint import resume_training
 from fpn.engine.hooks import MetricsWriter, PeriodicCheckpointer, PeriodicEvaluator, progress_hook
 from fpn.engine.loop import HookBase, TrainLoop, TrainState, autocast, check_finite, make_grad_scaler

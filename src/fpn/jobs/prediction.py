@@ -25,8 +25,8 @@ from fpn.data import DatasetError
 from fpn.data.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images
 from fpn.data.video import VideoWriter, read_frames, require_av, video_info
 from fpn.engine.checkpoint import find_checkpoint
-from fpn.engine.evaluate import encode_mask_proposals
 from fpn.errors import ConfigError, PathNotFoundError, output_dir
+from fpn.evaluation.coco import encode_mask_proposals
 from fpn.model.segment_proposals import paste_masks
 from fpn.progress import progress as progress_bar
 from fpn.results import Detections, write_csv

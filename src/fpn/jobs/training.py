@@ -13,12 +13,13 @@ from typing import Any
 
 from torch import nn
 
+from fpn import distributed
 from fpn.config import Config, ModelConfig, load_config
-from fpn.engine import distributed, initialisation, run_folder
+from fpn.engine import initialisation, run_folder
 from fpn.engine.checkpoint import latest_checkpoint
-from fpn.engine.results import EvalResult, save_metrics
 from fpn.engine.rng import seed_everything
 from fpn.engine.train import train
+from fpn.evaluation.result import EvalResult, save_metrics
 from fpn.jobs.datasets import dataset_for, with_dataset_classes
 from fpn.jobs.evaluation import evaluate_model
 from fpn.model.detector import FasterRCNN
