@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from fpn.api import Detector, find_checkpoint
+from fpn.api import Detector
 from fpn.bench.common import markdown_table, publish_report
 from fpn.config import load_config
+from fpn.engine.checkpoint import find_checkpoint
 from fpn.evaluation import inference as ev
 from fpn.export import OnnxDetector, export_onnx
 from fpn.jobs.datasets import build_dataset, coco_ground_truth, label_to_category_id, val_loader

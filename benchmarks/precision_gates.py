@@ -36,7 +36,7 @@ def agreement_table(args: argparse.Namespace) -> str:
     photos, targets = annotated_photos(args.photos, args.images)
     weights = None
     if args.weights:
-        from fpn.interop import read_checkpoint
+        from fpn.safe_reading import read_checkpoint
 
         weights = read_checkpoint(args.weights)
     rows = []

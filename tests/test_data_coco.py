@@ -15,7 +15,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from conftest import COCO_REAL
-from fpn.data import CocoDetection, DatasetError
+from fpn.data import CocoDetection
+from fpn.errors import DatasetError
 from fpn.evaluation.coco import as_coco
 
 REAL = COCO_REAL

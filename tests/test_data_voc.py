@@ -33,7 +33,7 @@ def test_voc_tree(tmp_path):
 def test_a_split_line_that_is_a_path_is_refused(tmp_path):
     import pytest
 
-    from fpn.data import DatasetError
+    from fpn.errors import DatasetError
 
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (tmp_path / sub).mkdir(parents=True)

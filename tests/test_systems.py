@@ -14,9 +14,9 @@ import torch
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 from fpn.config import load_config
-from fpn.data import DatasetError
 from fpn.data.proposals import ProposalFile, ProposalWriter
 from fpn.detections import output_difference
+from fpn.errors import DatasetError
 from fpn.evaluation.coco import as_coco, proposal_ar
 from fpn.evaluation.inference import evaluate_detector
 from fpn.model.detector import FasterRCNN

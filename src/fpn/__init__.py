@@ -24,7 +24,7 @@ _LAZY = {
     "FasterRCNN": "fpn.model.detector",
     "from_torchvision": "fpn.interop.torchvision",
     "load_torchvision_resnet": "fpn.interop.torchvision",
-    "read_checkpoint": "fpn.interop",
+    "read_checkpoint": "fpn.safe_reading",
     "convert_detector": "fpn.interop",
     "load_config": "fpn.config",
     "ModelConfig": "fpn.config",

@@ -78,7 +78,8 @@ def _onnx_rows(reference, ours, chosen: dict[str, list[torch.Tensor]], repeats: 
     """Rows for our exported graph under ONNX Runtime (``fpn export``); a note if it cannot run."""
     import tempfile
 
-    from fpn.export import ExportError, OnnxDetector, export_onnx
+    from fpn.errors import ExportError
+    from fpn.export import OnnxDetector, export_onnx
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

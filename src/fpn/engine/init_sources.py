@@ -18,7 +18,8 @@ from torch import Tensor
 from fpn.config import Config, ModelConfig, load_config
 from fpn.engine.checkpoint import find_checkpoint, load_weights
 from fpn.errors import CheckpointError, ConfigError, ConversionError, InitError, PathNotFoundError
-from fpn.interop import convert_detector, identify, read_checkpoint
+from fpn.interop import convert_detector, identify
+from fpn.safe_reading import read_checkpoint
 
 # Config fields that say what the weights' numbers mean; a run initialised from weights uses theirs.
 WEIGHT_CONVENTIONS = (

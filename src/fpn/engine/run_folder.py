@@ -25,11 +25,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fpn.config import Config, ConfigError, load_config, merge
+from fpn.config import Config, load_config, merge
 from fpn.engine.checkpoint import latest_checkpoint
 from fpn.engine.metrics import CSV_FILE, CURVES_FILE
 from fpn.engine.metrics_file import METRICS_FILE, read_metrics, write_metrics
-from fpn.errors import UserError
+from fpn.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 

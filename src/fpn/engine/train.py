@@ -27,11 +27,10 @@ from fpn.data.order import EpochView, training_batches
 from fpn.device import resolve_device
 from fpn.engine.checkpoint import resume_training
 from fpn.engine.hooks import MetricsWriter, PeriodicCheckpointer, PeriodicEvaluator, progress_hook
-from fpn.engine.loop import HookBase, TrainLoop, TrainState, autocast, check_finite, make_grad_scaler
+from fpn.engine.loop import HookBase, TrainLoop, TrainState
 from fpn.engine.metrics import MetricsLog
-from fpn.engine.optim import HeadsOnly, build_optimizer, build_scheduler, lr_factor, scaled_lr
-from fpn.engine.rng import seed_everything
-from fpn.errors import NonFiniteLossError, TooManyBadSamplesError, output_dir
+from fpn.engine.optim import HeadsOnly, build_optimizer, build_scheduler
+from fpn.errors import output_dir
 from fpn.model.precision import training_precision
 
 log = logging.getLogger(__name__)
@@ -132,8 +131,3 @@ def train(model: torch.nn.Module, train_dataset: Dataset, cfg: Config, run_dir: 
                       hooks=hooks)
     return trainer.run(resume=resume)
 
-
-# The names the loop's pieces had when they lived in this module stay importable from here.
-__all__ = ["train", "Trainer", "TrainLoop", "TrainState", "HookBase", "lr_factor", "scaled_lr",
-           "seed_everything", "build_optimizer", "build_scheduler", "autocast", "make_grad_scaler",
-           "check_finite", "NonFiniteLossError", "TooManyBadSamplesError", "EpochView"]

@@ -222,5 +222,4 @@ def _finite(value: float) -> float | None:
     return None if value != value else value
 
 
-__all__ = ["Evaluator", "BoxEvaluator", "ProposalEvaluator", "MaskProposalEvaluator", "VOCEvaluator",
-           "EvalResult"]
+__all__ = ["Evaluator", "BoxEvaluator", "ProposalEvaluator", "MaskProposalEvaluator", "VOCEvaluator"]

@@ -21,11 +21,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from fpn.api import Detector, load_image
-from fpn.data import DatasetError
 from fpn.data.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images
 from fpn.data.video import VideoWriter, read_frames, require_av, video_info
 from fpn.engine.checkpoint import find_checkpoint
-from fpn.errors import ConfigError, PathNotFoundError, output_dir
+from fpn.errors import ConfigError, DatasetError, PathNotFoundError, output_dir
 from fpn.evaluation.coco import encode_mask_proposals
 from fpn.model.segment_proposals import paste_masks
 from fpn.progress import progress as progress_bar

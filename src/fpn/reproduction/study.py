@@ -43,11 +43,11 @@ from typing import Any
 
 import torch
 
-from fpn.config import Config, ConfigError, from_dict, load_config, to_dict, upgrade_renamed
+from fpn.config import Config, from_dict, load_config, to_dict, upgrade_renamed
 from fpn.data import synthetic
 from fpn.engine.metrics_file import read_metrics
 from fpn.engine.run_folder import holds_a_run
-from fpn.errors import NonFiniteLossError, StaleRunError
+from fpn.errors import ConfigError, NonFiniteLossError, StaleRunError
 from fpn.jobs.datasets import dataset_for
 from fpn.jobs.evaluation import evaluate_model, open_run
 from fpn.jobs.pretraining import RESULT as PRETRAIN_RESULT
