@@ -15,7 +15,7 @@ import fpn
 PACKAGE_ROOT = Path(fpn.__file__).parent
 
 # Which top-level parts of fpn each part may import (besides itself). Neutral helpers at the bottom.
-NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.detections", "fpn.visualize",
+NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.output_comparison", "fpn.visualize",
            "fpn.safe_reading", "fpn.results", "fpn.progress", "fpn.distributed"}
 ALLOWED = {
     "fpn.errors": set(),
@@ -25,7 +25,7 @@ ALLOWED = {
     "fpn.box_format": set(),
     "fpn.progress": set(),
     "fpn.distributed": set(),
-    "fpn.detections": set(),
+    "fpn.output_comparison": set(),
     "fpn.visualize": set(),
     "fpn.results": {"fpn.box_format", "fpn.visualize"},  # Detections: drawn and written
     "fpn.data": NEUTRAL,

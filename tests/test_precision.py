@@ -11,7 +11,6 @@ import torch
 from conftest import TINY_MODEL
 from fpn.api import Detector
 from fpn.config import load_config
-from fpn.detections import confident_matches
 from fpn.errors import PrecisionError
 from fpn.interop.torchvision import torchvision_config
 from fpn.model.detector import FasterRCNN
@@ -23,6 +22,7 @@ from fpn.model.precision import (
     parse_cpuinfo,
     read_cpu_info,
 )
+from fpn.output_comparison import confident_matches
 
 X86 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi2 avx2"
 

@@ -15,11 +15,11 @@ from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 from fpn.config import load_config
 from fpn.data.proposals import ProposalFile, ProposalWriter
-from fpn.detections import output_difference
 from fpn.errors import DatasetError
 from fpn.evaluation.coco import as_coco, proposal_ar
 from fpn.evaluation.inference import evaluate_detector
 from fpn.model.detector import FasterRCNN
+from fpn.output_comparison import output_difference
 
 TINY = [*TINY_MODEL, "model.roi_heads.num_classes=2", "model.roi_heads.score_thresh=0.0"]
 

@@ -19,8 +19,8 @@ import torchvision
 from fpn.bench.common import PeakRSS, count_flops, markdown_table, median_seconds
 from fpn.bench.machine import Peak, describe_machine, load_line, measure_peak, roofline_line
 from fpn.bench.reference import fpn_twin, torchvision_detector
-from fpn.detections import output_difference
 from fpn.model.precision import resolve_precision, with_precision
+from fpn.output_comparison import output_difference
 
 # torchvision's weights with one class raised (see reference.DETECTABLE_CLASS_BIAS).
 DETECTABLE_CLASS = 1
