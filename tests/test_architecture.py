@@ -16,7 +16,7 @@ PACKAGE_ROOT = Path(fpn.__file__).parent
 
 # Which top-level parts of fpn each part may import (besides itself). Neutral helpers at the bottom.
 NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.output_comparison", "fpn.visualize",
-           "fpn.safe_reading", "fpn.results", "fpn.progress", "fpn.distributed"}
+           "fpn.safe_reading", "fpn.detections", "fpn.progress", "fpn.distributed"}
 ALLOWED = {
     "fpn.errors": set(),
     "fpn.config": {"fpn.errors"},
@@ -27,7 +27,7 @@ ALLOWED = {
     "fpn.distributed": set(),
     "fpn.output_comparison": set(),
     "fpn.visualize": set(),
-    "fpn.results": {"fpn.box_format", "fpn.visualize"},  # Detections: drawn and written
+    "fpn.detections": {"fpn.box_format", "fpn.visualize"},  # Detections: drawn and written
     "fpn.data": NEUTRAL,
     "fpn.model": NEUTRAL,
     "fpn.interop": NEUTRAL | {"fpn.model"},

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Detector": "fpn.api",
-    "Detections": "fpn.results",
+    "Detections": "fpn.detections",
     "FasterRCNN": "fpn.model.detector",
     "from_torchvision": "fpn.interop.torchvision",
     "load_torchvision_resnet": "fpn.interop.torchvision",

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from fpn.config import load_config, merge, parse_overrides
 from fpn.data import read_image
 from fpn.data.inputs import ImageInputError, array_image_tensor, find_images, is_batch, pil_image_tensor
+from fpn.detections import Detections
 from fpn.device import resolve_device
 from fpn.engine.checkpoint import find_checkpoint, load_weights
 from fpn.errors import ConfigError, PathNotFoundError, PrecisionError
 from fpn.model.detector import FasterRCNN
-from fpn.results import Detections
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 FILE_BATCH = 4  # image files read and run per forward pass
