@@ -22,7 +22,7 @@ from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 from fpn.config import load_config
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
-from fpn.engine.initialisation import match_classes
+from fpn.engine.init_loading import match_classes
 from fpn.engine.optim import build_optimizer
 from fpn.errors import InitError
 from fpn.jobs.training import new_model, run_train

@@ -4,7 +4,9 @@
 - ``loop``: ``TrainLoop``, the SGD steps, and ``HookBase``, what runs between them;
 - ``hooks``: progress bar, metrics writer, periodic checkpoints, periodic evaluation;
 - ``optim``: SGD, the learning-rate schedule, the heads-only warm-up;
-- ``metrics``: ``metrics.jsonl`` and TensorBoard sinks; ``training_curves``: ``curves.png``;
+- ``metrics_log``: ``metrics.jsonl`` written (with CSV and TensorBoard sinks) and read back;
+  ``training_curves``: ``curves.png``;
+- ``init_sources``, ``init_loading``: ``train.init``, its sources read, then loaded into a model;
 - ``checkpoint``: atomic safetensors checkpoints, the run layout, resume state;
 - ``rng``: seeding and saving every random stream.
 

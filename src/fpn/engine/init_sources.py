@@ -3,7 +3,7 @@ made for, and the conventions a run adopts from them (docs/finetuning.md).
 
 A source is an fpn run or checkpoint, a detector checkpoint of torchvision, detectron2 or
 mmdetection (converted to our key names by ``fpn.interop``), or a torchvision ImageNet ResNet
-(loaded into the bottom-up pathway). ``fpn.engine.initialisation`` loads them into a model.
+(loaded into the bottom-up pathway). ``fpn.engine.init_loading`` loads them into a model.
 """
 
 from __future__ import annotations

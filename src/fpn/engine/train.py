@@ -3,7 +3,7 @@
 ``Trainer`` builds from the config what ``TrainLoop`` (``fpn.engine.loop``) runs: the device and
 the DistributedDataParallel wrapper under torchrun, SGD and its schedule (``fpn.engine.optim``),
 the seeded data order (``fpn.data.order``), and the hooks (``fpn.engine.hooks``): progress,
-the metrics log (``fpn.engine.metrics``), checkpoints (``fpn.engine.checkpoint``), evaluation.
+the metrics log (``fpn.engine.metrics_log``), checkpoints (``fpn.engine.checkpoint``), evaluation.
 
 Resuming is exact on the CPU: the data order and the flips are functions of (seed, epoch,
 index), and every random state the model draws from is saved with the checkpoint.
@@ -28,7 +28,7 @@ from fpn.device import resolve_device
 from fpn.engine.checkpoint import resume_training
 from fpn.engine.hooks import MetricsWriter, PeriodicCheckpointer, PeriodicEvaluator, progress_hook
 from fpn.engine.loop import HookBase, TrainLoop, TrainState
-from fpn.engine.metrics import MetricsLog
+from fpn.engine.metrics_log import MetricsLog
 from fpn.engine.optim import HeadsOnly, build_optimizer, build_scheduler
 from fpn.errors import output_dir
 from fpn.model.precision import training_precision

@@ -1,5 +1,5 @@
 """A run's ``curves.png``: loss terms, learning rate and the evaluations' AP against the step,
-drawn from the records of ``metrics.jsonl`` (``fpn.engine.metrics``'s ``CurvesSink`` redraws it).
+drawn from the records of ``metrics.jsonl`` (``fpn.engine.metrics_log``'s ``CurvesSink`` redraws it).
 
 Drawn with the evaluation pictures' helpers (``fpn.evaluation.plots``): matplotlib imported
 inside them, the PNG written atomically, the pixel box of every panel returned.

@@ -15,7 +15,7 @@ from torch import nn
 
 from fpn import distributed
 from fpn.config import Config, ModelConfig, load_config
-from fpn.engine import init_sources, initialisation, run_folder
+from fpn.engine import init_loading, init_sources, run_folder
 from fpn.engine.checkpoint import latest_checkpoint
 from fpn.engine.rng import seed_everything
 from fpn.engine.train import train
@@ -95,7 +95,7 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
     if evaluate:
         evaluation = PeriodicEvaluation(dataset_for(cfg, "val"), cfg, out_dir, progress)
     model = new_model(cfg.model, cfg.train.seed)
-    report += initialisation.initialise(model, sources, skip_mismatched=cfg.train.init_skip_mismatched)
+    report += init_loading.initialise(model, sources, skip_mismatched=cfg.train.init_skip_mismatched)
     for line in report:
         log.info("%s", line)
     if distributed.is_main_process():

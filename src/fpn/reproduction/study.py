@@ -45,7 +45,7 @@ import torch
 
 from fpn.config import Config, from_dict, load_config, to_dict, upgrade_renamed
 from fpn.data import synthetic
-from fpn.engine.metrics_file import read_metrics
+from fpn.engine.metrics_log import read_metrics
 from fpn.engine.run_folder import holds_a_run
 from fpn.errors import ConfigError, NonFiniteLossError, StaleRunError
 from fpn.jobs.datasets import dataset_for

@@ -1,4 +1,4 @@
-"""``train.init``: start a training run from weights people already hold (docs/finetuning.md).
+"""``train.init`` loaded: the sources ``fpn.engine.init_sources`` read, put into a model (docs/finetuning.md).
 
 A source is an fpn run or checkpoint, a detector checkpoint of torchvision, detectron2 or
 mmdetection (converted to our key names by ``fpn.interop``), or a torchvision ImageNet ResNet
