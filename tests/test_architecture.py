@@ -15,12 +15,12 @@ import fpn
 PACKAGE_ROOT = Path(fpn.__file__).parent
 
 # Which top-level parts of fpn each part may import (besides itself). Neutral helpers at the bottom.
-NEUTRAL = {"fpn.errors", "fpn.config", "fpn.device", "fpn.box_format", "fpn.output_comparison", "fpn.visualize",
-           "fpn.safe_reading", "fpn.detections", "fpn.progress", "fpn.distributed"}
+NEUTRAL = {"fpn.errors", "fpn.config", "fpn.hardware", "fpn.distributed", "fpn.box_format",
+           "fpn.output_comparison", "fpn.visualize", "fpn.safe_reading", "fpn.detections", "fpn.progress"}
 ALLOWED = {
     "fpn.errors": set(),
     "fpn.config": {"fpn.errors"},
-    "fpn.device": {"fpn.errors"},
+    "fpn.hardware": {"fpn.errors"},
     "fpn.safe_reading": {"fpn.errors"},
     "fpn.box_format": set(),
     "fpn.progress": set(),

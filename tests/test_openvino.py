@@ -92,7 +92,7 @@ def test_openvino_int8_passes_the_int8_gate_or_auto_refuses_it(trained_run):
     calibrated on the run's training images); ``auto`` under OpenVINO may pick int8 only if it
     passed (``fpn.export_openvino.GATES_PASSED``)."""
     from fpn.export_openvino import GATES_PASSED, choose_precision
-    from fpn.model.precision import CpuInfo
+    from fpn.hardware import CpuInfo
     from fpn.output_comparison import confident_matches
     from test_precision_gates import AP_DROP_HERE, KEPT_HERE
 

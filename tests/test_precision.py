@@ -12,16 +12,10 @@ from conftest import TINY_MODEL
 from fpn.api import Detector
 from fpn.config import load_config
 from fpn.errors import PrecisionError
+from fpn.hardware import CpuInfo, parse_cpuinfo, read_cpu_info
 from fpn.interop.torchvision import torchvision_config
 from fpn.model.detector import FasterRCNN
-from fpn.model.precision import (
-    GATES_PASSED,
-    CpuInfo,
-    choose_precision,
-    model_kind,
-    parse_cpuinfo,
-    read_cpu_info,
-)
+from fpn.model.precision import GATES_PASSED, choose_precision, model_kind
 from fpn.output_comparison import confident_matches
 
 X86 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi2 avx2"

@@ -26,9 +26,9 @@ from fpn.config import load_config, merge, parse_overrides
 from fpn.data import read_image
 from fpn.data.inputs import ImageInputError, array_image_tensor, find_images, is_batch, pil_image_tensor
 from fpn.detections import Detections
-from fpn.device import resolve_device
 from fpn.engine.checkpoint import find_checkpoint, load_weights
 from fpn.errors import ConfigError, PathNotFoundError, PrecisionError
+from fpn.hardware import resolve_device
 from fpn.model.detector import FasterRCNN
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor

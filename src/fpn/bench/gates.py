@@ -30,7 +30,8 @@ from torch.overrides import TorchFunctionMode
 from fpn.bench.common import markdown_table
 from fpn.bench.reference import fpn_twin, torchvision_detector
 from fpn.bench.standin import Target, probed_standin
-from fpn.model.precision import read_cpu_info, with_precision
+from fpn.hardware import read_cpu_info
+from fpn.model.precision import with_precision
 from fpn.output_comparison import confident_matches
 
 AP_DROP = {"bf16": 0.5, "int8": 1.0}  # AP points below fp32 a precision may lose (fpn runs)

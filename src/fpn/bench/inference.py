@@ -17,8 +17,9 @@ import torch
 import torchvision
 
 from fpn.bench.common import PeakRSS, count_flops, markdown_table, median_seconds
-from fpn.bench.machine import Peak, describe_machine, load_line, measure_peak, roofline_line
 from fpn.bench.reference import fpn_twin, torchvision_detector
+from fpn.bench.roofline import Peak, measure_peak, roofline_line
+from fpn.hardware import describe_machine, load_line
 from fpn.model.precision import resolve_precision, with_precision
 from fpn.output_comparison import output_difference
 

@@ -24,13 +24,13 @@ from torch.utils.data import Dataset
 from fpn import distributed
 from fpn.config import Config, save_config, to_dict
 from fpn.data.order import EpochView, training_batches
-from fpn.device import resolve_device
 from fpn.engine.checkpoint import resume_training
 from fpn.engine.hooks import MetricsWriter, PeriodicCheckpointer, PeriodicEvaluator, progress_hook
 from fpn.engine.loop import HookBase, TrainLoop, TrainState
 from fpn.engine.metrics_log import MetricsLog
 from fpn.engine.optim import HeadsOnly, build_optimizer, build_scheduler
 from fpn.errors import output_dir
+from fpn.hardware import resolve_device
 from fpn.model.precision import training_precision
 
 log = logging.getLogger(__name__)
