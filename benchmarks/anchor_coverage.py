@@ -20,9 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from fpn.data import synthetic
+from fpn.hardware import machine_summary
 from fpn.reproduction.geometry import annotated_boxes, geometry_tables, markdown, reference_boxes
 from fpn.reproduction.plan import FULL, ROWS
-from fpn.reproduction.study import Reproduction, machine
+from fpn.reproduction.study import Reproduction
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
     tables = geometry_tables({row.name: study.config(row, 0).model for row in rows},
                              annotated_boxes(data / "val" / "annotations.json"),
                              presets={row.name: row.preset for row in rows}, reference=reference_boxes())
-    print(f"{tables['objects']['ours']} validation objects; {machine()}\n")
+    print(f"{tables['objects']['ours']} validation objects; {machine_summary()}\n")
     print("\n".join(markdown(tables, {row.name: f"Table {row.table} {row.label}" for row in rows})))
 
 

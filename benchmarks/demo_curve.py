@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fpn.engine.metrics_file import read_metrics
+from fpn.engine.metrics_log import read_metrics
 from fpn.jobs.demo import run_demo
 
 

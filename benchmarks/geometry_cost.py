@@ -22,9 +22,10 @@ import torch
 
 from fpn.bench.training import interleaved, optimizer_for, train_step
 from fpn.data import synthetic
+from fpn.hardware import machine_summary
 from fpn.model.detector import FasterRCNN
 from fpn.reproduction.plan import FULL, row_named
-from fpn.reproduction.study import Reproduction, machine
+from fpn.reproduction.study import Reproduction
 
 
 def benchmark_batch(geometry: str, image_size: int, batch: int, seed: int = 0):
@@ -53,7 +54,7 @@ def main() -> None:
     settings = {"scaled, 256 px": replace(FULL, geometry="scaled", image_size=256),
                 f"paper, {FULL.image_size} px": FULL}
     print(f"one training step of batch {FULL.batch_size}, median of {args.repeats}, interleaved; "
-          f"{machine()}\n")
+          f"{machine_summary()}\n")
     print("| row | " + " | ".join(f"{name} s/step" for name in settings) + " | ratio |")
     print("|---|" + "---|" * (len(settings) + 1))
     for name in args.rows.split(","):

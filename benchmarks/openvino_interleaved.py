@@ -26,12 +26,12 @@ import torch
 
 from fpn.bench.common import PeakRSS, markdown_table
 from fpn.bench.inference import DETECTABLE_CLASS, calibration_inputs
-from fpn.bench.machine import describe_machine, load_line
 from fpn.bench.reference import fpn_twin, torchvision_detector
-from fpn.detections import output_difference
 from fpn.export import OnnxDetector, export_onnx, run_graph
 from fpn.export_openvino import OpenVinoDetector
+from fpn.hardware import describe_machine, load_line
 from fpn.model.precision import with_precision
+from fpn.output_comparison import output_difference
 
 
 def primitive_types(compiled) -> dict[str, int]:

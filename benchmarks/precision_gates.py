@@ -24,8 +24,8 @@ import torch
 
 from fpn.bench.common import markdown_table, publish_report
 from fpn.bench.gates import MATCHED_FRACTION, demo_ap_table, torchvision_agreement
-from fpn.bench.machine import describe_machine
 from fpn.bench.standin import annotated_photos
+from fpn.hardware import describe_machine
 from fpn.model.precision import GATES_PASSED
 
 AGREEMENT_HEADER = ["precision", "fp32 detections > 0.5 kept", "share", "gate", "result",
@@ -36,7 +36,7 @@ def agreement_table(args: argparse.Namespace) -> str:
     photos, targets = annotated_photos(args.photos, args.images)
     weights = None
     if args.weights:
-        from fpn.interop import read_checkpoint
+        from fpn.safe_reading import read_checkpoint
 
         weights = read_checkpoint(args.weights)
     rows = []

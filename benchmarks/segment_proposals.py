@@ -28,7 +28,7 @@ import torch
 
 from fpn.bench.common import markdown_table, publish_report
 from fpn.config import load_config
-from fpn.engine.evaluate import encode_mask_proposals
+from fpn.evaluation.coco import encode_mask_proposals
 from fpn.model.detector import FasterRCNN
 
 IMAGE_HW = (800, 1333)

@@ -21,7 +21,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from fpn.engine.metrics_file import read_metrics
+from fpn.engine.metrics_log import read_metrics
 
 
 def run_cost(run_dir: Path) -> tuple[float, float, float]:

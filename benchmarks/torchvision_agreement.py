@@ -15,8 +15,8 @@ import argparse
 import torch
 import torchvision
 
-from fpn.detections import output_difference
 from fpn.interop.torchvision import from_torchvision
+from fpn.output_comparison import output_difference
 
 
 @torch.inference_mode()

@@ -62,7 +62,7 @@ def assert_same_detections(want: dict, got: dict, box_tol: float, score_tol: flo
     """
     import torch
 
-    from fpn.detections import output_difference
+    from fpn.output_comparison import output_difference
 
     assert len(got["boxes"]) == len(want["boxes"]) > 0
     sure = torch.ones(len(want["scores"]), dtype=torch.bool)

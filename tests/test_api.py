@@ -22,7 +22,7 @@ from torchvision.transforms.functional import to_tensor
 from conftest import make_untrained_run
 from fpn.api import Detector
 from fpn.data.inputs import ImageInputError, array_image_tensor
-from fpn.results import CSV_COLUMNS, Detections
+from fpn.detections import CSV_COLUMNS, Detections
 from fpn.visualize import PALETTE
 
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 from conftest import TINY_MODEL
 from fpn.config import load_config
-from fpn.data import CocoDetection, DatasetError, read_image
+from fpn.data import CocoDetection, read_image
+from fpn.errors import DatasetError
 from fpn.model.detector import FasterRCNN
 
 

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import box_iou as torchvision_box_iou
 
+from fpn.box_format import clip_boxes
 from fpn.model.boxes import (
     BELOW_LOW,
     BETWEEN,
     box_iou,
-    clip_boxes,
     decode_boxes,
     encode_boxes,
     intersection_over_area,

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fpn.engine.checkpoint import (
-    CheckpointError,
-    UnsafeCheckpointError,
-    capture_rng_state,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fpn.engine.rng import capture_rng_state, restore_rng_state
+from fpn.errors import CheckpointError, UnsafeCheckpointError
 from fpn.safe_reading import read_checkpoint
 
 

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fpn.config import (
-    PRESET_DIR,
-    Config,
-    ConfigError,
-    list_presets,
-    load_config,
-    preset_descriptions,
-    save_config,
-)
+from fpn.config import PRESET_DIR, Config, list_presets, load_config, preset_descriptions, save_config
+from fpn.errors import ConfigError
 
 
 def test_defaults_are_the_papers():

@@ -15,8 +15,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from conftest import COCO_REAL
-from fpn.data import CocoDetection, DatasetError
-from fpn.engine.coco_eval import as_coco
+from fpn.data import CocoDetection
+from fpn.errors import DatasetError
+from fpn.evaluation.coco import as_coco
 
 REAL = COCO_REAL
 
@@ -166,7 +167,7 @@ def test_unknown_and_repeated_ids_are_a_one_line_error(tmp_path, fault, message)
 def test_warn_drops_unknown_and_repeated_ids(tmp_path, caplog):
     from pycocotools.coco import COCO
 
-    from fpn.engine.evaluate import coco_box_ap, proposal_ar
+    from fpn.evaluation.coco import coco_box_ap, proposal_ar
 
     data = _valid(tmp_path)
     expected = {img["id"]: [a for a in data["annotations"] if a["image_id"] == img["id"]]
@@ -436,7 +437,7 @@ def test_the_checked_records_score_as_the_real_file_does():
     ``to_coco_dict()`` as against the annotation file itself, for detections jittered off the truth."""
     import random
 
-    from fpn.engine.coco_eval import coco_box_ap
+    from fpn.evaluation.coco import coco_box_ap
 
     raw = json.loads((REAL / "annotations.json").read_text())
     rng = random.Random(0)

@@ -26,10 +26,10 @@ from PIL import Image
 
 from fpn.config import DataConfig, load_config
 from fpn.data.formats import open_path, open_split
-from fpn.engine.coco_eval import as_coco
-from fpn.engine.evaluators import BoxEvaluator, ProposalEvaluator
-from fpn.engine.voc_eval import voc_map
 from fpn.errors import UserError
+from fpn.evaluation.coco import as_coco
+from fpn.evaluation.evaluators import BoxEvaluator, ProposalEvaluator
+from fpn.evaluation.voc import voc_map
 from fpn.jobs.browse import check_dataset, summarise
 
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,

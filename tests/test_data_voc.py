@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fpn.data import VOCDetection
-from fpn.engine.evaluate import as_coco
+from fpn.evaluation.coco import as_coco
 
 XML = """<annotation><filename>x.jpg</filename><size><width>50</width><height>40</height></size>
 <object><name>dog</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object>
@@ -33,7 +33,7 @@ def test_voc_tree(tmp_path):
 def test_a_split_line_that_is_a_path_is_refused(tmp_path):
     import pytest
 
-    from fpn.data import DatasetError
+    from fpn.errors import DatasetError
 
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (tmp_path / sub).mkdir(parents=True)

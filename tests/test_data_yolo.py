@@ -13,10 +13,10 @@ from PIL import Image
 from conftest import TINY_MODEL
 from fpn.cli import main
 from fpn.config import DataConfig
-from fpn.data import DatasetError
 from fpn.data.formats import open_path, open_split
 from fpn.data.yolo import YOLODetection, read_class_names
-from fpn.engine.coco_eval import as_coco
+from fpn.errors import DatasetError
+from fpn.evaluation.coco import as_coco
 
 
 def _ultralytics(root: Path, labels: dict[str, str], names: str = "names: {0: cat, 1: dog}",

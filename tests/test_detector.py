@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fpn.config import list_presets, load_config
-from fpn.engine.voc_eval import voc_map
+from fpn.evaluation.voc import voc_map
 from fpn.model.detector import FasterRCNN
 
 TINY = [
@@ -86,7 +86,7 @@ def train_on_two_images(preset: str, *, only: tuple[str, ...] | None = None, ste
 
 @torch.no_grad()
 def ap50_on_training_images(model) -> float:
-    """Pascal VOC box AP at IoU 0.5 (area form, fpn.engine.voc_eval) of ``model`` on ``two_images``."""
+    """Pascal VOC box AP at IoU 0.5 (area form, fpn.evaluation.voc) of ``model`` on ``two_images``."""
     images, targets = two_images()
     outputs = model(images)
     detections = [{"image_id": i, "boxes": out["boxes"], "scores": out["scores"], "labels": out["labels"]}

@@ -12,8 +12,9 @@ import torch.distributed as dist
 
 from conftest import COCO_REAL, TINY_MODEL, coco_real_subset, data_overrides
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
-from fpn.engine.metrics_file import read_metrics
-from fpn.engine.train import autocast, make_grad_scaler
+from fpn.engine.loop import make_grad_scaler
+from fpn.engine.metrics_log import read_metrics
+from fpn.hardware import autocast
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -106,7 +107,7 @@ def test_mixed_precision_on_the_cpu():
 def test_evaluation_shards_are_whole_batches_of_one_process(monkeypatch):
     """Rank r evaluates batches r, r + N, ... of the batches one process makes, so every image is
     padded with the same neighbours (its detections do not depend on the process count)."""
-    from fpn.engine import distributed
+    from fpn import distributed
     from fpn.jobs.datasets import val_loader
 
     def batches(world_size: int, rank: int) -> list[list[int]]:

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
-from fpn.engine.coco_eval import as_coco
-from fpn.engine.confusion import confusion_of
-from fpn.engine.evaluators import BoxEvaluator
-from fpn.engine.per_class import PER_CLASS_AP
+from fpn.evaluation.coco import as_coco
+from fpn.evaluation.confusion import confusion_of
+from fpn.evaluation.evaluators import BoxEvaluator
+from fpn.evaluation.per_class import PER_CLASS_AP
 
 pytest.importorskip("matplotlib")
 
@@ -128,7 +128,7 @@ def _near(picture: np.ndarray, xy: tuple[int, int], colour, tolerance: int = 40,
 
 
 def test_pr_curves_png_draws_the_perfect_class_at_precision_one(tmp_path):
-    from fpn.engine.plots import plot_pr_curves
+    from fpn.evaluation.plots import plot_pr_curves
     from fpn.visualize import colour_of
 
     result = evaluated().evaluate()
@@ -149,7 +149,7 @@ def test_pr_curves_png_draws_the_perfect_class_at_precision_one(tmp_path):
 
 
 def test_confusion_matrix_png_colours_the_cells_that_hold_objects(tmp_path):
-    from fpn.engine.plots import plot_confusion_matrix
+    from fpn.evaluation.plots import plot_confusion_matrix
 
     result = evaluated().evaluate()
     counts = result.confusion.counts

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpn.engine.evaluate import (
-    coco_box_ap,
-    detections_to_coco_results,
-    evaluate_detector,
-    format_table,
-    proposal_ar,
-    save_metrics,
-)
+from fpn.evaluation.coco import coco_box_ap, detections_to_coco_results, proposal_ar
+from fpn.evaluation.inference import evaluate_detector
+from fpn.evaluation.result import format_table, save_metrics
 
 # Non-contiguous category ids; objects in all three COCO size bins; one crowd region.
 CATEGORY_IDS = {1: 3, 2: 17, 3: 90}
@@ -157,10 +152,10 @@ def test_saved_results_are_cocos_format_and_score_the_same(tmp_path):
 def test_evaluators_are_composed_by_a_list_and_ask_the_model_for_what_they_need():
     """Each evaluator adds its own numbers; one that finds nothing to measure adds none; the model is
     called with the keyword arguments the evaluators ask for, and a user's evaluator plugs in."""
-    from fpn.engine.coco_eval import as_coco
-    from fpn.engine.evaluate import inference_on_dataset
-    from fpn.engine.evaluators import BoxEvaluator, Evaluator, ProposalEvaluator
-    from fpn.engine.results import EvalResult
+    from fpn.evaluation.coco import as_coco
+    from fpn.evaluation.evaluators import BoxEvaluator, Evaluator, ProposalEvaluator
+    from fpn.evaluation.inference import inference_on_dataset
+    from fpn.evaluation.result import EvalResult
 
     gt_outputs = dict(zip(GT_BOXES, _outputs(), strict=True))
     calls = []

@@ -138,7 +138,8 @@ def test_fpn_export_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys):
 
 
 def test_only_faster_rcnn_exports(tmp_path):
-    from fpn.export import ExportError, export_onnx
+    from fpn.errors import ExportError
+    from fpn.export import export_onnx
 
     cfg = load_config(None, [*TINY_MODEL, "model.box_head=false"]).model
     with pytest.raises(ExportError, match="model.box_head=False"):

@@ -14,7 +14,7 @@ import torch
 
 from conftest import TINY_MODEL, data_overrides
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
-from fpn.engine.metrics_file import read_metrics
+from fpn.engine.metrics_log import read_metrics
 
 
 def _command(root, run_dir, *extra):

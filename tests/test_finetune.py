@@ -22,8 +22,9 @@ from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 from fpn.config import load_config
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
-from fpn.engine.initialisation import InitError, match_classes
-from fpn.engine.train import build_optimizer
+from fpn.engine.init_loading import match_classes
+from fpn.engine.optim import build_optimizer
+from fpn.errors import InitError
 from fpn.jobs.training import new_model, run_train
 from fpn.model.backbone import ResNet
 from fpn.model.detector import FasterRCNN

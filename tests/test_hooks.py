@@ -23,7 +23,7 @@ from fpn.engine.hooks import (
     progress_hook,
 )
 from fpn.engine.loop import TrainLoop, TrainState
-from fpn.engine.metrics import MetricsLog
+from fpn.engine.metrics_log import MetricsLog
 
 
 class Quadratic(nn.Module):
@@ -36,7 +36,7 @@ class Quadratic(nn.Module):
 
 
 class Recorder:
-    """A metrics sink that keeps the records (fpn.engine.metrics.Sink)."""
+    """A metrics sink that keeps the records (fpn.engine.metrics_log.Sink)."""
 
     def __init__(self):
         self.records = []

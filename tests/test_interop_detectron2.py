@@ -18,16 +18,12 @@ import torch.nn.functional as F
 from fpn.api import Detector
 from fpn.cli import main
 from fpn.config import BackboneConfig, InputConfig, ModelConfig
-from fpn.interop import (
-    ConversionError,
-    UnsafeCheckpointError,
-    convert_detector,
-    identify,
-    read_checkpoint,
-)
+from fpn.errors import ConversionError, UnsafeCheckpointError
+from fpn.interop import convert_detector, identify
 from fpn.interop.detectors import coco80
 from fpn.model.backbone import Bottleneck, make_norm_factory
 from fpn.model.preprocess import Preprocessor
+from fpn.safe_reading import read_checkpoint
 
 BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 

@@ -18,12 +18,14 @@ import torch
 
 from fpn.api import Detector
 from fpn.cli import main
-from fpn.interop import ConversionError, UnsafeCheckpointError, convert_detector, identify, read_checkpoint
+from fpn.errors import ConversionError, UnsafeCheckpointError
+from fpn.interop import convert_detector, identify
 from fpn.interop.detectors import coco80
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.boxes import decode_boxes
 from fpn.model.preprocess import Preprocessor
 from fpn.model.roi_heads import map_rois_to_levels
+from fpn.safe_reading import read_checkpoint
 
 BLOCKS_R50 = [3, 4, 6, 3]
 

@@ -17,8 +17,8 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from fpn import from_torchvision, load_torchvision_resnet
 from fpn.config import BackboneConfig
+from fpn.errors import ConversionError
 from fpn.interop import convert_detector
-from fpn.interop.torchvision import ConversionError
 from fpn.model.backbone import ResNet
 
 MIN_SIZE, MAX_SIZE = 320, 544

@@ -1,4 +1,4 @@
-"""The metrics sinks (``fpn.engine.metrics``): rows written, read back with the standard library's
+"""The metrics sinks (``fpn.engine.metrics_log``): rows written, read back with the standard library's
 json and csv readers, and compared with the records that went in."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from fpn.engine.metrics import CsvSink, JsonLinesSink, MetricsLog, flat_numbers
-from fpn.engine.metrics_file import read_metrics
+from fpn.engine.metrics_log import CsvSink, JsonLinesSink, MetricsLog, flat_numbers, read_metrics
 
 STEPS = [{"step": 20, "loss": 1.5, "loss_cls": 0.75, "lr": 0.02},
          {"step": 40, "loss": 1.25, "loss_cls": 0.5, "lr": 0.02}]
@@ -76,7 +75,7 @@ def test_csv_of_a_resumed_run_starts_from_the_earlier_records(tmp_path):
 
 
 class Recorder:
-    """A sink of one's own: anything with write and close (fpn.engine.metrics.Sink)."""
+    """A sink of one's own: anything with write and close (fpn.engine.metrics_log.Sink)."""
 
     def __init__(self):
         self.records, self.closed = [], False

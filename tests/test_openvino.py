@@ -91,9 +91,9 @@ def test_openvino_int8_passes_the_int8_gate_or_auto_refuses_it(trained_run):
     the 8 images, 85% of fp32's confident detections kept) applied to OpenVINO int8 (NNCF,
     calibrated on the run's training images); ``auto`` under OpenVINO may pick int8 only if it
     passed (``fpn.export_openvino.GATES_PASSED``)."""
-    from fpn.detections import confident_matches
     from fpn.export_openvino import GATES_PASSED, choose_precision
-    from fpn.model.precision import CpuInfo
+    from fpn.hardware import CpuInfo
+    from fpn.output_comparison import confident_matches
     from test_precision_gates import AP_DROP_HERE, KEPT_HERE
 
     fp32_ap, fp32_out, _ = _ap_and_detections(trained_run, "fp32", "pytorch")

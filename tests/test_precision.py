@@ -11,18 +11,12 @@ import torch
 from conftest import TINY_MODEL
 from fpn.api import Detector
 from fpn.config import load_config
-from fpn.detections import confident_matches
+from fpn.errors import PrecisionError
+from fpn.hardware import CpuInfo, parse_cpuinfo, read_cpu_info
 from fpn.interop.torchvision import torchvision_config
 from fpn.model.detector import FasterRCNN
-from fpn.model.precision import (
-    GATES_PASSED,
-    CpuInfo,
-    PrecisionError,
-    choose_precision,
-    model_kind,
-    parse_cpuinfo,
-    read_cpu_info,
-)
+from fpn.model.precision import GATES_PASSED, choose_precision, model_kind
+from fpn.output_comparison import confident_matches
 
 X86 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi2 avx2"
 
@@ -251,7 +245,7 @@ def test_bf16_training_tracks_fp32_with_fp32_master_weights(tiny_synth, tmp_path
 
 
 def test_old_train_amp_configs_still_load(tmp_path):
-    from fpn.config import ConfigError
+    from fpn.errors import ConfigError
 
     for amp, precision in (("off", "fp32"), ("bf16", "auto"), ("fp16", "fp16")):
         path = tmp_path / f"{amp}.yaml"

@@ -13,8 +13,8 @@ import torch
 
 from conftest import TINY_MODEL
 from fpn.config import load_config
-from fpn.detections import confident_matches
 from fpn.model.precision import GATES_PASSED
+from fpn.output_comparison import confident_matches
 
 REAL = Path(os.environ.get("FPN_COCO_REAL",
                            Path(__file__).resolve().parents[2] / "shared/data/coco-real-160"))

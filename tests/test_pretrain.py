@@ -10,7 +10,7 @@ import torch
 from fpn.config import Config, load_config
 from fpn.data import CocoDetection, synthetic
 from fpn.data.crops import ObjectCrops, background_window, crop_and_resize, object_window
-from fpn.engine import initialisation
+from fpn.engine import init_loading, init_sources
 from fpn.engine.checkpoint import load_weights
 from fpn.engine.pretrain import evaluate_classifier, lr_at
 from fpn.jobs.pretraining import _normalizer, run_pretrain, split_images
@@ -93,9 +93,9 @@ def test_a_pretrained_backbone_initialises_a_detector_with_frozen_norm(pretraine
     detector_cfg = load_config("demo", ["model.backbone.norm=frozen_bn", "model.backbone.freeze_at=2",
                                         f"train.init=[{run}]"])
     detector_cfg.model.roi_heads.num_classes = 12
-    detector_cfg, sources, _ = initialisation.prepare(detector_cfg)
+    detector_cfg, sources, _ = init_sources.prepare(detector_cfg)
     model = FasterRCNN(detector_cfg.model)
-    report = initialisation.initialise(model, sources)
+    report = init_loading.initialise(model, sources)
     assert "  loaded: backbone; kept fresh: neck, roi_heads, rpn" in report
     state = model.state_dict()
     for key in ("backbone.res3.0.conv1.weight", "backbone.stem.norm.running_var",
@@ -109,15 +109,15 @@ def test_a_c4_detector_starts_its_conv5_head_from_the_pretrained_res5(pretrained
     cfg = load_config("ablation_a_c4", ["model.backbone.depth=18", "model.backbone.width=16",
                                         "model.neck.channels=64", f"train.init=[{run}]"])
     cfg.model.roi_heads.num_classes = 12
-    cfg, sources, _ = initialisation.prepare(cfg)
+    cfg, sources, _ = init_sources.prepare(cfg)
     model = FasterRCNN(cfg.model)
-    report = initialisation.initialise(model, sources)
+    report = init_loading.initialise(model, sources)
     assert any("backbone.res5 -> roi_heads.box_head.res5" in line for line in report), report
     head = model.roi_heads.box_head.res5.state_dict()
     assert torch.equal(head["0.conv1.weight"], weights["backbone.res5.0.conv1.weight"])
     assert torch.equal(head["1.norm2.running_mean"], weights["backbone.res5.1.norm2.running_mean"])
     rpn_only = load_config("rpn_a_c4", ["model.backbone.depth=18", "model.backbone.width=16",
                                         "model.neck.channels=64", f"train.init=[{run}]"])
-    rpn_only, sources, _ = initialisation.prepare(rpn_only)
-    report = initialisation.initialise(FasterRCNN(rpn_only.model), sources)  # res5 has no place: left out
+    rpn_only, sources, _ = init_sources.prepare(rpn_only)
+    report = init_loading.initialise(FasterRCNN(rpn_only.model), sources)  # res5 has no place: left out
     assert any("left out: backbone.res5" in line for line in report), report

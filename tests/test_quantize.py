@@ -81,7 +81,7 @@ def test_int8_finds_what_fp32_finds(trained_on_two_images):
     0.2). Measured over seeds 0..4: equal AP50 within 0.007, 46 of 46 confident detections matched."""
     from torchvision.ops import box_iou
 
-    from fpn.engine.voc_eval import voc_map
+    from fpn.evaluation.voc import voc_map
 
     model, images, targets = trained_on_two_images
     int8_model = quantize_pyramid(model, images)

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
-from fpn.engine.metrics_file import read_metrics
+from fpn.engine.metrics_log import read_metrics
 from fpn.engine.run_folder import trim_metrics_for_resume
 
 

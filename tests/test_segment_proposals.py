@@ -23,7 +23,7 @@ from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 from fpn.config import SegmentProposalConfig, load_config
 from fpn.data import CocoDetection
-from fpn.engine.evaluate import encode_mask_proposals, mask_proposal_ar
+from fpn.evaluation.coco import encode_mask_proposals, mask_proposal_ar
 from fpn.model.detector import FasterRCNN
 from fpn.model.segment_proposals import (
     IGNORED,

@@ -14,11 +14,12 @@ import torch
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
 from fpn.config import load_config
-from fpn.data import DatasetError
 from fpn.data.proposals import ProposalFile, ProposalWriter
-from fpn.detections import output_difference
-from fpn.engine.evaluate import as_coco, evaluate_detector, proposal_ar
+from fpn.errors import DatasetError
+from fpn.evaluation.coco import as_coco, proposal_ar
+from fpn.evaluation.inference import evaluate_detector
 from fpn.model.detector import FasterRCNN
+from fpn.output_comparison import output_difference
 
 TINY = [*TINY_MODEL, "model.roi_heads.num_classes=2", "model.roi_heads.score_thresh=0.0"]
 

@@ -8,7 +8,10 @@ import torch
 from conftest import TINY_MODEL, data_overrides
 from fpn.config import TrainConfig, load_config
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
-from fpn.engine.train import NonFiniteLossError, check_finite, lr_factor, scaled_lr, train
+from fpn.engine.loop import check_finite
+from fpn.engine.optim import lr_factor, scaled_lr
+from fpn.engine.train import train
+from fpn.errors import NonFiniteLossError
 from fpn.jobs.datasets import build_dataset, with_dataset_classes
 from fpn.jobs.training import new_model
 
@@ -96,7 +99,7 @@ def test_bad_samples_are_skipped_and_counted(tiny_synth, tmp_path, caplog):
 
 
 def test_too_many_bad_samples_stop_with_a_summary(tiny_synth, tmp_path):
-    from fpn.engine.train import TooManyBadSamplesError
+    from fpn.errors import TooManyBadSamplesError
 
     data = _with_corrupt_images(tiny_synth, tmp_path, 4)
     cfg = load_config("demo", [*TINY_MODEL, *data_overrides(data),

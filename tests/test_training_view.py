@@ -45,7 +45,8 @@ def test_metrics_csv_holds_the_numbers_of_metrics_jsonl(watched_run):
 
 
 def test_curves_png_draws_losses_lr_and_ap_in_their_panels(watched_run, tmp_path):
-    from fpn.engine.plots import class_colour, plot_training_curves
+    from fpn.engine.training_curves import plot_training_curves
+    from fpn.evaluation.plots import class_colour
 
     run, _ = watched_run
     picture = np.asarray(Image.open(run / "curves.png").convert("RGB")).astype(int)

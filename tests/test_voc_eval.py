@@ -1,4 +1,4 @@
-"""Pascal VOC's own metric (fpn.engine.voc_eval) against AP values computed by hand.
+"""Pascal VOC's own metric (fpn.evaluation.voc) against AP values computed by hand.
 
 The reference is the arithmetic in the comments: the devkit's rules (VOCevaldet.m, VOCap.m) applied
 by hand to a small case with a difficult object, a duplicate detection, a miss and a class that
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fpn.data import VOCDetection
-from fpn.engine.voc_eval import ap_11_point, ap_area, format_voc_table, voc_map
+from fpn.evaluation.voc import ap_11_point, ap_area, format_voc_table, voc_map
 
 CLASSES = ["cat", "dog", "bird"]
 CAT, DOG, BIRD = 1, 2, 3

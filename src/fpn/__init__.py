@@ -20,11 +20,11 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Detector": "fpn.api",
-    "Detections": "fpn.results",
+    "Detections": "fpn.detections",
     "FasterRCNN": "fpn.model.detector",
     "from_torchvision": "fpn.interop.torchvision",
     "load_torchvision_resnet": "fpn.interop.torchvision",
-    "read_checkpoint": "fpn.interop",
+    "read_checkpoint": "fpn.safe_reading",
     "convert_detector": "fpn.interop",
     "load_config": "fpn.config",
     "ModelConfig": "fpn.config",

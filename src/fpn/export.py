@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fpn.detections import output_difference
 from fpn.errors import ExportError, output_dir
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import inference_copy
 from fpn.model.preprocess import padded_size, resize_scale
+from fpn.output_comparison import output_difference
 
 OPSET = 18  # RoiAlign's half-pixel mode (torchvision's aligned=True) needs opset >= 16
 MIN_SIDE, MAX_SIDE = 16, 16384  # image sides (px) the exported graph accepts

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from fpn.errors import ExportError, MissingExtraError, PrecisionError, output_dir
 from fpn.export import export_onnx, run_graph
-from fpn.model.precision import Choice, model_kind, read_cpu_info
+from fpn.hardware import read_cpu_info
+from fpn.model.precision import Choice, model_kind
 
 log = logging.getLogger(__name__)
 

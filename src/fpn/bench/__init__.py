@@ -6,7 +6,8 @@ the converters, the evaluation), and only the command line imports them (``fpn b
 - ``reference``: torchvision's R50-FPN Faster R-CNN, the one reference every benchmark (and
   ``scripts/standin_weights.py``) builds, and our detector holding its weights;
 - ``common``: timing, memory and Markdown helpers;
-- ``machine``: what the CPU is and the GEMM / convolution peak it reaches per precision;
+- ``roofline``: the GEMM / convolution peak this machine reaches per precision (what the CPU is:
+  ``fpn.hardware``);
 - ``inference``: ``fpn bench``, latency per input and per precision;
 - ``training``: ``fpn bench --train``, the time of an SGD step;
 - ``gates``: the accuracy gates of the low precisions (``fpn.model.precision``).

@@ -7,7 +7,7 @@ Two kinds of model, two gates:
   (pycocotools). ``demo_ap_table`` measures it on ``runs/demo``.
 - **torchvision** (R50-FPN weights converted from torchvision): of fp32's detections scored above
   0.5 on real photos, at least 95% have a low-precision detection of the same label with IoU
-  >= 0.9 (``fpn.detections.confident_matches``). Without real weights it is measured on
+  >= 0.9 (``fpn.output_comparison.confident_matches``). Without real weights it is measured on
   ``fpn.bench.standin.probed_standin`` (why: that module's docstring); with them (``weights=``)
   the same measurement is the real gate.
 
@@ -30,8 +30,9 @@ from torch.overrides import TorchFunctionMode
 from fpn.bench.common import markdown_table
 from fpn.bench.reference import fpn_twin, torchvision_detector
 from fpn.bench.standin import Target, probed_standin
-from fpn.detections import confident_matches
-from fpn.model.precision import read_cpu_info, with_precision
+from fpn.hardware import read_cpu_info
+from fpn.model.precision import with_precision
+from fpn.output_comparison import confident_matches
 
 AP_DROP = {"bf16": 0.5, "int8": 1.0}  # AP points below fp32 a precision may lose (fpn runs)
 MATCHED_FRACTION = 0.95  # of fp32's detections above CONFIDENT (torchvision weights)

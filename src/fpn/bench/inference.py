@@ -17,10 +17,11 @@ import torch
 import torchvision
 
 from fpn.bench.common import PeakRSS, count_flops, markdown_table, median_seconds
-from fpn.bench.machine import Peak, describe_machine, load_line, measure_peak, roofline_line
 from fpn.bench.reference import fpn_twin, torchvision_detector
-from fpn.detections import output_difference
+from fpn.bench.roofline import Peak, measure_peak, roofline_line
+from fpn.hardware import describe_machine, load_line
 from fpn.model.precision import resolve_precision, with_precision
+from fpn.output_comparison import output_difference
 
 # torchvision's weights with one class raised (see reference.DETECTABLE_CLASS_BIAS).
 DETECTABLE_CLASS = 1
@@ -78,7 +79,8 @@ def _onnx_rows(reference, ours, chosen: dict[str, list[torch.Tensor]], repeats: 
     """Rows for our exported graph under ONNX Runtime (``fpn export``); a note if it cannot run."""
     import tempfile
 
-    from fpn.export import ExportError, OnnxDetector, export_onnx
+    from fpn.errors import ExportError
+    from fpn.export import OnnxDetector, export_onnx
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -36,8 +36,8 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from fpn.bench.common import PeakRSS, markdown_table
 from fpn.bench.reference import fpn_twin, torchvision_detector
 from fpn.config import TrainConfig, load_config
-from fpn.engine.loop import autocast
 from fpn.engine.optim import build_optimizer
+from fpn.hardware import autocast
 from fpn.model.detector import FasterRCNN
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
@@ -235,7 +235,7 @@ def setting(name: str) -> tuple[Callable[[], FasterRCNN], Batch, int]:
 def run(repeats: int = 5, quick: bool = False, threads: int | None = None, precision: str = "fp32") -> str:
     """The whole training benchmark; returns the report as Markdown. ``precision`` "bf16" (or "auto",
     bf16 where native) adds R50-FPN 512 px rows with fpn's forward under bf16 autocast."""
-    from fpn.bench.machine import describe_machine
+    from fpn.hardware import describe_machine
     from fpn.model.precision import training_precision
 
     if threads:

@@ -164,7 +164,7 @@ class AnnotatedDataset(Dataset):
         return {"info": {}, "images": images, "annotations": annotations, "categories": categories}
 
     def ground_truth(self) -> list[dict[str, Any]]:
-        """Every image's objects with their difficult flags, for ``fpn.engine.voc_eval.voc_map``:
+        """Every image's objects with their difficult flags, for ``fpn.evaluation.voc.voc_map``:
         ``image_id``, boxes (G, 4) float32 xyxy, labels int64 1..K, difficult bool (kept whatever
         ``keep_difficult`` says: VOC's metric ignores the detections that hit them). No image is read."""
         truths = []

@@ -34,8 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fpn.data.errors import DatasetError
-from fpn.errors import PathNotFoundError, output_dir
+from fpn.errors import DatasetError, PathNotFoundError, output_dir
 
 MAGIC, END_MAGIC = b"FPNPROP1", b"FPNPEND1"
 _HEADER = struct.Struct("<qq")  # image_id, count

@@ -26,7 +26,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from fpn.data import synthetic_context
-from fpn.data.drawing import (
+from fpn.data.synthetic_shapes import (
     MIN_SIDE,
     MIN_VISIBLE_FRACTION,
     MIN_VISIBLE_PIXELS,

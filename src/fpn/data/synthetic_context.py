@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fpn.data.drawing import (
+from fpn.data.synthetic_shapes import (
     MIN_SIDE,
     MIN_VISIBLE_FRACTION,
     MIN_VISIBLE_PIXELS,

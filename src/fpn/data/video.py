@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fpn.data.errors import DatasetError
-from fpn.errors import UserError
+from fpn.errors import DatasetError, UserError
 
 DEFAULT_FPS = Fraction(25)  # for a stream that declares no frame rate
 

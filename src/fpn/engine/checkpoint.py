@@ -31,16 +31,13 @@ from safetensors.torch import save_file
 from fpn.engine.atomic_files import atomic_write_bytes, current_umask, fsync_dir, fsync_file
 from fpn.engine.loop import TrainState
 from fpn.engine.rng import capture_rng_state, restore_rng_state
-from fpn.errors import CheckpointError, PathNotFoundError, UnsafeCheckpointError, output_dir
+from fpn.errors import CheckpointError, PathNotFoundError, output_dir
 from fpn.safe_reading import read_safetensors, torch_load_safely
 
 log = logging.getLogger(__name__)
 
 POINTER = "last_checkpoint"
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "save_checkpoint", "latest_checkpoint",
-           "load_checkpoint", "load_weights", "capture_rng_state", "restore_rng_state", "atomic_write_bytes",
-           "save_training_checkpoint", "resume_training", "find_checkpoint"]
 
 
 def save_checkpoint(directory: str | Path, step: int, model_state: Mapping[str, torch.Tensor],

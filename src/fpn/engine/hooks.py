@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fpn.engine.checkpoint import save_training_checkpoint
 from fpn.engine.loop import HookBase
-from fpn.engine.metrics import MetricsLog
+from fpn.engine.metrics_log import MetricsLog
 from fpn.progress import PlainProgress, stderr_is_terminal
 
 

@@ -3,7 +3,7 @@ made for, and the conventions a run adopts from them (docs/finetuning.md).
 
 A source is an fpn run or checkpoint, a detector checkpoint of torchvision, detectron2 or
 mmdetection (converted to our key names by ``fpn.interop``), or a torchvision ImageNet ResNet
-(loaded into the bottom-up pathway). ``fpn.engine.initialisation`` loads them into a model.
+(loaded into the bottom-up pathway). ``fpn.engine.init_loading`` loads them into a model.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from torch import Tensor
 from fpn.config import Config, ModelConfig, load_config
 from fpn.engine.checkpoint import find_checkpoint, load_weights
 from fpn.errors import CheckpointError, ConfigError, ConversionError, InitError, PathNotFoundError
-from fpn.interop import convert_detector, identify, read_checkpoint
+from fpn.interop import convert_detector, identify
+from fpn.safe_reading import read_checkpoint
 
 # Config fields that say what the weights' numbers mean; a run initialised from weights uses theirs.
 WEIGHT_CONVENTIONS = (

@@ -25,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from fpn.data.order import DataPosition
-from fpn.engine.distributed import info as distributed_info
-from fpn.engine.distributed import mean_over_ranks
+from fpn.distributed import info as distributed_info
+from fpn.distributed import mean_over_ranks
 from fpn.errors import NonFiniteLossError
+from fpn.hardware import autocast
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,6 @@ class StopOnSignal:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def autocast(device: torch.device, precision: str):
-    """The forward pass at ``precision`` (resolved: fp32, bf16 or fp16): autocast runs convolutions
-    and fc layers low while the weights, the optimizer and the losses stay fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:

@@ -13,7 +13,7 @@ silently changed:
   difference changes the model or the data the weights were trained with and is refused in one
   line naming the fields.
 - **The metrics log restarts where the checkpoint is**: records after its step (which will be
-  trained again) and a half-written last line are dropped (``fpn.engine.metrics_file``).
+  trained again) and a half-written last line are dropped (``fpn.engine.metrics_log``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fpn.config import Config, ConfigError, load_config, merge
+from fpn.config import Config, load_config, merge
 from fpn.engine.checkpoint import latest_checkpoint
-from fpn.engine.metrics import CSV_FILE, CURVES_FILE
-from fpn.engine.metrics_file import METRICS_FILE, read_metrics, write_metrics
-from fpn.errors import UserError
+from fpn.engine.metrics_log import CSV_FILE, CURVES_FILE, METRICS_FILE, read_metrics, write_metrics
+from fpn.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``Trainer`` builds from the config what ``TrainLoop`` (``fpn.engine.loop``) runs: the device and
 the DistributedDataParallel wrapper under torchrun, SGD and its schedule (``fpn.engine.optim``),
 the seeded data order (``fpn.data.order``), and the hooks (``fpn.engine.hooks``): progress,
-the metrics log (``fpn.engine.metrics``), checkpoints (``fpn.engine.checkpoint``), evaluation.
+the metrics log (``fpn.engine.metrics_log``), checkpoints (``fpn.engine.checkpoint``), evaluation.
 
 Resuming is exact on the CPU: the data order and the flips are functions of (seed, epoch,
 index), and every random state the model draws from is saved with the checkpoint.
@@ -21,17 +21,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from fpn import distributed
 from fpn.config import Config, save_config, to_dict
 from fpn.data.order import EpochView, training_batches
-from fpn.device import resolve_device
-from fpn.engine import distributed
 from fpn.engine.checkpoint import resume_training
 from fpn.engine.hooks import MetricsWriter, PeriodicCheckpointer, PeriodicEvaluator, progress_hook
-from fpn.engine.loop import HookBase, TrainLoop, TrainState, autocast, check_finite, make_grad_scaler
-from fpn.engine.metrics import MetricsLog
-from fpn.engine.optim import HeadsOnly, build_optimizer, build_scheduler, lr_factor, scaled_lr
-from fpn.engine.rng import seed_everything
-from fpn.errors import NonFiniteLossError, TooManyBadSamplesError, output_dir
+from fpn.engine.loop import HookBase, TrainLoop, TrainState
+from fpn.engine.metrics_log import MetricsLog
+from fpn.engine.optim import HeadsOnly, build_optimizer, build_scheduler
+from fpn.errors import output_dir
+from fpn.hardware import resolve_device
 from fpn.model.precision import training_precision
 
 log = logging.getLogger(__name__)
@@ -132,8 +131,3 @@ def train(model: torch.nn.Module, train_dataset: Dataset, cfg: Config, run_dir: 
                       hooks=hooks)
     return trainer.run(resume=resume)
 
-
-# The names the loop's pieces had when they lived in this module stay importable from here.
-__all__ = ["train", "Trainer", "TrainLoop", "TrainState", "HookBase", "lr_factor", "scaled_lr",
-           "seed_everything", "build_optimizer", "build_scheduler", "autocast", "make_grad_scaler",
-           "check_finite", "NonFiniteLossError", "TooManyBadSamplesError", "EpochView"]

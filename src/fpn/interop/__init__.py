@@ -1,13 +1,11 @@
 """Other libraries' checkpoints as our config and weights (docs/interop.md).
 
-``read_checkpoint`` (from ``fpn.safe_reading``) reads a file without running pickled code,
-``identify`` names the library, ``convert_detector`` returns a ``ForeignDetector`` (our config +
-our state dict).
+A checkpoint is read without running pickled code by ``fpn.safe_reading.read_checkpoint``;
+then ``identify`` names the library and ``convert_detector`` returns a ``ForeignDetector`` (our
+config + our state dict). Their errors are ``fpn.errors``' ``ConversionError`` and
+``CheckpointError``.
 """
 
-from fpn.errors import CheckpointError, ConversionError, UnsafeCheckpointError
 from fpn.interop.detectors import ForeignDetector, convert_detector, describe, identify
-from fpn.safe_reading import read_checkpoint
 
-__all__ = ["CheckpointError", "ConversionError", "ForeignDetector", "UnsafeCheckpointError",
-           "convert_detector", "describe", "identify", "read_checkpoint"]
+__all__ = ["ForeignDetector", "convert_detector", "describe", "identify"]

@@ -21,14 +21,9 @@ from typing import Any, Literal
 from torch import Tensor
 
 from fpn.config import ModelConfig
+from fpn.errors import ConversionError
 from fpn.interop import detectron2, mmdetection
-from fpn.interop.tables import (
-    ConversionError,
-    check_exactly,
-    convert_keys,
-    count_blocks,
-    resnet_depth,
-)
+from fpn.interop.tables import check_exactly, convert_keys, count_blocks, resnet_depth
 from fpn.interop.torchvision import DETECTOR_RENAMES, torchvision_config
 from fpn.model.detector import FasterRCNN
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from fpn.config import ModelConfig
+from fpn.errors import ConversionError
 from fpn.interop.tables import (
-    ConversionError,
     Rename,
     background_first,
     check_exactly,

@@ -24,8 +24,8 @@ from typing import Any
 from torch import Tensor
 
 from fpn.config import ModelConfig
+from fpn.errors import ConversionError
 from fpn.interop.tables import (
-    ConversionError,
     Rename,
     background_first,
     check_exactly,

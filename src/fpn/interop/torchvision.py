@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from fpn.config import ModelConfig
-from fpn.interop.tables import ConversionError, Rename, prefixed
+from fpn.errors import ConversionError
+from fpn.interop.tables import Rename, prefixed
 from fpn.model.backbone import ResNet
 from fpn.model.detector import FasterRCNN
 
-__all__ = ["ConversionError", "from_torchvision", "load_torchvision_resnet", "torchvision_config",
+__all__ = ["from_torchvision", "load_torchvision_resnet", "torchvision_config",
            "DETECTOR_RENAMES", "RESNET_RENAMES", "rename_keys", "load_exactly"]
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from fpn.config import Config, to_dict
 from fpn.engine.checkpoint import save_checkpoint
-from fpn.interop import convert_detector, describe, read_checkpoint
+from fpn.interop import convert_detector, describe
+from fpn.safe_reading import read_checkpoint
 
 
 def run_convert(weights: str | Path, output: str | Path, *, library: str | None = None) -> tuple[str, Path]:

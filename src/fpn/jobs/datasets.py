@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from fpn import distributed
 from fpn.config import Config, DataConfig
 from fpn.data.dataset import DetectionDataset
 from fpn.data.formats import open_split
 from fpn.data.proposals import WithProposals
 from fpn.data.unreadable import SkippingUnreadable, collate_readable
-from fpn.engine import distributed
 from fpn.errors import ConfigError
 
 

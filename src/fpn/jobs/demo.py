@@ -9,8 +9,8 @@ from typing import Any
 
 from fpn.config import Config, load_config
 from fpn.data import synthetic
-from fpn.device import resolve_device
 from fpn.engine.run_folder import holds_a_run
+from fpn.hardware import resolve_device
 from fpn.jobs.prediction import run_predict
 from fpn.jobs.training import run_train
 

@@ -1,8 +1,8 @@
 """The pictures ``fpn eval`` writes beside ``metrics.json``: where a detector goes wrong.
 
-- ``pr_curves.png``: precision against recall per class (pycocotools' curves, ``fpn.engine.plots``);
+- ``pr_curves.png``: precision against recall per class (pycocotools' curves, ``fpn.evaluation.plots``);
 - ``confusion_matrix.png``: which class each object was taken for, background included
-  (``fpn.engine.confusion``);
+  (``fpn.evaluation.confusion``);
 - ``worst/``: the images with the most false positives plus misses, each drawn as the detections
   (those the confusion matrix counts) beside the ground truth.
 """
@@ -19,9 +19,9 @@ from PIL import Image, ImageDraw
 from fpn.box_format import xywh_to_xyxy
 from fpn.data.dataset import AnnotatedImage, DetectionDataset
 from fpn.data.images import read_image
-from fpn.engine.plots import plot_confusion_matrix, plot_pr_curves
-from fpn.engine.results import EvalResult
 from fpn.errors import DatasetError
+from fpn.evaluation.plots import plot_confusion_matrix, plot_pr_curves
+from fpn.evaluation.result import EvalResult
 from fpn.visualize import draw_detections, label_font, to_pil
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Box AP and proposal AR of a model on the validation set a config names (pycocotools), and Pascal
-VOC's mAP on VOC data: the evaluators a run calls for (``fpn.engine.evaluators``), over its val set."""
+VOC's mAP on VOC data: the evaluators a run calls for (``fpn.evaluation.evaluators``), over its val set."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from torch.utils.data import Dataset
 from fpn.api import Detector
 from fpn.config import Config, load_config, merge, parse_overrides
 from fpn.engine.checkpoint import find_checkpoint
-from fpn.engine.coco_eval import as_coco
-from fpn.engine.evaluate import detector_evaluators, inference_on_dataset
-from fpn.engine.evaluators import Evaluator, VOCEvaluator
-from fpn.engine.results import EvalResult, save_metrics
+from fpn.evaluation.coco import as_coco
+from fpn.evaluation.evaluators import Evaluator, VOCEvaluator
+from fpn.evaluation.inference import detector_evaluators, inference_on_dataset
+from fpn.evaluation.result import EvalResult, save_metrics
 from fpn.jobs.datasets import coco_ground_truth, dataset_for, label_to_category_id, val_loader
 from fpn.jobs.eval_pictures import write_eval_pictures
 

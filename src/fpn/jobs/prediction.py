@@ -21,15 +21,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from fpn.api import Detector, load_image
-from fpn.data import DatasetError
 from fpn.data.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_images
 from fpn.data.video import VideoWriter, read_frames, require_av, video_info
+from fpn.detections import Detections, write_csv
 from fpn.engine.checkpoint import find_checkpoint
-from fpn.engine.evaluate import encode_mask_proposals
-from fpn.errors import ConfigError, PathNotFoundError, output_dir
+from fpn.errors import ConfigError, DatasetError, PathNotFoundError, output_dir
+from fpn.evaluation.coco import encode_mask_proposals
 from fpn.model.segment_proposals import paste_masks
 from fpn.progress import progress as progress_bar
-from fpn.results import Detections, write_csv
 from fpn.visualize import DRAW_SCORE_THRESH, ColourBy, save_masks_drawn, save_picture, to_pil
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ def run_predict(checkpoint: str | Path, inputs: list[str | Path], out_dir: str |
                 calibration: list[str | Path] | None = None, backend: str = "pytorch") -> PredictSummary:
     """Detections for images, folders and videos -> ``predictions.json`` (COCO-style records: ``bbox``
     x, y, width, height, with ``file_name``, ``category_name``, ``level``; ``frame`` for videos),
-    ``predictions.csv`` (``fpn.results.CSV_COLUMNS``: x1, y1, x2, y2) and drawn copies.
+    ``predictions.csv`` (``fpn.detections.CSV_COLUMNS``: x1, y1, x2, y2) and drawn copies.
 
     Only detections scored at least ``score_thresh`` are written and drawn. Unreadable inputs are
     reported and skipped; if none could be read, ``NothingPredictedError`` and nothing is written.

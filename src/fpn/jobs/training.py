@@ -13,12 +13,13 @@ from typing import Any
 
 from torch import nn
 
+from fpn import distributed
 from fpn.config import Config, ModelConfig, load_config
-from fpn.engine import distributed, initialisation, run_folder
+from fpn.engine import init_loading, init_sources, run_folder
 from fpn.engine.checkpoint import latest_checkpoint
-from fpn.engine.results import EvalResult, save_metrics
 from fpn.engine.rng import seed_everything
 from fpn.engine.train import train
+from fpn.evaluation.result import EvalResult, save_metrics
 from fpn.jobs.datasets import dataset_for, with_dataset_classes
 from fpn.jobs.evaluation import evaluate_model
 from fpn.model.detector import FasterRCNN
@@ -89,12 +90,12 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
     else:
         if resume:
             log.warning("%s: no checkpoint to resume from; starting from step 0", out_dir)
-        cfg, sources, report = initialisation.prepare(cfg)
+        cfg, sources, report = init_sources.prepare(cfg)
     evaluation = None
     if evaluate:
         evaluation = PeriodicEvaluation(dataset_for(cfg, "val"), cfg, out_dir, progress)
     model = new_model(cfg.model, cfg.train.seed)
-    report += initialisation.initialise(model, sources, skip_mismatched=cfg.train.init_skip_mismatched)
+    report += init_loading.initialise(model, sources, skip_mismatched=cfg.train.init_skip_mismatched)
     for line in report:
         log.info("%s", line)
     if distributed.is_main_process():
@@ -112,7 +113,7 @@ def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
 def _config_of_resumed_run(cfg: Config, out_dir: Path, checkpoint: Path) -> tuple[Config, list[str]]:
     """The requested config with the checkpoint's weight conventions, checked against the run's own
     (only the fields safe to change on resume may differ); the report lines."""
-    cfg, changes = initialisation.conventions_of_run(cfg, checkpoint)
+    cfg, changes = init_sources.conventions_of_run(cfg, checkpoint)
     report = [f"config from the checkpoint: {change}" for change in changes]
     saved = run_folder.saved_config(out_dir, checkpoint)
     if saved is None:  # a checkpoint written by hand, without a config: nothing to compare with

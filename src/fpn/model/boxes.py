@@ -15,9 +15,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms as _torchvision_batched_nms
 from torchvision.ops import nms
 
-from fpn.box_format import clip_boxes
-
-__all__ = ["clip_boxes", "encode_boxes", "decode_boxes", "batched_nms", "nonempty_mask",
+__all__ = ["encode_boxes", "decode_boxes", "batched_nms", "nonempty_mask",
            "intersection_over_area", "match_anchors", "sample_balanced", "sample_for_training"]
 
 # exp(dw) is clamped so that a box can grow at most 1000/16 times (docs/interop.md §4).

@@ -7,8 +7,8 @@ clipping, the level mapper (docs/paper.md §3, Eq. 1), score thresholds and NMS 
 whatever the layers ran in. int8 is the calibrated int8 pyramid of ``fpn.model.quantize``
 (bottom-up pathway and neck in int8, the heads in fp32).
 
-``auto`` decides once per process from what the CPU computes natively (the flags of
-``/proc/cpuinfo`` and ``torch.backends.cpu.get_cpu_capability()``), and never picks a precision
+``auto`` decides once per process from what the CPU computes natively (``fpn.hardware.CpuInfo``:
+the flags of ``/proc/cpuinfo`` and ``torch.backends.cpu.get_cpu_capability()``), and never picks a precision
 whose accuracy gate failed for the kind of model (``GATES_PASSED``, each entry asserted by
 ``tests/test_precision_gates.py``):
 
@@ -23,10 +23,7 @@ whose accuracy gate failed for the kind of model (``GATES_PASSED``, each entry a
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -36,6 +33,7 @@ from torch import Tensor, nn
 
 from fpn.config import ModelConfig
 from fpn.errors import PrecisionError
+from fpn.hardware import CpuInfo, autocast, native_bf16, read_cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -57,93 +55,6 @@ GATES_PASSED: dict[str, frozenset[str]] = {
     "foreign": frozenset({"fp32"}),  # detectron2 / mmdetection conventions: no gate measured
     "segments": frozenset({"fp32"}),  # segment proposals: no gate measured
 }
-
-# oneDNN's ISA names, lowest first; ONEDNN_MAX_CPU_ISA caps what its kernels use.
-ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
-               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
-               "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512",
-               "AVX10_2_512_AMX_2")
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-@dataclass(frozen=True)
-class CpuInfo:
-    """What the CPU computes natively, as the OS and PyTorch see it.
-
-    Args:
-        model_name: ``model name`` of ``/proc/cpuinfo``.
-        flags: its ``flags`` (x86) or ``Features`` (Arm).
-        capability: ``torch.backends.cpu.get_cpu_capability()``: the widest vector ISA PyTorch's
-            own kernels use ("AVX2", "AVX512", "SVE256", ...).
-        machine: ``platform.machine()`` ("x86_64", "aarch64").
-        onednn_max_isa: the ``ONEDNN_MAX_CPU_ISA`` cap ("ALL" when unset).
-    """
-
-    model_name: str
-    flags: frozenset[str]
-    capability: str
-    machine: str = "x86_64"
-    onednn_max_isa: str = "ALL"
-
-    @property
-    def is_arm(self) -> bool:
-        return self.machine in ("aarch64", "arm64")
-
-    def _onednn_allows(self, isa: str) -> bool:
-        cap = self.onednn_max_isa.upper()
-        return cap == "ALL" or cap not in ONEDNN_ISAS or ONEDNN_ISAS.index(cap) >= ONEDNN_ISAS.index(isa)
-
-    @property
-    def native_bf16(self) -> bool:
-        """bf16 dot products in hardware, and PyTorch's kernels allowed to use them."""
-        if self.is_arm:
-            return "bf16" in self.flags
-        wide = self.capability == "AVX512"  # torch saw AVX-512 usable (the OS saves its registers)
-        return wide and bool(self.flags & BF16_FLAGS) and self._onednn_allows("AVX512_CORE_BF16")
-
-    @property
-    def native_int8(self) -> bool:
-        """int8 dot products (VNNI, AMX) for the x86 quantized kernels."""
-        if self.is_arm or self.capability not in ("AVX2", "AVX512"):
-            return False
-        isa = "AVX2_VNNI" if self.flags & INT8_FLAGS == {"avx_vnni"} else "AVX512_CORE_VNNI"
-        return bool(self.flags & INT8_FLAGS) and self._onednn_allows(isa)
-
-    def describe(self) -> str:
-        """One line: the model, PyTorch's ISA, and which of the flags that matter are present."""
-        wanted = ["avx2", "avx512f", *sorted(BF16_FLAGS), *sorted(INT8_FLAGS), "bf16", "i8mm"]
-        present = [f for f in wanted if f in self.flags]
-        absent = [f for f in wanted[:-2] if f not in self.flags] if not self.is_arm else []
-        cap = "" if self.onednn_max_isa == "ALL" else f", ONEDNN_MAX_CPU_ISA={self.onednn_max_isa}"
-        return (f"{self.model_name or 'unknown CPU'} ({self.machine}), PyTorch ISA {self.capability}{cap}; "
-                f"flags: {' '.join(present) or '-'}; absent: {' '.join(absent) or '-'}")
-
-
-def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
-    """(model name, flags) of the first processor in a ``/proc/cpuinfo`` text (x86 or Arm)."""
-    name, flags = "", frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == "model name" and not name:
-            name = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = frozenset(value.split())
-    return name, flags
-
-
-@functools.cache
-def read_cpu_info() -> CpuInfo:
-    """This machine's ``CpuInfo``, read once per process."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            name, flags = parse_cpuinfo(f.read())
-    except OSError:  # not Linux: nothing is known to be native
-        name, flags = platform.processor(), frozenset()
-    return CpuInfo(name, flags, torch.backends.cpu.get_cpu_capability(), platform.machine(),
-                   os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL"))
-
 
 def model_kind(cfg: ModelConfig) -> ModelKind:
     """Which accuracy gate speaks for a model; its conventions say where its weights came from.
@@ -219,13 +130,12 @@ class LowPrecisionDetector(nn.Module):
     float detector's. The weights stay fp32 and shared: the float model is unchanged.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, model: nn.Module):
         super().__init__()
         if getattr(model, "segment_proposals", None) is not None:
             raise PrecisionError("bf16 serves the RPN and box head; segment-proposal models "
                              "(model.proposals=segments) run in fp32")
         self.model = model
-        self.dtype = dtype
 
     def __getattr__(self, name: str):
         try:
@@ -237,7 +147,7 @@ class LowPrecisionDetector(nn.Module):
     def forward(self, images: list[Tensor], **kwargs) -> list[dict[str, Tensor]]:
         if self.model.training:
             raise ValueError("bf16 inference is for eval mode: call model.eval() first")
-        with torch.autocast(self.model.device.type, dtype=self.dtype):
+        with autocast(self.model.device, "bf16"):
             return self.model(images, **kwargs)
 
 
@@ -270,8 +180,7 @@ def training_precision(requested: str, device: torch.device) -> str:
     ``auto`` is bf16 where the GPU or the CPU computes it natively, else fp32. bf16 asked for on a
     CPU without it runs (emulated, several times slower) with a warning; fp16 needs CUDA.
     """
-    native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
-              else device.type == "cpu" and read_cpu_info().native_bf16)
+    native = native_bf16(device)
     if requested == "auto":
         chosen = "bf16" if native else "fp32"
         log.info("train.precision auto: %s (%s)", chosen,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
+from fpn.box_format import clip_boxes
 from fpn.config import BackboneConfig, RoIHeadConfig, frozen
 from fpn.model import boxes as box_ops
 from fpn.model.backbone import make_norm_factory, make_stage, stage_channels
@@ -268,7 +269,7 @@ class RoIHeads(nn.Module):
         results = []
         for boxes, scores, rois, image_hw in zip(boxes_all.split(counts), scores_all.split(counts), proposals,
                                                  image_sizes, strict=True):
-            boxes = box_ops.clip_boxes(boxes, image_hw)[:, 1:].reshape(-1, 4)  # drop background
+            boxes = clip_boxes(boxes, image_hw)[:, 1:].reshape(-1, 4)  # drop background
             labels = torch.arange(1, num_classes, device=scores.device).repeat(scores.shape[0])
             # (Ri,) -> (Ri*K,): the RoI level of every (RoI, class) pair, in the order of ``boxes``
             levels = self.pooler.levels(rois).repeat_interleave(num_classes - 1)

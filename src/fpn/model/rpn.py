@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fpn.box_format import clip_boxes
 from fpn.config import RPNConfig, frozen
 from fpn.errors import ConfigError
 from fpn.model import boxes as box_ops
@@ -171,7 +172,7 @@ class RegionProposalNetwork(nn.Module):
         for image_logits, image_deltas, idx, image_hw in per_image:
             boxes = box_ops.decode_boxes(image_deltas[idx], anchors[idx], self.settings.box_weights,
                                          clamp_shrink=self.settings.clamp_box_shrink)[:, 0]
-            boxes = box_ops.clip_boxes(boxes, image_hw)
+            boxes = clip_boxes(boxes, image_hw)
             prob = torch.sigmoid(image_logits[idx])
             keep = box_ops.nonempty_mask(boxes, self.settings.min_box_size)
             boxes, prob, lvl = boxes[keep], prob[keep], levels[keep]

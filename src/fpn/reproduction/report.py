@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from fpn.engine.evaluate import PROPOSAL_COUNTS
+from fpn.evaluation.coco import PROPOSAL_COUNTS
 
 # The paper's numbers, in percent (Tables 1, 2, 3 and 6; arXiv 1612.03144v2).
 PAPER = {

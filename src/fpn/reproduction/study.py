@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import time
@@ -43,11 +42,12 @@ from typing import Any
 
 import torch
 
-from fpn.config import Config, ConfigError, from_dict, load_config, to_dict, upgrade_renamed
+from fpn.config import Config, from_dict, load_config, to_dict, upgrade_renamed
 from fpn.data import synthetic
-from fpn.engine.metrics_file import read_metrics
+from fpn.engine.metrics_log import read_metrics
 from fpn.engine.run_folder import holds_a_run
-from fpn.errors import NonFiniteLossError, StaleRunError
+from fpn.errors import ConfigError, NonFiniteLossError, StaleRunError
+from fpn.hardware import machine_summary
 from fpn.jobs.datasets import dataset_for
 from fpn.jobs.evaluation import evaluate_model, open_run
 from fpn.jobs.pretraining import RESULT as PRETRAIN_RESULT
@@ -518,18 +518,6 @@ def _headline(metrics: dict[str, float]) -> str:
     return "-"
 
 
-def machine() -> str:
-    """The machine a report was measured on, in one line."""
-    cpu = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
-            f"torch {torch.__version__}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
-
-
 def budget_for(*, quick: bool, seeds: int | None, data_seed: int) -> Budget:
     """The full or quick budget, with ``seeds`` for every table of Tables 1-3 if given."""
     budget = QUICK if quick else FULL
@@ -588,7 +576,7 @@ def run_reproduction(*, quick: bool = False, seeds: int | None = None, data_seed
     if len(result["rows"]) < count:
         last += (f". **{len(result['rows'])} of the study's {count} runs are finished**: rows and seeds "
                  "missing from the tables below have not been trained yet")
-    path = write_report(result, output, command=command, wall_seconds=compute, machine=machine(),
+    path = write_report(result, output, command=command, wall_seconds=compute, machine=machine_summary(),
                         budget=budget.describe(), geometry=reproduction.geometry(),
                         labels={row.name: f"Table {row.table} {row.label}" for row in ROWS},
                         notes=f"The time is the machine's busy time: the {len(result['rows'])} training runs "

@@ -70,7 +70,7 @@ def serve(options: ServeOptions) -> None:
 
     if options.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {options.workers}")
-    from fpn.api import find_checkpoint
+    from fpn.engine.checkpoint import find_checkpoint
 
     find_checkpoint(Path(options.checkpoint))  # a wrong path: one line, before anything starts
     common = {"host": options.host, "port": options.port, "log_level": "info", "timeout_graceful_shutdown": 5}

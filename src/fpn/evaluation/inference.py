@@ -1,9 +1,9 @@
 """The evaluation loop: a model over a data loader, its outputs handed to evaluators, one result.
 
 ``inference_on_dataset`` runs the model once per batch and feeds every evaluator
-(``fpn.engine.evaluators``); ``evaluate_detector`` does so with the evaluators a detector's
+(``fpn.evaluation.evaluators``); ``evaluate_detector`` does so with the evaluators a detector's
 parts call for (box AP, proposal AR, mask AR). The scoring itself is pycocotools'
-(``fpn.engine.coco_eval``, docs/paper.md §4) and the VOC devkit's (``fpn.engine.voc_eval``).
+(``fpn.evaluation.coco``, docs/paper.md §4) and the VOC devkit's (``fpn.evaluation.voc``).
 """
 
 from __future__ import annotations
@@ -18,22 +18,11 @@ import torch
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
+from fpn import distributed
 from fpn.data.unreadable import BadSampleCounter
-from fpn.engine import distributed
-from fpn.engine.coco_eval import (  # noqa: F401  (the scoring functions, importable from here too)
-    AR_KEYS,
-    BOX_KEYS,
-    MASK_AR_KEYS,
-    PROPOSAL_COUNTS,
-    as_coco,
-    coco_box_ap,
-    detections_to_coco_results,
-    encode_mask_proposals,
-    mask_proposal_ar,
-    proposal_ar,
-)
-from fpn.engine.evaluators import BoxEvaluator, Evaluator, MaskProposalEvaluator, ProposalEvaluator
-from fpn.engine.results import EvalResult, format_table, save_metrics  # noqa: F401
+from fpn.evaluation.coco import as_coco
+from fpn.evaluation.evaluators import BoxEvaluator, Evaluator, MaskProposalEvaluator, ProposalEvaluator
+from fpn.evaluation.result import EvalResult
 
 
 def _model_kwargs(evaluators: Sequence[Evaluator]) -> dict[str, Any]:

@@ -6,7 +6,7 @@
 - Mask AR of segment proposals (docs/paper.md §5, Table 6): the same recall with mask IoU
   (pycocotools' segm protocol), at 10, 100 and 1000 proposals, and by object size at 1000.
 
-Plain functions of ground truth and results; the evaluators (``fpn.engine.evaluators``) collect
+Plain functions of ground truth and results; the evaluators (``fpn.evaluation.evaluators``) collect
 a model's outputs and call them.
 """
 

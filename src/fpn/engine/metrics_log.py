@@ -8,6 +8,13 @@ A record is a dict with ``step`` and either the loss terms and learning rate of 
 anything with ``write(record)`` and ``close()``, so another format is one class. The CSV and the
 picture start from the records already in ``metrics.jsonl`` (a resumed run, its log trimmed to
 its checkpoint), so they always show the whole run.
+
+Reading the log back: a process killed while writing (SIGKILL, power loss) can leave the last
+line half-written, and a file from an older fpn may hold such a line in the middle, where a
+resumed run appended after it. Readers (training curves, reports, resume) go through
+``read_metrics``, which skips a line that is not a JSON object: silently for an unterminated last
+line, with a warning naming the line otherwise. ``write_metrics`` replaces the file atomically
+(a resumed run trims it this way).
 """
 
 from __future__ import annotations
@@ -21,11 +28,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fpn.engine.atomic_files import atomic_write_bytes
-from fpn.engine.metrics_file import METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)
 
-CSV_FILE, CURVES_FILE = "metrics.csv", "curves.png"
+METRICS_FILE, CSV_FILE, CURVES_FILE = "metrics.jsonl", "metrics.csv", "curves.png"
 
 
 class Sink(Protocol):
@@ -99,7 +105,7 @@ class CsvSink:
 
 
 class CurvesSink:
-    """``curves.png`` (``fpn.engine.plots.plot_training_curves``), redrawn after every evaluation
+    """``curves.png`` (``fpn.engine.training_curves.plot_training_curves``), redrawn after every evaluation
     and when the log closes (the end of training, or its failure). A picture that cannot be drawn
     is a warning, never the end of a run."""
 
@@ -113,7 +119,7 @@ class CurvesSink:
             self.draw()
 
     def draw(self) -> None:
-        from fpn.engine.plots import plot_training_curves
+        from fpn.engine.training_curves import plot_training_curves
 
         try:
             plot_training_curves(self.records, self.path)
@@ -178,3 +184,30 @@ class MetricsLog:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics log, in order; lines that are not a JSON object are skipped."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number == len(lines):  # no newline after it: a write cut short
+            log.info("%s: the last line is incomplete (a write cut short); skipped", path)
+        else:
+            log.warning("%s: line %d is not a JSON record; skipped", path, number)
+    return records
+
+
+def write_metrics(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """Replace the metrics log with ``records``, atomically."""
+    atomic_write_bytes(Path(path), "".join(json.dumps(r) + "\n" for r in records).encode())

@@ -1,6 +1,6 @@
 """Evaluators: one per metric family, each fed batch by batch and asked for its numbers at the end.
 
-As detectron2's ``DatasetEvaluator``: the evaluation loop (``fpn.engine.evaluate``) calls
+As detectron2's ``DatasetEvaluator``: the evaluation loop (``fpn.evaluation.inference``) calls
 ``reset()``, then ``process(image_ids, images, outputs)`` for every batch, then ``evaluate()``,
 which gathers what every rank collected (under torchrun) and returns an ``EvalResult`` holding
 only its own numbers; the loop merges them. ``model_kwargs`` says what the evaluator needs the
@@ -11,7 +11,7 @@ serves every composition of the detector.
 - ``BoxEvaluator``: COCO box AP (Table 3); keeps pycocotools' ``COCOeval`` as ``cocoeval``;
 - ``ProposalEvaluator``: class-agnostic proposal AR (Table 1);
 - ``MaskProposalEvaluator``: mask AR of segment proposals (Table 6, docs/paper.md §5);
-- ``VOCEvaluator``: Pascal VOC's mAP at IoU 0.5, per class (``fpn.engine.voc_eval``).
+- ``VOCEvaluator``: Pascal VOC's mAP at IoU 0.5, per class (``fpn.evaluation.voc``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch import Tensor
 
-from fpn.engine import distributed
-from fpn.engine.coco_eval import (
+from fpn import distributed
+from fpn.evaluation.coco import (
     BOX_KEYS,
     box_cocoeval,
     detections_to_coco_results,
@@ -32,10 +32,10 @@ from fpn.engine.coco_eval import (
     mask_results,
     proposal_ar,
 )
-from fpn.engine.confusion import confusion_of
-from fpn.engine.per_class import PrecisionRecall, format_per_class_table, per_class_box_ap
-from fpn.engine.results import EvalResult
-from fpn.engine.voc_eval import format_voc_table, voc_map
+from fpn.evaluation.confusion import confusion_of
+from fpn.evaluation.per_class import PrecisionRecall, format_per_class_table, per_class_box_ap
+from fpn.evaluation.result import EvalResult
+from fpn.evaluation.voc import format_voc_table, voc_map
 
 VOC_TABLE_HEADING = "Pascal VOC AP at IoU 0.5 (difficult objects ignored)"
 COCO_TABLE_HEADING = "COCO box AP per class (pycocotools)"
@@ -67,7 +67,7 @@ class BoxEvaluator(Evaluator):
     """COCO box AP of the detections (``boxes``, ``scores``, ``labels`` 1..K), over the images processed:
     the headline numbers, AP per class (``per_class["coco"]`` and a table), the precision-recall
     curves (``curves``) and, at ``score_thresh``, the confusion matrix and each image's errors
-    (``fpn.engine.confusion``).
+    (``fpn.evaluation.confusion``).
 
     A model whose outputs have no ``boxes`` (the RPN alone) gets no box numbers.
     """
@@ -222,5 +222,4 @@ def _finite(value: float) -> float | None:
     return None if value != value else value
 
 
-__all__ = ["Evaluator", "BoxEvaluator", "ProposalEvaluator", "MaskProposalEvaluator", "VOCEvaluator",
-           "EvalResult"]
+__all__ = ["Evaluator", "BoxEvaluator", "ProposalEvaluator", "MaskProposalEvaluator", "VOCEvaluator"]

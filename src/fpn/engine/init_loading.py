@@ -1,4 +1,4 @@
-"""``train.init``: start a training run from weights people already hold (docs/finetuning.md).
+"""``train.init`` loaded: the sources ``fpn.engine.init_sources`` read, put into a model (docs/finetuning.md).
 
 A source is an fpn run or checkpoint, a detector checkpoint of torchvision, detectron2 or
 mmdetection (converted to our key names by ``fpn.interop``), or a torchvision ImageNet ResNet
@@ -24,13 +24,7 @@ import re
 
 from torch import Tensor
 
-from fpn.engine.init_sources import (  # noqa: F401  (the entry points of train.init, importable from here)
-    InitSource,
-    adopt_conventions,
-    conventions_of_run,
-    prepare,
-    read_init_source,
-)
+from fpn.engine.init_sources import InitSource
 from fpn.errors import CheckpointError, ConversionError, InitError
 from fpn.interop.torchvision import load_torchvision_resnet
 from fpn.model.detector import FasterRCNN

@@ -1,23 +1,21 @@
-"""The machine a benchmark ran on: its CPU, what it computes natively, how busy it was, and the
-GEMM and convolution peak it reaches per precision (the roofline a detector's GFLOPS is read
-against).
+"""The GEMM and convolution peak this machine reaches per precision: the roofline a detector's
+GFLOPS is read against (the machine line itself is ``fpn.hardware.describe_machine``).
 
 The peaks are measured, not taken from a data sheet: a matrix product the size of the box
 head's fc layers and a 3x3 convolution the size of the pyramid's output convolutions, run as
-the detector runs them (channels-last; bf16 through ``torch.autocast``, as ``fpn.model.precision``
-does), median of a few calls.
+the detector runs them (channels-last; bf16 under ``fpn.hardware.autocast``, as the detector's
+bf16 inference), median of a few calls.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from fpn.bench.common import median_seconds
-from fpn.model.precision import read_cpu_info
+from fpn.hardware import autocast, read_cpu_info
 
 # (rows, inner, columns) of the product: 512 RoIs through a 4096 -> 1024 fc layer.
 GEMM_SHAPE = (512, 4096, 1024)
@@ -34,24 +32,6 @@ class Peak:
     conv_gflops: float
 
 
-def load_line() -> str:
-    """The load average against the core count: how much else the machine was doing."""
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} logical cores"
-
-
-def describe_machine() -> str:
-    """The CPU, its ISA and flags as PyTorch and /proc/cpuinfo see them, and the load."""
-    return f"{read_cpu_info().describe()}; {load_line()}"
-
-
-def _autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 @torch.inference_mode()
 def measure_peak(precision: str, repeats: int = 3) -> Peak:
     """The GFLOPS of ``GEMM_SHAPE`` and ``CONV_SHAPE`` at ``precision`` ("fp32" or "bf16")."""
@@ -61,7 +41,7 @@ def measure_peak(precision: str, repeats: int = 3) -> Peak:
     channels, h, wd = CONV_SHAPE
     feature = torch.randn(1, channels, h, wd, generator=g).contiguous(memory_format=torch.channels_last)
     kernel = torch.randn(channels, channels, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
-    with _autocast(precision):
+    with autocast("cpu", precision):
         gemm_s = median_seconds(lambda: F.linear(x, w), repeats)
         conv_s = median_seconds(lambda: F.conv2d(feature, kernel, padding=1), repeats)
     gemm_flops = 2 * rows * inner * cols

@@ -1,6 +1,6 @@
 """What an evaluation measured (``EvalResult``), how it is printed, and how it is saved.
 
-Every number is a float under a fixed name (``fpn.engine.coco_eval``: ``AP``, ``AR@100``,
+Every number is a float under a fixed name (``fpn.evaluation.coco``: ``AP``, ``AR@100``,
 ``mask_AR@10``...; ``mAP_voc07``; ``seconds_per_image``, ``anchors_per_image``), so callers
 read ``result.metrics[name]`` and never sort numbers from lists and strings.
 """
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fpn.engine.coco_eval import AR_KEYS, BOX_KEYS, MASK_AR_KEYS, RESULT_KEYS
-from fpn.engine.confusion import ConfusionMatrix, ImageErrors
-from fpn.engine.per_class import PrecisionRecall
 from fpn.errors import output_dir
+from fpn.evaluation.coco import AR_KEYS, BOX_KEYS, MASK_AR_KEYS, RESULT_KEYS
+from fpn.evaluation.confusion import ConfusionMatrix, ImageErrors
+from fpn.evaluation.per_class import PrecisionRecall
 
 # Numbers a table shows as they are, not as percentages.
 PLAIN_FORMATS = {"anchors_per_image": "{:.0f}", "seconds_per_image": "{:.3f}"}
@@ -23,7 +23,7 @@ PLAIN_FORMATS = {"anchors_per_image": "{:.0f}", "seconds_per_image": "{:.3f}"}
 
 @dataclass
 class EvalResult:
-    """The outcome of an evaluation, merged from its evaluators (``fpn.engine.evaluators``).
+    """The outcome of an evaluation, merged from its evaluators (``fpn.evaluation.evaluators``).
 
     Attributes:
         metrics: every number by name, fractions in [0, 1] for AP and AR.
@@ -35,7 +35,7 @@ class EvalResult:
             unreadable ones.
         curves: the precision-recall curve of every class (pycocotools'), for box AP.
         confusion: the confusion matrix with a background row and column; ``image_errors``: the
-            false positives and misses of each image (``fpn.engine.confusion``), for box AP.
+            false positives and misses of each image (``fpn.evaluation.confusion``), for box AP.
     """
 
     metrics: dict[str, float] = field(default_factory=dict)

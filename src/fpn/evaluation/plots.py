@@ -1,11 +1,12 @@
-"""The pictures of an evaluation and of a training run (matplotlib).
+"""The pictures of an evaluation (matplotlib), and the drawing helpers a run's ``curves.png`` shares.
 
 - ``plot_pr_curves``: each class's precision against recall at IoU 0.5 and averaged over IoU
   .5:.95, straight from pycocotools' precision array (``PrecisionRecall``);
-- ``plot_confusion_matrix``: the confusion matrix of ``fpn.engine.confusion``, each row
-  coloured by its share of the row's objects, the counts written in the cells;
-- ``plot_training_curves``: loss terms, learning rate and the evaluations' AP against the step,
-  from the records of ``metrics.jsonl``.
+- ``plot_confusion_matrix``: the confusion matrix of ``fpn.evaluation.confusion``, each row
+  coloured by its share of the row's objects, the counts written in the cells.
+
+A run's training curves (``fpn.engine.training_curves``) are drawn with the same helpers:
+``matplotlib_or_none``, ``save_figure``, ``class_colour`` and ``Panel``.
 
 matplotlib is imported inside the functions: without it, ``matplotlib_or_none`` logs one line
 and the callers skip their pictures. Every picture is written atomically (a temporary file
@@ -23,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from fpn.engine.coco_eval import AR_KEYS, BOX_KEYS, MASK_AR_KEYS
-from fpn.engine.confusion import ConfusionMatrix
-from fpn.engine.per_class import PrecisionRecall
+from fpn.evaluation.confusion import ConfusionMatrix
+from fpn.evaluation.per_class import PrecisionRecall
 from fpn.visualize import PALETTE
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ def _panel(fig: Any, ax: Any) -> Panel:
                  log_y=ax.get_yscale() == "log")
 
 
-def _save(plt: Any, fig: Any, path: Path, axes: dict[str, Any], *, tight: bool = True) -> dict[str, Panel]:
+def save_figure(plt: Any, fig: Any, path: Path, axes: dict[str, Any], *,
+                tight: bool = True) -> dict[str, Panel]:
     """Lay out (``tight``: around the labels; else the figure's own margins), draw once, note
     where each panel is, write ``path`` atomically, close the figure. One rendering: the PNG is
     the drawn canvas's pixels (a training run draws its curves after every evaluation)."""
@@ -135,7 +136,7 @@ def plot_pr_curves(curves: PrecisionRecall, path: str | Path) -> dict[str, Panel
         if handles:
             ax.legend(handles, labels, fontsize=7, loc="lower left", title="AP", title_fontsize=7)
     left.set_ylabel("precision")
-    return _save(plt, fig, Path(path), {"iou50": left, "iou50_95": right})
+    return save_figure(plt, fig, Path(path), {"iou50": left, "iou50_95": right})
 
 
 def plot_confusion_matrix(confusion: ConfusionMatrix, path: str | Path) -> dict[str, Panel] | None:
@@ -159,60 +160,4 @@ def plot_confusion_matrix(confusion: ConfusionMatrix, path: str | Path) -> dict[
         for i, j in zip(*np.nonzero(counts), strict=True):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if shares[i, j] > 0.6 else "black")
-    return _save(plt, fig, Path(path), {"matrix": ax})
-
-
-# Evaluation numbers plotted against the step, in this order, when a run logs them.
-CURVE_METRICS = [*BOX_KEYS[:3], "mAP_voc07", "mAP_voc12", *AR_KEYS[:2], *MASK_AR_KEYS[:3]]
-
-
-def training_series(records: list[dict[str, Any]]) -> tuple[dict[str, list], dict[str, list]]:
-    """``metrics.jsonl`` records -> (name -> [(step, value)] of the loss terms and lr, and of the
-    evaluations' numbers of ``CURVE_METRICS``)."""
-    train: dict[str, list] = {}
-    evals: dict[str, list] = {}
-    for record in records:
-        step = record.get("step")
-        if not isinstance(step, int):
-            continue
-        if isinstance(record.get("eval"), dict):
-            for key in CURVE_METRICS:
-                if isinstance(record["eval"].get(key), int | float):
-                    evals.setdefault(key, []).append((step, float(record["eval"][key])))
-            continue
-        for key, value in record.items():
-            if key not in ("step", "time") and isinstance(value, int | float):
-                train.setdefault(key, []).append((step, float(value)))
-    return train, evals
-
-
-def plot_training_curves(records: list[dict[str, Any]], path: str | Path) -> dict[str, Panel] | None:
-    """``path``: the loss terms (log scale, panel ``"losses"``), the learning rate (``"lr"``) and
-    the evaluations' AP / AR (``"eval"``, percent) against the step. None without matplotlib."""
-    plt = matplotlib_or_none()
-    if plt is None:
-        return None
-    train, evals = training_series(records)
-    fig, (losses, lr, scores) = plt.subplots(1, 3, figsize=(15, 4))
-    fig.subplots_adjust(left=0.05, right=0.985, bottom=0.13, top=0.9, wspace=0.22)  # no layout pass
-    for i, (name, points) in enumerate((k, v) for k, v in train.items() if k != "lr"):
-        steps, values = zip(*points, strict=True)
-        positive = [max(v, 1e-6) for v in values]
-        losses.plot(steps, positive, label=name, linewidth=2.5 if name == "loss" else 1.2,
-                    color="black" if name == "loss" else class_colour(i))
-    losses.set(yscale="log", xlabel="step", title="loss terms")
-    if train.get("lr"):
-        steps, values = zip(*train["lr"], strict=True)
-        lr.plot(steps, values, color=class_colour(3))
-    lr.set(xlabel="step", title="learning rate")
-    lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))  # short labels: 2e-4, not 0.0002000
-    for i, (name, points) in enumerate(evals.items()):
-        steps, values = zip(*points, strict=True)
-        scores.plot(steps, [100 * v for v in values], marker="o", label=name, color=class_colour(i))
-    scores.set(xlabel="step", ylabel="%", title="evaluation" if evals else "evaluation (none yet)")
-    for ax in (losses, scores):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    for ax in (losses, lr, scores):
-        ax.grid(alpha=0.3)
-    return _save(plt, fig, Path(path), {"losses": losses, "lr": lr, "eval": scores}, tight=False)
+    return save_figure(plt, fig, Path(path), {"matrix": ax})
