@@ -19,7 +19,7 @@ import torch
 
 from fpn.api import Detector, find_checkpoint
 from fpn.bench.common import markdown_table, publish_report
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.engine import evaluate as ev
 from fpn.export import OnnxDetector, export_onnx
 from fpn.jobs.datasets import build_dataset, coco_ground_truth, label_to_category_id, val_loader

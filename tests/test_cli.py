@@ -88,13 +88,13 @@ def test_convert_torchvision_weights_then_predict(tmp_path, tiny_synth, capsys):
 
 def test_a_bug_prints_its_traceback_and_a_user_error_does_not(monkeypatch, capsys):
     """Only fpn.errors.UserError is one line: a bare ValueError from deep inside is a bug."""
-    import fpn.config
+    import fpn.config.files
     from fpn.errors import ConfigError
 
     def broken():
         raise ValueError("an internal inconsistency")
 
-    monkeypatch.setattr(fpn.config, "preset_descriptions", broken)
+    monkeypatch.setattr(fpn.config.files, "preset_descriptions", broken)
     assert main(["presets"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ValueError: an internal inconsistency" in err
@@ -103,7 +103,7 @@ def test_a_bug_prints_its_traceback_and_a_user_error_does_not(monkeypatch, capsy
     def refused():
         raise ConfigError("model.neck.channels: expected int, got 'wide'")
 
-    monkeypatch.setattr(fpn.config, "preset_descriptions", refused)
+    monkeypatch.setattr(fpn.config.files, "preset_descriptions", refused)
     assert main(["presets"]) == 2
     assert capsys.readouterr().err == "fpn presets: error: model.neck.channels: expected int, got 'wide'\n"
 

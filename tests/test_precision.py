@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY_MODEL
 from fpn.api import Detector
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.detections import confident_matches
 from fpn.interop.torchvision import torchvision_config
 from fpn.model.detector import FasterRCNN
@@ -251,7 +251,7 @@ def test_bf16_training_tracks_fp32_with_fp32_master_weights(tiny_synth, tmp_path
 
 
 def test_old_train_amp_configs_still_load(tmp_path):
-    from fpn.config import ConfigError
+    from fpn.errors import ConfigError
 
     for amp, precision in (("off", "fp32"), ("bf16", "auto"), ("fp16", "fp16")):
         path = tmp_path / f"{amp}.yaml"
@@ -264,7 +264,7 @@ def test_old_train_amp_configs_still_load(tmp_path):
         load_config(tmp_path / "both.yaml")
     import yaml
 
-    from fpn.config import save_config
+    from fpn.config.files import save_config
 
     save_config(load_config(tmp_path / "bf16.yaml"), tmp_path / "saved.yaml")
     saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())["train"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.detections import confident_matches
 from fpn.model.precision import GATES_PASSED
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, data_overrides
-from fpn.config import TrainConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import TrainConfig
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from fpn.engine.train import NonFiniteLossError, check_finite, lr_factor, scaled_lr, train
 from fpn.jobs.datasets import build_dataset, with_dataset_classes

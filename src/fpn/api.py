@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fpn.config import ConfigError, load_config, merge, parse_overrides
+from fpn.config.files import load_config
+from fpn.config.overrides import merge, parse_overrides
 from fpn.data import read_image
 from fpn.data.inputs import ImageInputError, array_image_tensor, find_images, is_batch, pil_image_tensor
 from fpn.device import resolve_device
 from fpn.engine.checkpoint import find_checkpoint, load_weights
-from fpn.errors import PathNotFoundError, PrecisionError
+from fpn.errors import ConfigError, PathNotFoundError, PrecisionError
 from fpn.model.detector import FasterRCNN
 from fpn.results import Detections
 

@@ -453,7 +453,7 @@ def _run_demo(args: argparse.Namespace, progress: bool) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.config import load_config
+    from fpn.config.files import load_config
     from fpn.jobs.pretraining import describe, run_pretrain
 
     result = run_pretrain(load_config(args.config, args.overrides), args.output, progress=progress)
@@ -526,7 +526,7 @@ def _run_serve(args: argparse.Namespace, progress: bool) -> None:
 
 
 def _run_presets(args: argparse.Namespace, progress: bool) -> None:
-    from fpn.config import preset_descriptions
+    from fpn.config.files import preset_descriptions
 
     width = max(map(len, descriptions := preset_descriptions()), default=0)
     print("\n".join(f"{name:<{width}}  {text}" for name, text in descriptions.items()))

@@ -21,7 +21,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from fpn.config import Config, save_config, to_dict
+from fpn.config.files import save_config
+from fpn.config.schema import Config, to_dict
 from fpn.data.order import EpochView, training_batches
 from fpn.device import resolve_device
 from fpn.engine import distributed

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.interop.tables import ConversionError, Rename, prefixed
 from fpn.model.backbone import ResNet
 from fpn.model.detector import FasterRCNN

@@ -11,7 +11,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fpn.api import Detector
-from fpn.config import Config, load_config, merge, parse_overrides
+from fpn.config.files import load_config
+from fpn.config.overrides import merge, parse_overrides
+from fpn.config.schema import Config
 from fpn.engine.checkpoint import find_checkpoint
 from fpn.engine.coco_eval import as_coco
 from fpn.engine.evaluate import detector_evaluators, inference_on_dataset

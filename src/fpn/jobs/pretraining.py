@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
-from fpn.config import Config, ConfigError, to_dict
+from fpn.config.schema import Config, to_dict
 from fpn.data import DatasetError
 from fpn.data.crops import ObjectCrops
 from fpn.device import resolve_device
 from fpn.engine.checkpoint import save_checkpoint
 from fpn.engine.pretrain import evaluate_classifier, train_classifier
 from fpn.engine.train import seed_everything
+from fpn.errors import ConfigError
 from fpn.jobs.datasets import build_dataset
 from fpn.model.classifier import BackboneClassifier
 from fpn.model.preprocess import Preprocessor

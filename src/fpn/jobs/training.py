@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from fpn.config import Config, ModelConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import Config, ModelConfig
 from fpn.engine import distributed, initialisation, run_folder
 from fpn.engine.checkpoint import latest_checkpoint
 from fpn.engine.results import EvalResult, save_metrics

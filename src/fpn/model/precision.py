@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.errors import PrecisionError
 
 log = logging.getLogger(__name__)
