@@ -63,7 +63,7 @@ class InDtype(Dataset):
 
 def train_once(out: Path, steps: int, dtype: torch.dtype, photos: Path, overrides: list[str]) -> None:
     """One run (this process is one rank when torchrun started it)."""
-    from fpn.config import load_config
+    from fpn.config.files import load_config
     from fpn.engine.train import train
     from fpn.jobs.datasets import dataset_for, with_dataset_classes
     from fpn.jobs.training import new_model

@@ -16,7 +16,7 @@ import time
 import torch
 
 from fpn.bench.common import PeakRSS, markdown_table
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.model.detector import FasterRCNN
 
 

@@ -19,7 +19,7 @@ import torch
 
 from fpn.api import Detector
 from fpn.bench.common import markdown_table, publish_report
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.engine.checkpoint import find_checkpoint
 from fpn.evaluation import inference as ev
 from fpn.export import OnnxDetector, export_onnx

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from fpn.bench.common import markdown_table, publish_report
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.model.detector import FasterRCNN
 
 SCALES = [480, 576, 688, 864, 1200]

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from fpn.bench.common import markdown_table, publish_report
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.evaluation.coco import encode_mask_proposals
 from fpn.model.detector import FasterRCNN
 

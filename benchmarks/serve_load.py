@@ -34,7 +34,8 @@ from fpn.bench.common import markdown_table, publish_report
 
 
 def make_run(root: Path) -> Path:
-    from fpn.config import Config, load_config, to_dict
+    from fpn.config.files import load_config
+    from fpn.config.schema import Config, to_dict
     from fpn.engine.checkpoint import save_checkpoint
     from fpn.model.detector import FasterRCNN
 

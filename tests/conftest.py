@@ -114,7 +114,8 @@ def make_untrained_run(root, extra=()):
     """A run of the tiny detector with seeded random weights, laid out as ``fpn train`` writes one."""
     import torch
 
-    from fpn.config import Config, load_config, to_dict
+    from fpn.config.files import load_config
+    from fpn.config.schema import Config, to_dict
     from fpn.engine.checkpoint import save_checkpoint
     from fpn.model.detector import FasterRCNN
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.model.anchor_coverage import best_anchor_iou, coverage, rpn_anchors, size_bucket
 
 

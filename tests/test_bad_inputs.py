@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import TINY_MODEL
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.data import CocoDetection, read_image
 from fpn.errors import DatasetError
 from fpn.model.detector import FasterRCNN

@@ -88,13 +88,13 @@ def test_convert_torchvision_weights_then_predict(tmp_path, tiny_synth, capsys):
 
 def test_a_bug_prints_its_traceback_and_a_user_error_does_not(monkeypatch, capsys):
     """Only fpn.errors.UserError is one line: a bare ValueError from deep inside is a bug."""
-    import fpn.config
+    import fpn.config.files
     from fpn.errors import ConfigError
 
     def broken():
         raise ValueError("an internal inconsistency")
 
-    monkeypatch.setattr(fpn.config, "preset_descriptions", broken)
+    monkeypatch.setattr(fpn.config.files, "preset_descriptions", broken)
     assert main(["presets"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ValueError: an internal inconsistency" in err
@@ -103,7 +103,7 @@ def test_a_bug_prints_its_traceback_and_a_user_error_does_not(monkeypatch, capsy
     def refused():
         raise ConfigError("model.neck.channels: expected int, got 'wide'")
 
-    monkeypatch.setattr(fpn.config, "preset_descriptions", refused)
+    monkeypatch.setattr(fpn.config.files, "preset_descriptions", refused)
     assert main(["presets"]) == 2
     assert capsys.readouterr().err == "fpn presets: error: model.neck.channels: expected int, got 'wide'\n"
 
@@ -150,7 +150,8 @@ def test_option_values_are_never_taken_for_overrides_and_other_items_are_errors(
 
 
 def test_every_option_of_every_command_has_one_help_text():
-    from fpn.cli import HELP, _build
+    from fpn.cli import _build
+    from fpn.cli.options import HELP
 
     parser, commands = _build()
     for name, command in commands.items():
@@ -215,3 +216,37 @@ def test_bench_quick_agrees_with_torchvision_and_writes_its_report(tmp_path):
     rows = re.findall(r"^\| 1 x 512x512[^|]*\((\d+)/(\d+) matched\)", text, flags=re.MULTILINE)
     assert rows, text
     assert all(matched == total and int(total) > 0 for matched, total in rows), rows
+
+
+def test_the_command_list_is_what_fpn_help_lists():
+    """Every module of fpn/cli/ that defines a command is in COMMANDS, once, and fpn --help lists
+    exactly those commands in that order (a new command: one module, one entry)."""
+    import importlib
+    import pkgutil
+
+    import fpn.cli
+    from fpn.cli import COMMANDS, _build
+
+    defined = {info.name for info in pkgutil.iter_modules(fpn.cli.__path__)
+               if hasattr(importlib.import_module(f"fpn.cli.{info.name}"), "add_parser")}
+    assert {command.__name__.rsplit(".", 1)[1] for command in COMMANDS} == defined
+    assert len(COMMANDS) == len(defined)
+    _, commands = _build()
+    assert list(commands) == [command.NAME for command in COMMANDS]
+    listed = re.findall(r"^    (\w+)\s", _build()[0].format_help(), flags=re.MULTILINE)
+    assert listed == [command.NAME for command in COMMANDS]
+
+
+def test_override_sections_are_the_configs_fields():
+    """A token is an override when its key starts with a field of Config: a new section needs no
+    edit of the command line."""
+    import dataclasses
+
+    from fpn.config.overrides import SECTIONS, is_override
+    from fpn.config.schema import Config
+
+    assert SECTIONS == tuple(f.name for f in dataclasses.fields(Config))
+    assert set(SECTIONS) == {"model", "data", "train", "pretrain"}
+    for section in SECTIONS:
+        assert is_override(f"{section}.some_field=1")
+    assert not is_override("colour=red") and not is_override("models.x=1") and not is_override("train=1")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fpn.config import PRESET_DIR, Config, list_presets, load_config, preset_descriptions, save_config
+from fpn.config.files import PRESET_DIR, list_presets, load_config, preset_descriptions, save_config
+from fpn.config.schema import Config
 from fpn.errors import ConfigError
 
 
@@ -88,7 +89,8 @@ def test_frozen_is_a_read_only_deep_copy_and_thawed_gives_an_ordinary_one():
     import dataclasses
     import pickle
 
-    from fpn.config import ModelConfig, frozen, thawed, to_dict
+    from fpn.config.read_only import frozen, thawed
+    from fpn.config.schema import ModelConfig, to_dict
 
     cfg = load_config("demo")
     model_cfg = frozen(cfg.model)

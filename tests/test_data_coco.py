@@ -298,7 +298,7 @@ def test_file_names_inside_the_folder_load_and_outside_ones_when_allowed(tmp_pat
 
 
 def test_the_opt_in_is_a_config_field(tmp_path, tiny_synth):
-    from fpn.config import load_config
+    from fpn.config.files import load_config
     from fpn.jobs.datasets import build_dataset
 
     ann = json.loads((tiny_synth / "train" / "annotations.json").read_text())

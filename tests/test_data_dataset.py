@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpn.config import DataConfig
+from fpn.config.schema import DataConfig
 from fpn.data.dataset import MAX_EXAMPLES, DetectionDataset
 from fpn.data.formats import FORMATS, open_path
 

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fpn.config import DataConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import DataConfig
 from fpn.data.formats import open_path, open_split
 from fpn.errors import UserError
 from fpn.evaluation.coco import as_coco

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import TINY_MODEL
 from fpn.cli import main
-from fpn.config import DataConfig
+from fpn.config.schema import DataConfig
 from fpn.data.formats import open_path, open_split
 from fpn.data.yolo import YOLODetection, read_class_names
 from fpn.errors import DatasetError

@@ -37,4 +37,5 @@ def test_no_unused_code():
          "--min-confidence", "60", "--ignore-names", ",".join(USED_ELSEWHERE)],
         cwd=ROOT, capture_output=True, text=True)
     dead = [line for line in found.stdout.splitlines() if line.startswith("src/")]
-    assert not dead, "code nothing uses (delete it, or say in USED_ELSEWHERE why it is used):\n" + "\n".join(dead)
+    why = "code nothing uses (delete it, or say in USED_ELSEWHERE why it is used):\n"
+    assert not dead, why + "\n".join(dead)

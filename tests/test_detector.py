@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpn.config import list_presets, load_config
+from fpn.config.files import list_presets, load_config
 from fpn.evaluation.voc import voc_map
 from fpn.model.detector import FasterRCNN
 

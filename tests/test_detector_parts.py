@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.errors import ConfigError
 from fpn.model.conv_norm import ConvNorm
 from fpn.model.detector import FasterRCNN

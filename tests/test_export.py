@@ -14,7 +14,8 @@ import torch
 
 from conftest import TINY_MODEL, assert_same_detections
 from fpn.cli import main
-from fpn.config import Config, load_config, to_dict
+from fpn.config.files import load_config
+from fpn.config.schema import Config, to_dict
 from fpn.engine.checkpoint import save_checkpoint
 from fpn.model.detector import FasterRCNN
 

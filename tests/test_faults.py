@@ -18,7 +18,7 @@ from fpn.engine.metrics_log import read_metrics
 
 
 def _command(root, run_dir, *extra):
-    return [sys.executable, "-m", "fpn.cli", "--quiet", "train", "--config", "demo", "--output", str(run_dir),
+    return [sys.executable, "-m", "fpn", "--quiet", "train", "--config", "demo", "--output", str(run_dir),
             "--no-eval", *TINY_MODEL, *data_overrides(root), "train.batch_size=2", "train.max_iter=8",
             "train.checkpoint_period=2", "train.warmup_iters=2", "train.log_period=1", "train.device=cpu",
             *extra]

@@ -20,7 +20,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from fpn.engine.init_loading import match_classes
 from fpn.engine.optim import build_optimizer

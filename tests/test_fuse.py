@@ -7,7 +7,8 @@ import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from conftest import assert_same_detections, frozen_norm, randomise_norm_statistics
-from fpn.config import BackboneConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import BackboneConfig
 from fpn.model.backbone import ResNet
 from fpn.model.detector import FasterRCNN
 from fpn.model.fuse import fold_norm_into_conv, inference_copy

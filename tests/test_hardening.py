@@ -136,7 +136,7 @@ class _Replay(torch.nn.Module):
 
 
 def test_voc_map_through_the_evaluation(tmp_path):
-    from fpn.config import load_config
+    from fpn.config.files import load_config
     from fpn.data import VOC_CLASSES, VOCDetection
     from fpn.jobs.datasets import with_dataset_classes
     from fpn.jobs.evaluation import evaluate_model

@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 from conftest import TINY_MODEL, data_overrides
 from fpn.api import Detector
 from fpn.cli import main
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.errors import ConfigError
 from fpn.model.detector import FasterRCNN
 from fpn.model.image_pyramid import detect_at_scale, detect_on_image_pyramid, merge_scales

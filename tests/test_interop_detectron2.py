@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fpn.api import Detector
 from fpn.cli import main
-from fpn.config import BackboneConfig, InputConfig, ModelConfig
+from fpn.config.schema import BackboneConfig, InputConfig, ModelConfig
 from fpn.errors import ConversionError, UnsafeCheckpointError
 from fpn.interop import convert_detector, identify
 from fpn.interop.detectors import coco80

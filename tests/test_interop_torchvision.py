@@ -16,7 +16,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
 from fpn import from_torchvision, load_torchvision_resnet
-from fpn.config import BackboneConfig
+from fpn.config.schema import BackboneConfig
 from fpn.errors import ConversionError
 from fpn.interop import convert_detector
 from fpn.model.backbone import ResNet

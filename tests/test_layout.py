@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import COCO_REAL, coco_real_subset
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.model.detector import FasterRCNN
 
 SMALL = ["model.backbone.depth=18", "model.backbone.norm=bn", "model.backbone.freeze_at=0",

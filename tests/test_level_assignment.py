@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.model.level_assignment import gt_levels, level_shares, resized_hw
 
 

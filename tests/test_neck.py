@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fpn.config import BackboneConfig
+from fpn.config.schema import BackboneConfig
 from fpn.model.backbone import ResNet
 from fpn.model.neck import FeaturePyramid
 

@@ -59,7 +59,7 @@ def trained_run(tmp_path_factory):
     """The tiny detector fitted to 8 synthetic images (the fixture of tests/test_precision_gates.py,
     which measures the PyTorch int8 path's gate the same way)."""
     from conftest import data_overrides
-    from fpn.config import load_config
+    from fpn.config.files import load_config
     from fpn.data.synthetic import generate
     from fpn.jobs.training import run_train
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fpn.config import TrainConfig
+from fpn.config.schema import TrainConfig
 from fpn.engine.optim import HeadsOnly, build_optimizer, build_scheduler, lr_factor, scaled_lr
 from fpn.errors import ConfigError
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY_MODEL
 from fpn.api import Detector
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.errors import PrecisionError
 from fpn.hardware import CpuInfo, parse_cpuinfo, read_cpu_info
 from fpn.interop.torchvision import torchvision_config
@@ -258,7 +258,7 @@ def test_old_train_amp_configs_still_load(tmp_path):
         load_config(tmp_path / "both.yaml")
     import yaml
 
-    from fpn.config import save_config
+    from fpn.config.files import save_config
 
     save_config(load_config(tmp_path / "bf16.yaml"), tmp_path / "saved.yaml")
     saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())["train"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.model.precision import GATES_PASSED
 from fpn.output_comparison import confident_matches
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fpn.config import Config, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import Config
 from fpn.data import CocoDetection, synthetic
 from fpn.data.crops import ObjectCrops, background_window, crop_and_resize, object_window
 from fpn.engine import init_loading, init_sources

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.model.detector import FasterRCNN
 from fpn.model.quantize import quantize_pyramid
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fpn.config import Config, from_dict, to_dict
+from fpn.config.overrides import from_dict
+from fpn.config.schema import Config, to_dict
 from fpn.errors import StaleRunError
 from fpn.reproduction.calibrate import choose_schedule
 from fpn.reproduction.plan import FULL, QUICK, ROWS, miniature
@@ -76,7 +77,7 @@ def test_every_rpn_keeps_as_many_candidates_per_image_before_nms(tmp_path):
 
 
 def test_miniature_leaves_the_preset_alone():
-    from fpn.config import load_config
+    from fpn.config.files import load_config
 
     preset = load_config("paper_r50_fpn")
     miniature(preset, 256)

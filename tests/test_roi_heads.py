@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 
-from fpn.config import RoIHeadConfig
+from fpn.config.schema import RoIHeadConfig
 from fpn.model.roi_heads import MultiLevelRoIPooler, RoIHeads, map_rois_to_levels
 
 

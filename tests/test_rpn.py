@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fpn.config import AnchorConfig, RPNConfig
+from fpn.config.schema import AnchorConfig, RPNConfig
 from fpn.model import boxes as box_ops
 from fpn.model.rpn import RegionProposalNetwork, flatten_predictions
 

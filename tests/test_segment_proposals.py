@@ -21,7 +21,8 @@ from pycocotools.cocoeval import COCOeval
 
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
-from fpn.config import SegmentProposalConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import SegmentProposalConfig
 from fpn.data import CocoDetection
 from fpn.evaluation.coco import encode_mask_proposals, mask_proposal_ar
 from fpn.model.detector import FasterRCNN

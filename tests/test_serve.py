@@ -41,7 +41,8 @@ SERVER_ARGS = ["--set", "model.roi_heads.score_thresh=0", "--max-upload-mb", "2"
 
 def make_run(root: Path, extra: tuple[str, ...] = ()) -> Path:
     """An untrained run of the tiny detector (random weights, seeded)."""
-    from fpn.config import Config, load_config, to_dict
+    from fpn.config.files import load_config
+    from fpn.config.schema import Config, to_dict
     from fpn.engine.checkpoint import save_checkpoint
     from fpn.model.detector import FasterRCNN
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY_MODEL, data_overrides
 from fpn.cli import main
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.data.proposals import ProposalFile, ProposalWriter
 from fpn.errors import DatasetError
 from fpn.evaluation.coco import as_coco, proposal_ar

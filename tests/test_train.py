@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, data_overrides
-from fpn.config import TrainConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import TrainConfig
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from fpn.engine.loop import check_finite
 from fpn.engine.optim import lr_factor, scaled_lr

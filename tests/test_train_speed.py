@@ -7,7 +7,7 @@ import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from conftest import frozen_norm, randomise_norm_statistics
-from fpn.config import load_config
+from fpn.config.files import load_config
 from fpn.model.conv_norm import ConvNorm, conv_then_norm
 from fpn.model.detector import FasterRCNN
 

@@ -27,7 +27,7 @@ def test_hflip_hand_computed_and_involutive():
 def test_an_image_already_at_its_test_size_is_not_resampled_and_equals_bilinear():
     import torch.nn.functional as F
 
-    from fpn.config import InputConfig
+    from fpn.config.schema import InputConfig
     from fpn.model.preprocess import Preprocessor
 
     pre = Preprocessor(InputConfig(min_size_train=[96], min_size_test=96, max_size=200))

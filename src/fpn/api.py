@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fpn.config import load_config, merge, parse_overrides
+from fpn.config.files import load_config
+from fpn.config.overrides import merge, parse_overrides
 from fpn.data import read_image
 from fpn.data.inputs import ImageInputError, array_image_tensor, find_images, is_batch, pil_image_tensor
 from fpn.detections import Detections

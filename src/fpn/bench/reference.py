@@ -17,7 +17,8 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
-from fpn.config import ModelConfig, merge
+from fpn.config.overrides import merge
+from fpn.config.schema import ModelConfig
 from fpn.interop.torchvision import from_torchvision, torchvision_config
 from fpn.model.detector import FasterRCNN
 

@@ -35,7 +35,8 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 
 from fpn.bench.common import PeakRSS, markdown_table
 from fpn.bench.reference import fpn_twin, torchvision_detector
-from fpn.config import TrainConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import TrainConfig
 from fpn.engine.optim import build_optimizer
 from fpn.hardware import autocast
 from fpn.model.detector import FasterRCNN

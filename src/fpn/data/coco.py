@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from fpn.config import DataConfig
+from fpn.config.schema import DataConfig
 from fpn.data.dataset import AnnotatedDataset, AnnotatedImage, Problems, record_of
 from fpn.errors import DatasetError
 

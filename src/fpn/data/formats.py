@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from fpn.config import DataConfig
+from fpn.config.schema import DataConfig
 from fpn.data import coco, voc, yolo
 from fpn.data.dataset import DetectionDataset
 from fpn.errors import ConfigError, DatasetError, PathNotFoundError

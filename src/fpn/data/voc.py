@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from fpn.config import DataConfig
+from fpn.config.schema import DataConfig
 from fpn.data.dataset import (
     AnnotatedDataset,
     AnnotatedImage,

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from fpn.config import DataConfig
+from fpn.config.schema import DataConfig
 from fpn.data.dataset import (
     AnnotatedDataset,
     AnnotatedImage,

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
-from fpn.config import Config, ModelConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import Config, ModelConfig
 from fpn.engine.checkpoint import find_checkpoint, load_weights
 from fpn.errors import CheckpointError, ConfigError, ConversionError, InitError, PathNotFoundError
 from fpn.interop import convert_detector, identify

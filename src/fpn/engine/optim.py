@@ -10,7 +10,7 @@ from functools import partial
 
 import torch
 
-from fpn.config import TrainConfig
+from fpn.config.schema import TrainConfig
 from fpn.engine.loop import HookBase
 from fpn.errors import ConfigError
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fpn.config import PretrainConfig
+from fpn.config.schema import PretrainConfig
 from fpn.data.crops import ObjectCrops
 from fpn.data.unreadable import Unreadable
 from fpn.progress import progress as progress_bar

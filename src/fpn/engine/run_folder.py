@@ -18,14 +18,16 @@ silently changed:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from fpn.config import Config, load_config, merge
+from fpn.config.diff import differences
+from fpn.config.files import load_config
+from fpn.config.overrides import merge, nested
+from fpn.config.schema import Config
 from fpn.engine.checkpoint import latest_checkpoint
 from fpn.engine.metrics_log import CSV_FILE, CURVES_FILE, METRICS_FILE, read_metrics, write_metrics
 from fpn.errors import ConfigError, UserError
@@ -123,43 +125,24 @@ def saved_config(run_dir: Path, checkpoint: Path | None) -> Config | None:
     return None
 
 
-def _leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """Every field of a (nested) dataclass config by dotted name; lists and mappings are leaves."""
-    leaves = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        name = f"{prefix}{f.name}"
-        leaves.update(_leaves(value, name + ".") if dataclasses.is_dataclass(value) else {name: value})
-    return leaves
-
-
-def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
 def resumed_config(requested: Config, saved: Config, run_dir: Path) -> tuple[Config, list[str]]:
     """The config a resumed run continues with: ``saved`` with the ``SAFE_ON_RESUME`` fields that
     ``requested`` changes, and a line per change. Any other difference is a ``ResumeError``
     naming the fields (fields ``NOT_READ_ON_RESUME`` keep the run's values)."""
-    want, have = _leaves(requested), _leaves(saved)
-    changed = [name for name in have if want[name] != have[name] and name not in NOT_READ_ON_RESUME]
+    changed = {name: values for name, values in differences(saved, requested).items()
+               if name not in NOT_READ_ON_RESUME}
     refused = [name for name in changed if name not in SAFE_ON_RESUME]
     if refused:
-        shown = ", ".join(f"{name} ({_short(have[name])} -> {_short(want[name])})" for name in refused[:4])
+        shown = ", ".join(f"{name} ({_short(changed[name][0])} -> {_short(changed[name][1])})"
+                          for name in refused[:4])
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
         raise ResumeError(f"{run_dir}: resuming cannot change {shown}{more}: the run's weights were trained "
                           "with its own values; train into a new --output folder for these, or start over "
                           "with --overwrite")
-    safe = {name: want[name] for name in changed}
-    notes = [f"resume changes {name}: {_short(have[name])} -> {_short(want[name])}" for name in safe]
-    return merge(saved, _nested(safe), "resume") if safe else saved, notes
+    notes = [f"resume changes {name}: {_short(have)} -> {_short(want)}"
+             for name, (have, want) in changed.items()]
+    safe = {name: want for name, (_, want) in changed.items()}
+    return merge(saved, nested(safe), "resume") if safe else saved, notes
 
 
 def _short(value: Any) -> str:

@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from fpn import distributed
-from fpn.config import Config, save_config, to_dict
+from fpn.config.files import save_config
+from fpn.config.schema import Config, to_dict
 from fpn.data.order import EpochView, training_batches
 from fpn.engine.checkpoint import resume_training
 from fpn.engine.hooks import MetricsWriter, PeriodicCheckpointer, PeriodicEvaluator, progress_hook

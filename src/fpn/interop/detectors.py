@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.errors import ConversionError
 from fpn.interop import detectron2, mmdetection
 from fpn.interop.tables import check_exactly, convert_keys, count_blocks, resnet_depth

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.errors import ConversionError
 from fpn.interop.tables import (
     Rename,

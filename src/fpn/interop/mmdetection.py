@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.errors import ConversionError
 from fpn.interop.tables import (
     Rename,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.errors import ConversionError
 from fpn.model.backbone import BLOCKS_PER_STAGE
 from fpn.model.detector import FasterRCNN

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.errors import ConversionError
 from fpn.interop.tables import Rename, prefixed
 from fpn.model.backbone import ResNet

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fpn.config import Config, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import Config
 from fpn.data.dataset import AnnotatedImage, DetectionDataset, Problem
 from fpn.data.formats import open_path, open_split
 from fpn.data.images import header_hw, read_image

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fpn.config import Config, to_dict
+from fpn.config.schema import Config, to_dict
 from fpn.engine.checkpoint import save_checkpoint
 from fpn.interop import convert_detector, describe
 from fpn.safe_reading import read_checkpoint

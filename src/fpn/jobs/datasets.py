@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fpn import distributed
-from fpn.config import Config, DataConfig
+from fpn.config.schema import Config, DataConfig
 from fpn.data.dataset import DetectionDataset
 from fpn.data.formats import open_split
 from fpn.data.proposals import WithProposals

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fpn.config import Config, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import Config
 from fpn.data import synthetic
 from fpn.engine.run_folder import holds_a_run
 from fpn.hardware import resolve_device

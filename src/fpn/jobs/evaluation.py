@@ -11,7 +11,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fpn.api import Detector
-from fpn.config import Config, load_config, merge, parse_overrides
+from fpn.config.files import load_config
+from fpn.config.overrides import merge, parse_overrides
+from fpn.config.schema import Config
 from fpn.engine.checkpoint import find_checkpoint
 from fpn.evaluation.coco import as_coco
 from fpn.evaluation.evaluators import Evaluator, VOCEvaluator
@@ -97,3 +99,12 @@ def run_eval(checkpoint: str | Path, overrides: list[str] | None = None, *, outp
     result.pictures = write_eval_pictures(result, dataset, out,
                                           label_to_category_id=label_to_category_id(cfg))
     return result, out
+
+
+def describe_outputs(result: EvalResult, out: Path) -> str:
+    """The line ``fpn eval`` prints after the metrics: where they are, with the charts and the worst
+    images drawn beside them (``result.pictures``: charts at the top, worst images in ``worst/``)."""
+    charts = [p for p in result.pictures if "/" not in p]
+    worst = len(result.pictures) - len(charts)
+    return f"metrics in {out}" + (f", with {', '.join(charts) or 'no charts (pip install matplotlib)'} and "
+                                  f"{worst} worst image(s) in worst/" if result.pictures else "")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fpn.config import Config, to_dict
+from fpn.config.schema import Config, to_dict
 from fpn.data.crops import ObjectCrops
 from fpn.engine.checkpoint import save_checkpoint
 from fpn.engine.pretrain import evaluate_classifier, train_classifier

@@ -14,7 +14,8 @@ from typing import Any
 from torch import nn
 
 from fpn import distributed
-from fpn.config import Config, ModelConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import Config, ModelConfig
 from fpn.engine import init_loading, init_sources, run_folder
 from fpn.engine.checkpoint import latest_checkpoint
 from fpn.engine.rng import seed_everything
@@ -53,16 +54,20 @@ class PeriodicEvaluation:
 
 
 def requested_config(config: str | None, overrides: list[str], run_dir: str | Path, *,
-                     resume: bool) -> Config:
+                     resume: bool, init: list[str | Path] = ()) -> Config:
     """The config ``fpn train`` asks for: ``config`` (a preset or YAML file), else on resume the
-    run's own ``config.yaml``, else the ``demo`` preset; then the ``key=value`` overrides."""
+    run's own ``config.yaml``, else the ``demo`` preset; then the ``key=value`` overrides; then
+    ``init`` (``--init``) appended to ``train.init``."""
     if config is None and resume:
         saved = Path(run_dir) / "config.yaml"
         if not saved.is_file():
             raise run_folder.ResumeError(f"{run_dir}: nothing to resume (no config.yaml); give --config "
                                          "to start a run there")
-        return load_config(saved, overrides)
-    return load_config(config or "demo", overrides)
+        cfg = load_config(saved, overrides)
+    else:
+        cfg = load_config(config or "demo", overrides)
+    cfg.train.init = [*cfg.train.init, *map(str, init)]
+    return cfg
 
 
 def run_train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

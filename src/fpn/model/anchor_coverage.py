@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.level_assignment import resized_hw
 from fpn.model.preprocess import padded_size, rescale_boxes

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from fpn.config import BackboneConfig
+from fpn.config.schema import BackboneConfig
 from fpn.model.conv_norm import ConvNorm, Projection
 
 STAGE_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}

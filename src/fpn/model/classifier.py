@@ -12,7 +12,7 @@ import dataclasses
 
 from torch import Tensor, nn
 
-from fpn.config import BackboneConfig
+from fpn.config.schema import BackboneConfig
 from fpn.model.backbone import ResNet, stage_channels
 
 

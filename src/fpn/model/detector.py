@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fpn.config import ModelConfig, frozen, merge, thawed
+from fpn.config.overrides import merge
+from fpn.config.read_only import frozen, thawed
+from fpn.config.schema import ModelConfig
 from fpn.errors import CheckpointError, ConfigError
 from fpn.model.backbone import ResNet, stage_channels
 from fpn.model.fuse import InferenceCopy
@@ -81,7 +83,7 @@ class FasterRCNN(nn.Module):
             _check_neck(neck)
         self.test_scales = tuple(check_test_scales(cfg.input.test_scales))
         # What the model was built from, read-only: every part below keeps its own read-only part of it
-        # (``fpn.config.frozen``), so nothing can change a built model's behaviour but rebuilding it
+        # (``fpn.config.read_only.frozen``), so nothing can change a built model's behaviour but rebuilding it
         # (``with_changes``).
         self.cfg = cfg = frozen(cfg)
         self.fast_inference = fast_inference
@@ -134,7 +136,7 @@ class FasterRCNN(nn.Module):
 
     def with_changes(self, changes: dict[str, Any]) -> FasterRCNN:
         """A new detector with this one's weights (on its device, in its mode), built from its config
-        changed by ``changes``, a nested mapping as ``fpn.config.merge`` takes (e.g.
+        changed by ``changes``, a nested mapping as ``fpn.config.overrides.merge`` takes (e.g.
         ``{"input": {"min_size_test": 600}}``), with copies of the parts passed in. A change that
         reshapes a weight is a ``ConfigError``."""
         cfg = merge(thawed(self.cfg), changes, "changes")

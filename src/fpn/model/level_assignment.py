@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.model.preprocess import rescale_boxes, resize_scale
 from fpn.model.roi_heads import MultiLevelRoIPooler
 

@@ -24,7 +24,7 @@ from typing import Protocol
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fpn.config import NeckConfig
+from fpn.config.schema import NeckConfig
 from fpn.errors import ConfigError
 
 

@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fpn.config import ModelConfig
+from fpn.config.schema import ModelConfig
 from fpn.errors import PrecisionError
 from fpn.hardware import CpuInfo, autocast, native_bf16, read_cpu_info
 

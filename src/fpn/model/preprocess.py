@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.box_format import TARGET_BOX_KEYS
-from fpn.config import InputConfig, frozen
+from fpn.config.read_only import frozen
+from fpn.config.schema import InputConfig
 from fpn.model.across_processes import largest_across_processes
 
 
@@ -58,7 +59,7 @@ class Preprocessor(nn.Module):
     """Images of any size (list of 3 x H x W floats in [0, 1], RGB) -> an ``ImageBatch``.
 
     Args:
-        settings: ``model.input``; kept as a read-only copy (``fpn.config.frozen``), since the mean
+        settings: ``model.input``; kept as a read-only copy (``fpn.config.read_only.frozen``), since the mean
             and std buffers are made from it here, once.
     """
 

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
 from fpn.box_format import clip_boxes
-from fpn.config import BackboneConfig, RoIHeadConfig, frozen
+from fpn.config.read_only import frozen
+from fpn.config.schema import BackboneConfig, RoIHeadConfig
 from fpn.model import boxes as box_ops
 from fpn.model.backbone import make_norm_factory, make_stage, stage_channels
 from fpn.model.loss_normalizer import loss_normalizer

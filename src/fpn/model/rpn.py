@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpn.box_format import clip_boxes
-from fpn.config import RPNConfig, frozen
+from fpn.config.read_only import frozen
+from fpn.config.schema import RPNConfig
 from fpn.errors import ConfigError
 from fpn.model import boxes as box_ops
 from fpn.model.anchors import AnchorGenerator

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from fpn.config import SegmentProposalConfig, frozen
+from fpn.config.read_only import frozen
+from fpn.config.schema import SegmentProposalConfig
 from fpn.errors import ConfigError
 from fpn.model.boxes import sample_balanced, sampling_generator
 from fpn.model.loss_normalizer import loss_normalizer

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fpn.config import Config
+from fpn.config.schema import Config
 from fpn.engine.run_folder import holds_a_run
 from fpn.errors import ConfigError
 from fpn.jobs.training import run_train

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fpn.config import ModelConfig, load_config
+from fpn.config.files import load_config
+from fpn.config.schema import ModelConfig
 from fpn.data.formats import open_path
 from fpn.model.anchor_coverage import SIZE_BUCKETS, coverage
 from fpn.model.level_assignment import level_shares

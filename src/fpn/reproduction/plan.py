@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from fpn.config import Config
+from fpn.config.schema import Config
 from fpn.errors import ConfigError
 
 PAPER_IMAGE_SIZE = 800  # the shorter side of the paper's training and test images (docs/paper.md §6)

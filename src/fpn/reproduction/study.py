@@ -42,7 +42,10 @@ from typing import Any
 
 import torch
 
-from fpn.config import Config, from_dict, load_config, to_dict, upgrade_renamed
+from fpn.config.diff import differences
+from fpn.config.files import load_config
+from fpn.config.overrides import from_dict, upgrade_renamed
+from fpn.config.schema import Config, to_dict
 from fpn.data import synthetic
 from fpn.engine.metrics_log import read_metrics
 from fpn.engine.run_folder import holds_a_run
@@ -397,7 +400,7 @@ def config_differences(recorded_text: str, cfg: Config) -> list[str]:
     """How a run recorded with ``recorded_text`` differs from ``cfg``: ``["train.base_lr: 0.01 ->
     0.02", ...]``, empty if it was made with ``cfg``. Fields added to the config since the run
     (absent from its record) count as their defaults and renamed fields are read under their new
-    names (``fpn.config.RENAMED_FIELDS``), so neither makes every finished run stale."""
+    names (``fpn.config.overrides.RENAMED_FIELDS``), so neither makes every finished run stale."""
     try:
         values = upgrade_renamed(json.loads(recorded_text), "recorded config")
         recorded = from_dict(Config, values)
@@ -405,7 +408,9 @@ def config_differences(recorded_text: str, cfg: Config) -> list[str]:
         return ["its recorded config is not JSON"]
     except (ConfigError, TypeError) as error:
         return [f"its recorded config no longer reads: {error}"]
-    return _differences(_comparable(to_dict(recorded)), _comparable(to_dict(cfg)))
+    found = differences(_comparable(to_dict(recorded)), _comparable(to_dict(cfg)))
+    names = sorted(found, key=lambda name: name.split("."))  # section by section, as the files read
+    return [f"{name}: {found[name][0]!r} -> {found[name][1]!r}" for name in names]
 
 
 # Config fields that hold paths. A path into a study's folder (``work_dir``: full-data0, ...) is
@@ -443,13 +448,6 @@ def _comparable(values: dict[str, Any]) -> dict[str, Any]:
     for section, names in RESULT_NEUTRAL_FIELDS.items():
         values[section] = {k: v for k, v in values[section].items() if k not in names}
     return values
-
-
-def _differences(recorded: Any, current: Any, where: str = "") -> list[str]:
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        return [line for key in sorted(set(recorded) | set(current))
-                for line in _differences(recorded.get(key), current.get(key), f"{where}{key}.")]
-    return [] if recorded == current else [f"{where.rstrip('.')}: {recorded!r} -> {current!r}"]
 
 
 def same_config(recorded_text: str, cfg: Config) -> bool:
