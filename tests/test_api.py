@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from conftest import make_untrained_run
 from fpn.api import Detector
 from fpn.data.inputs import ImageInputError, array_image_tensor
 from fpn.detections import CSV_COLUMNS, Detections
 from fpn.visualize import PALETTE
+from tests.conftest import make_untrained_run
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (120, 90)) -> np.ndarray:

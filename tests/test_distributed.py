@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import COCO_REAL, TINY_MODEL, coco_real_subset, data_overrides
 from fpn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from fpn.engine.loop import make_grad_scaler
 from fpn.engine.metrics_log import read_metrics
 from fpn.hardware import autocast
+from tests.conftest import COCO_REAL, TINY_MODEL, coco_real_subset, data_overrides
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

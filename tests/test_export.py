@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL, assert_same_detections
 from fpn.cli import main
 from fpn.config.files import load_config
 from fpn.config.schema import Config, to_dict
 from fpn.engine.checkpoint import save_checkpoint
 from fpn.model.detector import FasterRCNN
+from tests.conftest import TINY_MODEL, assert_same_detections
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -10,10 +10,10 @@ import sys
 from PIL import Image
 from tqdm import tqdm
 
-from conftest import make_untrained_run
 from fpn.cli import main
 from fpn.progress import PlainProgress, progress
-from test_api import photo
+from tests.conftest import make_untrained_run
+from tests.test_api import photo
 
 
 class Terminal(io.StringIO):

@@ -11,7 +11,7 @@ Why the ONNX graph rather than ``convert_model`` on the PyTorch module: the ONNX
 once by ``torch.export`` with symbolic image sizes and is already checked against eager PyTorch
 (``tests/test_export.py``); OpenVINO reads its RoiAlign, NonMaxSuppression and TopK nodes as
 ONNX defines them, so one graph serves ONNX Runtime and OpenVINO and both reproduce eager's
-detections (``tests/test_openvino.py``). The preprocessing (resize, normalise, pad) and the
+detections (``tests/test_export_openvino.py``). The preprocessing (resize, normalise, pad) and the
 mapping of boxes back to the image are the graph's, i.e. ``ExportGraph``'s, which calls the
 model's own ``Preprocessor`` rules; the detections become ``Detections`` in ``fpn.api`` as eager's do.
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8")  # what the OpenVINO backend runs in
 # (model kind, precision) pairs whose accuracy gate passed under OpenVINO (the gates of
 # fpn.bench.gates, as for the PyTorch int8 path); `auto` picks nothing outside it.
-# tests/test_openvino.py measures the int8 gate on a trained fpn run: int8 may be listed only if it
+# tests/test_export_openvino.py measures the int8 gate on a trained fpn run: int8 may be listed only if it
 # passes every time (it failed and passed in two runs on one host, docs/deployment.md).
 GATES_PASSED: dict[str, frozenset[str]] = {
     "fpn": frozenset({"fp32"}),

@@ -228,7 +228,7 @@ def annotated(objects: list[tuple[int, int, np.ndarray]], *, pretrain: bool) -> 
 # object's annotated area is the area it was drawn with.
 COCO_SHARES = {"small": 0.41, "medium": 0.34, "large": 0.25}
 # The buckets objects are drawn from: large ones more often, since a region holds few of them and
-# some find no room (measured: these weights give COCO_SHARES; tests/test_data_synthetic.py).
+# some find no room (measured: these weights give COCO_SHARES; tests/data/test_synthetic.py).
 DRAW_WEIGHTS = {"small": 0.29, "medium": 0.23, "large": 0.48}
 SMALLEST_AREA = 48.0  # px², a 7 x 7 square (MIN_VISIBLE_PIXELS is 24)
 PAPER_REGION_SIDE = (0.6, 0.98)  # the first region's larger axis, of the image side

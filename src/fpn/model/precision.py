@@ -10,7 +10,7 @@ whatever the layers ran in. int8 is the calibrated int8 pyramid of ``fpn.model.q
 ``auto`` decides once per process from what the CPU computes natively (``fpn.hardware.CpuInfo``:
 the flags of ``/proc/cpuinfo`` and ``torch.backends.cpu.get_cpu_capability()``), and never picks a precision
 whose accuracy gate failed for the kind of model (``GATES_PASSED``, each entry asserted by
-``tests/test_precision_gates.py``):
+``tests/bench/test_gates.py``):
 
 1. CUDA: bf16 autocast where the GPU has bf16 (Ampere and later), else fp32.
 2. A CPU with bf16 dot products (``avx512_bf16`` or ``amx_bf16`` on x86, ``bf16`` on Arm): bf16.
@@ -44,7 +44,7 @@ ModelKind = Literal["fpn", "torchvision", "foreign", "segments"]
 
 # (model kind, precision) pairs whose accuracy gate passed: box AP of bf16 within 0.5 of fp32 and of
 # int8 within 1.0 on a trained fpn run; on torchvision-converted R50-FPN weights, >= 95% of fp32's
-# detections above 0.5 kept (IoU >= 0.9, same label). tests/test_precision_gates.py measures every
+# detections above 0.5 kept (IoU >= 0.9, same label). tests/bench/test_gates.py measures every
 # gate and checks its verdict against this table; `auto` picks nothing outside it. torchvision's
 # bf16 and int8 gates failed on the stand-in for its weights that can be measured without them
 # (docs/precision.md gives the numbers and why the stand-in is harsher than trained weights):

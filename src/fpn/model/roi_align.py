@@ -9,7 +9,7 @@ products, where torchvision's CPU backward scatters one value at a time on one t
 The weights follow torchvision's ``roi_align`` exactly (box scaling, the ``aligned`` half-pixel
 offset, the minimum RoI size of 1 when not aligned, points beyond one pixel outside the map
 counting as zeros, clamping at the borders), so the results agree to float rounding
-(``tests/test_roi_align.py``). Only a fixed ``sampling_ratio`` > 0 is served; the adaptive one
+(``tests/model/test_roi_align.py``). Only a fixed ``sampling_ratio`` > 0 is served; the adaptive one
 (0) varies the number of points per RoI and stays with torchvision.
 
 Shape shorthand: R RoIs, S x S output bins, g x g sampling points per bin, N images, C channels.

@@ -423,7 +423,7 @@ PATH_FIELDS = {"data": ("train_images", "train_annotations", "val_images", "val_
 
 
 # Fields that change how a run is computed, not what it computes: the number of data loading
-# processes (each sample's flips and sampling come from its own seed; tests/test_train.py checks
+# processes (each sample's flips and sampling come from its own seed; tests/engine/test_train.py checks
 # that 0 and 2 give the same weights). A run made with another value is not stale.
 RESULT_NEUTRAL_FIELDS = {"data": ("num_workers",)}
 
