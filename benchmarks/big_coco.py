@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     from pycocotools.coco import COCO
 
-    from fpn.data import CocoDetection
+    from fpn.data.coco import CocoDetection
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.json"

@@ -25,7 +25,7 @@ _LAZY = {
     "from_torchvision": "fpn.interop.torchvision",
     "load_torchvision_resnet": "fpn.interop.torchvision",
     "read_checkpoint": "fpn.safe_reading",
-    "convert_detector": "fpn.interop",
+    "convert_detector": "fpn.interop.detectors",
     "load_config": "fpn.config.files",
     "ModelConfig": "fpn.config.schema",
     "Config": "fpn.config.schema",

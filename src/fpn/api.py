@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fpn.config.files import load_config
 from fpn.config.overrides import merge, parse_overrides
-from fpn.data import read_image
+from fpn.data.images import read_image
 from fpn.data.inputs import ImageInputError, array_image_tensor, find_images, is_batch, pil_image_tensor
 from fpn.detections import Detections
 from fpn.engine.checkpoint import find_checkpoint, load_weights

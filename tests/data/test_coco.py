@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fpn.data import CocoDetection
+from fpn.data.coco import CocoDetection
 from fpn.errors import DatasetError
 from fpn.evaluation.coco import as_coco
 from tests.conftest import COCO_REAL

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fpn.data import hflip
+from fpn.data.transforms import hflip
 
 
 def test_hflip_hand_computed_and_involutive():

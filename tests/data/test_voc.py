@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from fpn.data import VOCDetection
+from fpn.data.voc import VOCDetection
 from fpn.evaluation.coco import as_coco
 
 XML = """<annotation><filename>x.jpg</filename><size><width>50</width><height>40</height></size>

@@ -153,3 +153,18 @@ def test_the_model_never_imports_the_layers_above():
             above = [t for t in targets if part_of(t) in {"fpn.engine", "fpn.evaluation", "fpn.api",
                                                           "fpn.cli", "fpn.jobs", "fpn.data"}]
             assert not above, f"{module} imports {above}"
+
+
+def test_no_module_re_exports_what_another_defines():
+    """Every name is imported from the module that defines it: a package's ``__init__`` holds its
+    docstring (``fpn/cli/__init__.py``, the entry, and ``fpn/__init__.py``'s lazy table excepted),
+    and no import of an fpn name is kept alive by ``noqa: F401`` for others to import from here."""
+    shims = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        text = path.read_text()
+        if path.name == "__init__.py" and path.parent not in (PACKAGE_ROOT, PACKAGE_ROOT / "cli"):
+            shims += [f"{path}: imports in a package's __init__" for line in text.splitlines()
+                      if line.startswith(("from ", "import "))][:1]
+        shims += [f"{path}: {line.strip()}" for line in text.splitlines()
+                  if line.lstrip().startswith("from fpn") and "noqa: F401" in line]
+    assert not shims, "re-exports (import the name from its own module instead):\n" + "\n".join(shims)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fpn.config.files import load_config
-from fpn.data import CocoDetection, read_image
+from fpn.data.coco import CocoDetection
+from fpn.data.images import read_image
 from fpn.errors import DatasetError
 from fpn.model.detector import FasterRCNN
 from tests.conftest import TINY_MODEL

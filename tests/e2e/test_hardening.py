@@ -137,7 +137,7 @@ class _Replay(torch.nn.Module):
 
 def test_voc_map_through_the_evaluation(tmp_path):
     from fpn.config.files import load_config
-    from fpn.data import VOC_CLASSES, VOCDetection
+    from fpn.data.voc import VOC_CLASSES, VOCDetection
     from fpn.jobs.datasets import with_dataset_classes
     from fpn.jobs.evaluation import evaluate_model
 

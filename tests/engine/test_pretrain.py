@@ -9,7 +9,8 @@ import torch
 
 from fpn.config.files import load_config
 from fpn.config.schema import Config
-from fpn.data import CocoDetection, synthetic
+from fpn.data import synthetic
+from fpn.data.coco import CocoDetection
 from fpn.data.crops import ObjectCrops, background_window, crop_and_resize, object_window
 from fpn.engine import init_loading, init_sources
 from fpn.engine.checkpoint import load_weights

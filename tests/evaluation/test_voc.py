@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fpn.data import VOCDetection
+from fpn.data.voc import VOCDetection
 from fpn.evaluation.voc import ap_11_point, ap_area, format_voc_table, voc_map
 
 CLASSES = ["cat", "dog", "bird"]

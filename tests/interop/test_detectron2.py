@@ -19,8 +19,7 @@ from fpn.api import Detector
 from fpn.cli import main
 from fpn.config.schema import BackboneConfig, InputConfig, ModelConfig
 from fpn.errors import ConversionError, UnsafeCheckpointError
-from fpn.interop import convert_detector, identify
-from fpn.interop.detectors import coco80
+from fpn.interop.detectors import coco80, convert_detector, identify
 from fpn.model.backbone import Bottleneck, make_norm_factory
 from fpn.model.preprocess import Preprocessor
 from fpn.safe_reading import read_checkpoint

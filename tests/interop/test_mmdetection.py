@@ -19,8 +19,7 @@ import torch
 from fpn.api import Detector
 from fpn.cli import main
 from fpn.errors import ConversionError, UnsafeCheckpointError
-from fpn.interop import convert_detector, identify
-from fpn.interop.detectors import coco80
+from fpn.interop.detectors import coco80, convert_detector, identify
 from fpn.model.anchors import AnchorGenerator
 from fpn.model.boxes import decode_boxes
 from fpn.model.preprocess import Preprocessor

@@ -18,7 +18,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from fpn import from_torchvision, load_torchvision_resnet
 from fpn.config.schema import BackboneConfig
 from fpn.errors import ConversionError
-from fpn.interop import convert_detector
+from fpn.interop.detectors import convert_detector
 from fpn.model.backbone import ResNet
 
 MIN_SIZE, MAX_SIZE = 320, 544

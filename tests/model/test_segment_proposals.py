@@ -22,7 +22,7 @@ from pycocotools.cocoeval import COCOeval
 from fpn.cli import main
 from fpn.config.files import load_config
 from fpn.config.schema import SegmentProposalConfig
-from fpn.data import CocoDetection
+from fpn.data.coco import CocoDetection
 from fpn.evaluation.coco import encode_mask_proposals, mask_proposal_ar
 from fpn.model.detector import FasterRCNN
 from fpn.model.segment_proposals import (

@@ -13,12 +13,3 @@
 
 Nothing here imports the model.
 """
-
-from fpn.data.coco import CocoDetection
-from fpn.data.dataset import AnnotatedImage, DetectionDataset
-from fpn.data.images import pil_to_tensor, read_image
-from fpn.data.transforms import hflip
-from fpn.data.voc import VOC_CLASSES, VOCDetection
-
-__all__ = ["AnnotatedImage", "CocoDetection", "DetectionDataset", "VOCDetection", "VOC_CLASSES",
-           "read_image", "pil_to_tensor", "hflip"]

@@ -48,7 +48,7 @@ class ObjectCrops(Dataset):
     that cannot be decoded (the loader skips it).
 
     Args:
-        dataset: images and boxes (a ``fpn.data.DetectionDataset``).
+        dataset: images and boxes (a ``fpn.data.dataset.DetectionDataset``).
         indices: the images to cut from (a held-out split takes the others).
         crop_size: side of every crop, in pixels.
         context: (min, max) window side / box's longer side, drawn log-uniformly per crop.

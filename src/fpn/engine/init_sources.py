@@ -19,7 +19,7 @@ from fpn.config.files import load_config
 from fpn.config.schema import Config, ModelConfig
 from fpn.engine.checkpoint import find_checkpoint, load_weights
 from fpn.errors import CheckpointError, ConfigError, ConversionError, InitError, PathNotFoundError
-from fpn.interop import convert_detector, identify
+from fpn.interop.detectors import convert_detector, identify
 from fpn.safe_reading import read_checkpoint
 
 # Config fields that say what the weights' numbers mean; a run initialised from weights uses theirs.

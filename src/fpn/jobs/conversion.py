@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fpn.config.schema import Config, to_dict
 from fpn.engine.checkpoint import save_checkpoint
-from fpn.interop import convert_detector, describe
+from fpn.interop.detectors import convert_detector, describe
 from fpn.safe_reading import read_checkpoint
 
 

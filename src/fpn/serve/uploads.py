@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fpn.data import pil_to_tensor
+from fpn.data.images import pil_to_tensor
 
 
 class UploadRejected(HTTPException):
